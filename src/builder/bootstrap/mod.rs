@@ -1,0 +1,3 @@
+//! Bootstrap writers, one per format version.
+
+pub mod v6;

@@ -1,0 +1,346 @@
+//! Lays out and encodes a RAFS v6 bootstrap from a tree and its chunks.
+//!
+//! Layout (upstream's order): block 0 holds the superblock, its extension and the device
+//! table; the blob table follows at the next block; inodes start one block later, so the
+//! root's nid is 128 as upstream's; directory and symlink blocks that cannot be inlined go
+//! after the inodes; the chunk info table comes last. Every table starts on a block.
+
+use super::super::tree::{Kind, NodeId, Tree};
+use crate::format::v6::inode::{
+    self, encode_dirent, ChunkAddr, DataLayout, FileType, Inode, CHUNK_FORMAT_INDEXES, DIRENT_SIZE,
+    EXTENDED_SIZE, SLOT_SIZE,
+};
+use crate::format::v6::super_block::{flags, DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
+use crate::format::v6::tables::{BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE};
+use crate::format::v6::{BLOCK_BITS, BLOCK_SIZE};
+use crate::format::{Compressor, Digester};
+
+/// Settings recorded in the superblock.
+#[derive(Clone, Copy, Debug)]
+pub struct BootstrapOptions {
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Chunk compressor.
+    pub compressor: Compressor,
+    /// Chunk digester.
+    pub digester: Digester,
+}
+
+/// Everything the bootstrap describes.
+pub struct BootstrapInput<'a> {
+    /// The tree, breadth first.
+    pub tree: &'a Tree,
+    /// Per node, indexes into `chunks` in file order.
+    pub file_chunks: &'a [Vec<u32>],
+    /// The chunk table.
+    pub chunks: &'a [ChunkInfo],
+    /// The blob table.
+    pub blobs: &'a [BlobEntry],
+}
+
+/// Where one inode goes and what follows it.
+struct Placed {
+    node: NodeId,
+    offset: u64,
+    inode: Inode,
+    /// Directory or symlink bytes (the whole data, before splitting into blocks and tail).
+    data: Vec<u8>,
+    /// Blocks of `data` stored outside the inode area.
+    plain_blocks: u64,
+}
+
+/// Builds the bootstrap bytes. The result's length is a multiple of the block size.
+pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
+    let tree = input.tree;
+    let blob_count = input.blobs.len() as u64;
+    let devtable_end = DEVTABLE_OFFSET + 128 * blob_count;
+    let blob_table_offset = devtable_end.next_multiple_of(BLOCK_SIZE);
+    let blob_table_size = BLOB_ENTRY_SIZE as u64 * blob_count;
+    let inode_start = (blob_table_offset + blob_table_size).next_multiple_of(BLOCK_SIZE);
+    // One block before the first inode, so that the root gets nid 128 as upstream's does.
+    let meta_start = inode_start - BLOCK_SIZE;
+
+    // Pass 1: inode numbers and positions. A node's id maps to the inode that serves it.
+    let mut order: Vec<NodeId> = Vec::new();
+    let mut inode_of: Vec<usize> = vec![usize::MAX; tree.nodes.len()];
+    for (id, node) in tree.nodes.iter().enumerate() {
+        if node.hardlink_of.is_none() {
+            inode_of[id] = order.len();
+            order.push(id);
+        }
+    }
+    for (id, node) in tree.nodes.iter().enumerate() {
+        if let Some(first) = node.hardlink_of {
+            inode_of[id] = inode_of[first];
+        }
+    }
+    let chunk_bits = opts.chunk_size.trailing_zeros() - BLOCK_BITS;
+    let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
+    let mut pos = inode_start;
+    for (ino_index, &id) in order.iter().enumerate() {
+        let node = &tree.nodes[id];
+        let xattr_size = inode::xattr_area_size(&node.xattrs);
+        let (data, layout_data) = match &node.kind {
+            Kind::Dir(_) => (dir_data_len_only(tree, id), true),
+            Kind::Symlink(target) => (target.clone(), true),
+            _ => (Vec::new(), false),
+        };
+        let head = EXTENDED_SIZE + xattr_size;
+        // Keep the inode and its xattrs inside one block.
+        if head as u64 <= BLOCK_SIZE && pos % BLOCK_SIZE + head as u64 > BLOCK_SIZE {
+            pos = pos.next_multiple_of(BLOCK_SIZE);
+        }
+        let mut layout = DataLayout::FlatPlain;
+        let mut plain_blocks = 0;
+        let mut record = head as u64;
+        if layout_data && !data.is_empty() {
+            let tail = data.len() as u64 % BLOCK_SIZE;
+            let full = data.len() as u64 / BLOCK_SIZE;
+            if tail > 0 && head as u64 + tail <= BLOCK_SIZE {
+                if pos % BLOCK_SIZE + head as u64 + tail > BLOCK_SIZE {
+                    pos = pos.next_multiple_of(BLOCK_SIZE);
+                }
+                layout = DataLayout::FlatInline;
+                plain_blocks = full;
+                record += tail;
+            } else {
+                plain_blocks = (data.len() as u64).div_ceil(BLOCK_SIZE);
+            }
+        } else if node.kind == Kind::File {
+            layout = DataLayout::ChunkBased;
+            let count = node.size.div_ceil(opts.chunk_size as u64);
+            record = (head as u64).next_multiple_of(8) + count * inode::CHUNK_ADDR_SIZE as u64;
+        }
+        let extended = true;
+        let mode = node.mode as u16;
+        let u = match node.kind {
+            Kind::File => CHUNK_FORMAT_INDEXES | chunk_bits,
+            Kind::CharDevice | Kind::BlockDevice => node.rdev as u32,
+            _ => 0,
+        };
+        let inode = Inode {
+            extended,
+            layout,
+            xattr_icount: inode::xattr_icount(xattr_size),
+            mode,
+            nlink: node.nlink,
+            size: if matches!(node.kind, Kind::Dir(_)) {
+                data.len() as u64
+            } else {
+                node.size
+            },
+            u,
+            ino: ino_index as u32 + 1,
+            uid: node.uid,
+            gid: node.gid,
+            mtime: node.mtime as u64,
+            mtime_nsec: node.mtime_nsec,
+        };
+        placed.push(Placed {
+            node: id,
+            offset: pos,
+            inode,
+            data,
+            plain_blocks,
+        });
+        pos = (pos + record).next_multiple_of(SLOT_SIZE);
+    }
+    // Data blocks of directories and symlinks that did not fit inline.
+    let mut block = pos.div_ceil(BLOCK_SIZE);
+    for p in placed.iter_mut() {
+        if p.plain_blocks > 0 {
+            p.inode.u = block as u32;
+            block += p.plain_blocks;
+        } else if p.inode.layout != DataLayout::ChunkBased
+            && matches!(tree.nodes[p.node].kind, Kind::Dir(_) | Kind::Symlink(_))
+        {
+            // Fully inline: upstream records the inode's own block.
+            p.inode.u = (p.offset / BLOCK_SIZE) as u32;
+        }
+    }
+    let offsets: Vec<u64> = placed.iter().map(|p| p.offset).collect();
+    let nid_of = |inode_index: usize| (offsets[inode_index] - meta_start) / SLOT_SIZE;
+    let data_end = block * BLOCK_SIZE;
+    let chunk_table_offset = data_end;
+    let chunk_table_size = (input.chunks.len() * CHUNK_INFO_SIZE) as u64;
+    let total = (chunk_table_offset + chunk_table_size).next_multiple_of(BLOCK_SIZE);
+
+    let mut out = vec![0u8; total as usize];
+    // Superblock, extension, devices.
+    let mut sb_flags = opts.compressor.flag() | opts.digester.flag() | flags::EXPLICIT_UID_GID;
+    if tree.nodes.iter().any(|n| !n.xattrs.is_empty()) {
+        sb_flags |= flags::HAS_XATTR;
+    }
+    let sb = SuperBlock {
+        root_nid: nid_of(0) as u16,
+        inodes: order.len() as u64,
+        blocks: input
+            .blobs
+            .iter()
+            .map(|b| (b.uncompressed_size / BLOCK_SIZE) as u32)
+            .sum(),
+        meta_blkaddr: (meta_start / BLOCK_SIZE) as u32,
+        extra_devices: blob_count as u16,
+        flags: sb_flags,
+        compressor: opts.compressor,
+        digester: opts.digester,
+        chunk_size: opts.chunk_size,
+        blob_table_offset,
+        blob_table_size: blob_table_size as u32,
+        chunk_table_offset: if input.chunks.is_empty() {
+            0
+        } else {
+            chunk_table_offset
+        },
+        chunk_table_size,
+        prefetch_table_offset: 0,
+        prefetch_table_size: 0,
+    };
+    let (sb_bytes, ext_bytes) = sb.encode();
+    out[1024..1152].copy_from_slice(&sb_bytes);
+    out[1152..1408].copy_from_slice(&ext_bytes);
+    for (i, blob) in input.blobs.iter().enumerate() {
+        let slot = DeviceSlot {
+            blob_id: blob.blob_id.clone(),
+            blocks: (blob.uncompressed_size / BLOCK_SIZE) as u32,
+        };
+        let at = DEVTABLE_OFFSET as usize + i * 128;
+        out[at..at + 128].copy_from_slice(&slot.encode());
+        let at = blob_table_offset as usize + i * BLOB_ENTRY_SIZE;
+        out[at..at + BLOB_ENTRY_SIZE].copy_from_slice(&blob.encode(i as u32));
+    }
+
+    // Inodes and their data.
+    let mut buf = Vec::with_capacity(BLOCK_SIZE as usize * 2);
+    for p in &placed {
+        let node = &tree.nodes[p.node];
+        buf.clear();
+        p.inode.encode(&mut buf);
+        inode::encode_xattrs(&node.xattrs, &mut buf);
+        let data = match &node.kind {
+            Kind::Dir(_) => dir_data(tree, p.node, &inode_of, &nid_of),
+            _ => p.data.clone(),
+        };
+        match p.inode.layout {
+            DataLayout::ChunkBased => {
+                buf.resize(buf.len().next_multiple_of(8), 0);
+                for &c in &input.file_chunks[p.node] {
+                    let info = &input.chunks[c as usize];
+                    ChunkAddr {
+                        blob_index: info.blob_index as u8,
+                        chunk_index: info.index,
+                        block_addr: (info.uncompressed_offset / BLOCK_SIZE) as u32,
+                    }
+                    .encode(&mut buf);
+                }
+            }
+            DataLayout::FlatInline => {
+                let full = p.plain_blocks as usize * BLOCK_SIZE as usize;
+                buf.extend_from_slice(&data[full..]);
+                write_plain(&mut out, p.inode.u, &data[..full]);
+            }
+            DataLayout::FlatPlain => {
+                if p.plain_blocks > 0 {
+                    write_plain(&mut out, p.inode.u, &data);
+                }
+            }
+        }
+        let at = p.offset as usize;
+        out[at..at + buf.len()].copy_from_slice(&buf);
+    }
+
+    // Chunk table.
+    let mut table = Vec::with_capacity(chunk_table_size as usize);
+    for c in input.chunks {
+        c.encode(&mut table);
+    }
+    let at = chunk_table_offset as usize;
+    out[at..at + table.len()].copy_from_slice(&table);
+    out
+}
+
+fn write_plain(out: &mut [u8], blkaddr: u32, data: &[u8]) {
+    let at = blkaddr as usize * BLOCK_SIZE as usize;
+    out[at..at + data.len()].copy_from_slice(data);
+}
+
+/// Sorted directory entries: (name, node serving it). "." and ".." included, sorted with
+/// the rest by bytes as EROFS's binary search requires.
+fn dir_entries(tree: &Tree, dir: NodeId) -> Vec<(&[u8], NodeId)> {
+    let Kind::Dir(children) = &tree.nodes[dir].kind else {
+        unreachable!("caller passes directories");
+    };
+    let mut entries: Vec<(&[u8], NodeId)> = Vec::with_capacity(children.len() + 2);
+    entries.push((b".", dir));
+    entries.push((b"..", tree.nodes[dir].parent));
+    for &c in children {
+        entries.push((tree.nodes[c].name.as_slice(), c));
+    }
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries
+}
+
+/// Splits sorted entries into directory blocks: each block holds its dirents then names.
+fn dir_blocks(entries: &[(&[u8], NodeId)]) -> Vec<std::ops::Range<usize>> {
+    let mut blocks = Vec::new();
+    let mut start = 0;
+    let mut used = 0usize;
+    for (i, (name, _)) in entries.iter().enumerate() {
+        let need = DIRENT_SIZE + name.len();
+        if used + need > BLOCK_SIZE as usize {
+            blocks.push(start..i);
+            start = i;
+            used = 0;
+        }
+        used += need;
+    }
+    blocks.push(start..entries.len());
+    blocks
+}
+
+/// Directory data with placeholder nids, used only to learn its length.
+fn dir_data_len_only(tree: &Tree, dir: NodeId) -> Vec<u8> {
+    let entries = dir_entries(tree, dir);
+    let blocks = dir_blocks(&entries);
+    let last = blocks.last().expect("at least one block");
+    let last_len: usize = entries[last.clone()]
+        .iter()
+        .map(|(n, _)| DIRENT_SIZE + n.len())
+        .sum();
+    vec![0u8; (blocks.len() - 1) * BLOCK_SIZE as usize + last_len]
+}
+
+/// Encodes a directory's data: blocks of dirents and names, all but the last padded.
+fn dir_data(
+    tree: &Tree,
+    dir: NodeId,
+    inode_of: &[usize],
+    nid_of: &dyn Fn(usize) -> u64,
+) -> Vec<u8> {
+    let entries = dir_entries(tree, dir);
+    let blocks = dir_blocks(&entries);
+    let mut out = Vec::new();
+    for (bi, range) in blocks.iter().enumerate() {
+        let block_start = out.len();
+        let group = &entries[range.clone()];
+        let mut nameoff = group.len() * DIRENT_SIZE;
+        for (name, node) in group {
+            let target = inode_of[*node];
+            let mode = tree.nodes[*node].mode;
+            encode_dirent(
+                nid_of(target),
+                nameoff as u16,
+                FileType::from_mode(mode),
+                &mut out,
+            );
+            nameoff += name.len();
+        }
+        for (name, _) in group {
+            out.extend_from_slice(name);
+        }
+        if bi + 1 < blocks.len() {
+            out.resize(block_start + BLOCK_SIZE as usize, 0);
+        }
+    }
+    out
+}

@@ -1,0 +1,273 @@
+//! Splits regular files into chunks and stores each distinct chunk once in the blob.
+//!
+//! A pipeline bounded in memory: one thread reads files in inode order, `threads` workers
+//! hash and compress, and the calling thread puts results back in order, deduplicates by
+//! digest and appends new chunks to the blob. At most `window` chunks are in flight, so
+//! memory stays near `window x chunk_size` whatever the file or blob size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::Mutex;
+
+use crossbeam_channel::bounded;
+
+use super::blob::BlobWriter;
+use super::tree::{Kind, NodeId, Tree};
+use super::BuildError;
+use crate::format::{Compressor, Digester};
+use crate::storage::compress;
+
+/// Settings of the chunking stage.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkOptions {
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Chunk compressor.
+    pub compressor: Compressor,
+    /// Chunk digester.
+    pub digester: Digester,
+    /// Worker threads for hashing and compressing.
+    pub threads: usize,
+}
+
+/// What the chunker produced besides the blob bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Chunked {
+    /// For each node (by id), the blob chunk index of each of its chunks in file order.
+    /// Empty for everything but first names of regular files.
+    pub file_chunks: Vec<Vec<u32>>,
+    /// Chunks in all files, duplicates included.
+    pub total_chunks: u64,
+    /// Bytes of file data read.
+    pub bytes_read: u64,
+}
+
+struct Job {
+    seq: u64,
+    node: NodeId,
+    file_offset: u64,
+    data: Vec<u8>,
+}
+
+struct Done {
+    seq: u64,
+    node: NodeId,
+    file_offset: u64,
+    digest: [u8; 32],
+    data: Vec<u8>,
+    packed: Option<Vec<u8>>,
+}
+
+/// How far the chunker has come.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    /// Regular files finished.
+    pub files_done: u64,
+    /// Regular files with data in the tree.
+    pub files_total: u64,
+    /// Bytes of file data processed.
+    pub bytes_done: u64,
+    /// Bytes of file data in the tree.
+    pub bytes_total: u64,
+}
+
+/// Chunks every regular file of `tree` into `blob`. `progress` is told as files finish.
+pub fn chunk_files<W: Write>(
+    tree: &Tree,
+    opts: ChunkOptions,
+    blob: &mut BlobWriter<W>,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Chunked, BuildError> {
+    let mut state = Progress::default();
+    for node in &tree.nodes {
+        if node.kind == Kind::File && node.hardlink_of.is_none() && node.size > 0 {
+            state.files_total += 1;
+            state.bytes_total += node.size;
+        }
+    }
+    let threads = opts.threads.max(1);
+    let window = threads * 4;
+    let (job_tx, job_rx) = bounded::<Job>(window);
+    let (done_tx, done_rx) = bounded::<Done>(window);
+    let (token_tx, token_rx) = bounded::<()>(window);
+    for _ in 0..window {
+        token_tx.send(()).expect("fresh channel has room");
+    }
+    let reader_error: Mutex<Option<BuildError>> = Mutex::new(None);
+    let mut out = Chunked {
+        file_chunks: vec![Vec::new(); tree.nodes.len()],
+        ..Chunked::default()
+    };
+    let mut write_error: Option<BuildError> = None;
+
+    std::thread::scope(|s| {
+        // Reader: files in inode order, one chunk at a time, each after taking a token.
+        let reader_error = &reader_error;
+        s.spawn(move || {
+            let mut seq = 0u64;
+            for (id, node) in tree.nodes.iter().enumerate() {
+                if node.kind != Kind::File || node.hardlink_of.is_some() || node.size == 0 {
+                    continue;
+                }
+                if let Err(e) = read_file(tree, id, opts.chunk_size, &mut seq, &job_tx, &token_rx) {
+                    *reader_error.lock().expect("no panics while held") = Some(e);
+                    return;
+                }
+            }
+        });
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            s.spawn(move || {
+                for job in job_rx {
+                    let digest = compress::digest(opts.digester, &job.data);
+                    let packed = compress::compress(opts.compressor, &job.data);
+                    let done = Done {
+                        seq: job.seq,
+                        node: job.node,
+                        file_offset: job.file_offset,
+                        digest,
+                        data: job.data,
+                        packed,
+                    };
+                    if done_tx.send(done).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(job_rx);
+        drop(done_tx);
+
+        // Writer: put results back in order, dedup, append.
+        let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut next = 0u64;
+        let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
+        for done in done_rx.iter() {
+            pending.insert(done.seq, done);
+            while let Some(done) = pending.remove(&next) {
+                next += 1;
+                let _ = token_tx.send(());
+                if write_error.is_some() {
+                    continue;
+                }
+                out.total_chunks += 1;
+                out.bytes_read += done.data.len() as u64;
+                let index = match seen.get(&done.digest) {
+                    Some(&i) => i,
+                    None => match blob.add_chunk(
+                        done.digest,
+                        &done.data,
+                        done.packed.as_deref(),
+                        done.file_offset,
+                    ) {
+                        Ok(i) => {
+                            seen.insert(done.digest, i);
+                            i
+                        }
+                        Err(e) => {
+                            write_error = Some(BuildError::Output {
+                                path: "data blob".into(),
+                                what: "cannot write".into(),
+                                source: e,
+                            });
+                            continue;
+                        }
+                    },
+                };
+                let chunks = &mut out.file_chunks[done.node];
+                chunks.push(index);
+                let node = &tree.nodes[done.node];
+                if chunks.len() as u64 == node.size.div_ceil(opts.chunk_size as u64) {
+                    state.files_done += 1;
+                    state.bytes_done = out.bytes_read;
+                    progress(&state);
+                }
+            }
+            if write_error.is_some() {
+                // Keep draining so the other threads can finish; tokens are returned above.
+                continue;
+            }
+        }
+        // If we stopped early, release the reader.
+        drop(token_tx);
+    });
+    if let Some(e) = reader_error.into_inner().expect("no panics while held") {
+        return Err(e);
+    }
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// Reads one file into chunk jobs, checking it still has the size the tree recorded.
+fn read_file(
+    tree: &Tree,
+    id: NodeId,
+    chunk_size: u32,
+    seq: &mut u64,
+    jobs: &crossbeam_channel::Sender<Job>,
+    tokens: &crossbeam_channel::Receiver<()>,
+) -> Result<(), BuildError> {
+    let node = &tree.nodes[id];
+    let path = &node.source;
+    let mut file = File::open(path).map_err(|e| BuildError::io(path, "cannot open", e))?;
+    let mut offset = 0u64;
+    while offset < node.size {
+        let want = (node.size - offset).min(chunk_size as u64) as usize;
+        let mut data = vec![0u8; want];
+        let got =
+            read_full(&mut file, &mut data).map_err(|e| BuildError::io(path, "cannot read", e))?;
+        if got < want {
+            return Err(BuildError::Source {
+                path: path.clone(),
+                what: format!(
+                    "file shrank during the build: {} bytes at stat time, only {} readable",
+                    node.size,
+                    offset + got as u64
+                ),
+            });
+        }
+        if tokens.recv().is_err() {
+            return Ok(()); // the writer stopped; it reports why
+        }
+        let job = Job {
+            seq: *seq,
+            node: id,
+            file_offset: offset,
+            data,
+        };
+        *seq += 1;
+        if jobs.send(job).is_err() {
+            return Ok(());
+        }
+        offset += want as u64;
+    }
+    let mut probe = [0u8; 1];
+    if read_full(&mut file, &mut probe).map_err(|e| BuildError::io(path, "cannot read", e))? != 0 {
+        return Err(BuildError::Source {
+            path: path.clone(),
+            what: format!(
+                "file grew during the build beyond its {} bytes at stat time",
+                node.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,303 @@
+//! Builds a RAFS image from a directory: source -> tree -> chunks -> blob + bootstrap.
+//!
+//! ```no_run
+//! use nydus_image::builder::{build, BuildOptions, BlobTarget};
+//! let opts = BuildOptions::default();
+//! let summary = build(
+//!     "rootfs".as_ref(),
+//!     "image.boot".as_ref(),
+//!     &BlobTarget::Dir("blobs".into()),
+//!     &opts,
+//!     &|_| {},
+//! )?;
+//! println!("blob {}", summary.blob_id.unwrap_or_default());
+//! # Ok::<(), nydus_image::builder::BuildError>(())
+//! ```
+
+pub mod blob;
+pub mod bootstrap;
+pub mod chunker;
+pub mod output;
+pub mod source;
+pub mod tree;
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::format::{Compressor, Digester};
+use blob::BlobWriter;
+use output::PendingFile;
+
+/// Why a build failed. Every variant names the file involved.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// A source entry could not be read.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The source path.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A source entry cannot be represented, or changed during the build.
+    #[error("{}: {what}", path.display())]
+    Source {
+        /// The source path.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// An output could not be written.
+    #[error("{}: {what}: {source}", path.display())]
+    Output {
+        /// The output path.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The options do not make sense.
+    #[error("{0}")]
+    Options(String),
+}
+
+impl BuildError {
+    pub(crate) fn io(path: &Path, what: &str, source: std::io::Error) -> Self {
+        BuildError::Io {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn output(path: &Path, what: &str, source: std::io::Error) -> Self {
+        BuildError::Output {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            source,
+        }
+    }
+}
+
+/// Where the data blob goes.
+#[derive(Clone, Debug)]
+pub enum BlobTarget {
+    /// This file (or FIFO).
+    File(PathBuf),
+    /// This directory, named by the blob's sha256 (or by `--blob-id` when given).
+    Dir(PathBuf),
+}
+
+/// Build settings. `Default` gives upstream's defaults.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Chunk compressor.
+    pub compressor: Compressor,
+    /// Chunk digester.
+    pub digester: Digester,
+    /// Chunk size, a power of two in 4 KiB..=16 MiB.
+    pub chunk_size: u32,
+    /// Blob id to record instead of the blob's sha256.
+    pub blob_id: Option<String>,
+    /// Hashing and compression threads.
+    pub threads: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            compressor: Compressor::Zstd,
+            digester: Digester::Blake3,
+            chunk_size: 0x10_0000,
+            blob_id: None,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+impl BuildOptions {
+    /// Checks the settings before any work starts.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        let cs = self.chunk_size;
+        if !cs.is_power_of_two() || !(0x1000..=0x100_0000).contains(&cs) {
+            return Err(BuildError::Options(format!(
+                "chunk size 0x{cs:x} must be a power of two between 0x1000 and 0x1000000"
+            )));
+        }
+        if self.compressor == Compressor::Gzip {
+            return Err(BuildError::Options(
+                "gzip is read-only here; use none, lz4_block or zstd".into(),
+            ));
+        }
+        if let Some(id) = &self.blob_id {
+            if id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|b| b.is_ascii_graphic())
+                || id.contains('/')
+            {
+                return Err(BuildError::Options(format!(
+                    "blob id {id:?} must be 1 to 64 printable ASCII characters without '/'"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a build produced.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BuildSummary {
+    /// The bootstrap path.
+    pub bootstrap: PathBuf,
+    /// The blob's path, if a blob was written.
+    pub blob_path: Option<PathBuf>,
+    /// The blob id, if a blob was written.
+    pub blob_id: Option<String>,
+    /// Blob size in bytes (0 when none).
+    pub blob_size: u64,
+    /// Bootstrap size in bytes.
+    pub bootstrap_size: u64,
+    /// Entries in the tree (hard links counted per name).
+    pub entries: u64,
+    /// Distinct inodes.
+    pub inodes: u64,
+    /// Chunks across all files.
+    pub total_chunks: u64,
+    /// Distinct chunks stored.
+    pub unique_chunks: u64,
+    /// Bytes of file data read.
+    pub data_bytes: u64,
+    /// Compressor used.
+    pub compressor: Compressor,
+    /// Digester used.
+    pub digester: Digester,
+    /// Chunk size.
+    pub chunk_size: u32,
+}
+
+/// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when both
+/// are complete. `progress` hears as files are done.
+pub fn build(
+    source: &Path,
+    bootstrap_path: &Path,
+    blob_target: &BlobTarget,
+    opts: &BuildOptions,
+    progress: &(dyn Fn(&chunker::Progress) + Sync),
+) -> Result<BuildSummary, BuildError> {
+    opts.validate()?;
+    if let BlobTarget::Dir(dir) = blob_target {
+        if !dir.is_dir() {
+            return Err(BuildError::Output {
+                path: dir.clone(),
+                what: "blob directory does not exist".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+    }
+    let tree = source::read_tree(source)?;
+    log::debug!(
+        "{}: {} entries, {} inodes",
+        source.display(),
+        tree.nodes.len(),
+        tree.inode_count()
+    );
+
+    // Open both outputs before the long part, so an unwritable path fails early.
+    let (mut boot_pending, boot_file) = PendingFile::create(bootstrap_path)?;
+    let blob_path = match blob_target {
+        BlobTarget::File(p) => p.clone(),
+        BlobTarget::Dir(d) => d.join(format!(".blob-{}", std::process::id())),
+    };
+    let (mut blob_pending, blob_file) = PendingFile::create(&blob_path)?;
+
+    let chunk_opts = chunker::ChunkOptions {
+        chunk_size: opts.chunk_size,
+        compressor: opts.compressor,
+        digester: opts.digester,
+        threads: opts.threads,
+    };
+    let mut writer = BlobWriter::new(
+        BufWriter::with_capacity(1 << 20, blob_file),
+        opts.compressor,
+        opts.digester,
+        opts.chunk_size,
+    );
+    let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, progress)?;
+    let has_data = writer.chunk_count() > 0;
+    let (blobs, chunks, finished) = if has_data {
+        let (finished, chunks) = writer
+            .finish(opts.blob_id.as_deref())
+            .map_err(|e| BuildError::output(&blob_pending.target, "cannot write blob", e))?;
+        (vec![finished.entry.clone()], chunks, Some(finished))
+    } else {
+        drop(writer);
+        (Vec::new(), Vec::new(), None)
+    };
+
+    let image = bootstrap::v6::write(
+        &bootstrap::v6::BootstrapInput {
+            tree: &tree,
+            file_chunks: &chunked.file_chunks,
+            chunks: &chunks,
+            blobs: &blobs,
+        },
+        bootstrap::v6::BootstrapOptions {
+            chunk_size: opts.chunk_size,
+            compressor: opts.compressor,
+            digester: opts.digester,
+        },
+    );
+    let mut boot_file = BufWriter::new(boot_file);
+    boot_file
+        .write_all(&image)
+        .and_then(|_| boot_file.flush())
+        .map_err(|e| BuildError::output(bootstrap_path, "cannot write bootstrap", e))?;
+    drop(boot_file);
+
+    let blob_final = match (&finished, blob_target) {
+        (Some(f), BlobTarget::Dir(d)) => {
+            let name = opts.blob_id.clone().unwrap_or_else(|| f.sha256.clone());
+            blob_pending.retarget(d.join(name));
+            Some(blob_pending.commit()?)
+        }
+        (Some(_), BlobTarget::File(_)) => Some(blob_pending.commit()?),
+        (None, _) => {
+            drop(blob_pending); // nothing to store: no blob file appears
+            None
+        }
+    };
+    boot_pending.retarget(bootstrap_path.to_path_buf());
+    let bootstrap = match boot_pending.commit() {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(b) = &blob_final {
+                let _ = std::fs::remove_file(b);
+            }
+            return Err(e);
+        }
+    };
+    Ok(BuildSummary {
+        bootstrap,
+        blob_path: blob_final,
+        blob_id: finished.as_ref().map(|f| f.entry.blob_id.clone()),
+        blob_size: finished.as_ref().map(|f| f.size).unwrap_or(0),
+        bootstrap_size: image.len() as u64,
+        entries: tree.nodes.len() as u64,
+        inodes: tree.inode_count() as u64,
+        total_chunks: chunked.total_chunks,
+        unique_chunks: chunks.len() as u64,
+        data_bytes: chunked.bytes_read,
+        compressor: opts.compressor,
+        digester: opts.digester,
+        chunk_size: opts.chunk_size,
+    })
+}

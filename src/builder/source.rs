@@ -1,0 +1,218 @@
+//! Reads a source directory into a `Tree`: metadata, symlink targets, xattrs and hard-link
+//! groups. File data is read later by the chunker.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::tree::{Kind, Node, NodeId, Tree};
+use super::BuildError;
+use crate::format::v6::inode::{xattr_split, Xattrs};
+
+/// Largest xattr value RAFS v6 can hold (its size field is 16 bits; Linux caps at 64 KiB).
+const MAX_XATTR_VALUE: usize = 65535;
+
+/// Reads `root` and everything below it into a tree, breadth first with children in name
+/// order. Hard links inside the tree are grouped by (device, inode).
+pub fn read_tree(root: &Path) -> Result<Tree, BuildError> {
+    let meta =
+        fs::symlink_metadata(root).map_err(|e| BuildError::io(root, "cannot stat source", e))?;
+    if !meta.is_dir() {
+        return Err(BuildError::Source {
+            path: root.to_path_buf(),
+            what: "source is not a directory".into(),
+        });
+    }
+    let mut tree = Tree::default();
+    tree.nodes.push(node_from(root, Vec::new(), 0, &meta)?);
+    let mut seen: HashMap<(u64, u64), NodeId> = HashMap::new();
+    let mut queue = VecDeque::from([0usize]);
+    while let Some(dir) = queue.pop_front() {
+        let dir_path = tree.nodes[dir].source.clone();
+        let mut names = Vec::new();
+        let entries = fs::read_dir(&dir_path)
+            .map_err(|e| BuildError::io(&dir_path, "cannot read directory", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| BuildError::io(&dir_path, "cannot read directory", e))?;
+            names.push(entry.file_name().as_bytes().to_vec());
+        }
+        names.sort();
+        let mut children = Vec::with_capacity(names.len());
+        for name in names {
+            let path = dir_path.join(std::ffi::OsStr::from_bytes(&name));
+            let meta =
+                fs::symlink_metadata(&path).map_err(|e| BuildError::io(&path, "cannot stat", e))?;
+            let id = tree.nodes.len();
+            let mut node = node_from(&path, name, dir, &meta)?;
+            if !meta.is_dir() && meta.nlink() > 1 {
+                match seen.get(&(meta.dev(), meta.ino())) {
+                    Some(&first) => {
+                        node.hardlink_of = Some(first);
+                        tree.nodes[first].nlink += 1;
+                    }
+                    None => {
+                        seen.insert((meta.dev(), meta.ino()), id);
+                    }
+                }
+            }
+            if meta.is_dir() {
+                queue.push_back(id);
+            }
+            tree.nodes.push(node);
+            children.push(id);
+        }
+        let subdirs = children
+            .iter()
+            .filter(|&&c| matches!(tree.nodes[c].kind, Kind::Dir(_)))
+            .count();
+        tree.nodes[dir].nlink = 2 + subdirs as u32;
+        tree.nodes[dir].kind = Kind::Dir(children);
+    }
+    Ok(tree)
+}
+
+fn node_from(
+    path: &Path,
+    name: Vec<u8>,
+    parent: NodeId,
+    meta: &fs::Metadata,
+) -> Result<Node, BuildError> {
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if ft.is_dir() {
+        Kind::Dir(Vec::new())
+    } else if ft.is_file() {
+        Kind::File
+    } else if ft.is_symlink() {
+        let target =
+            fs::read_link(path).map_err(|e| BuildError::io(path, "cannot read symlink", e))?;
+        Kind::Symlink(target.as_os_str().as_bytes().to_vec())
+    } else if ft.is_char_device() {
+        Kind::CharDevice
+    } else if ft.is_block_device() {
+        Kind::BlockDevice
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else {
+        return Err(BuildError::Source {
+            path: path.to_path_buf(),
+            what: "unknown file type".into(),
+        });
+    };
+    if name.len() > 255 {
+        return Err(BuildError::Source {
+            path: path.to_path_buf(),
+            what: format!("name is {} bytes, the limit is 255", name.len()),
+        });
+    }
+    let rdev = meta.rdev();
+    if matches!(kind, Kind::CharDevice | Kind::BlockDevice) && rdev > u32::MAX as u64 {
+        return Err(BuildError::Source {
+            path: path.to_path_buf(),
+            what: format!("device number 0x{rdev:x} does not fit RAFS v6's 32 bits"),
+        });
+    }
+    let size = match kind {
+        Kind::File => meta.len(),
+        Kind::Symlink(ref t) => t.len() as u64,
+        _ => 0,
+    };
+    Ok(Node {
+        name,
+        source: path.to_path_buf(),
+        parent,
+        kind,
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size,
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
+        rdev,
+        xattrs: read_xattrs(path)?,
+        hardlink_of: None,
+        nlink: 1,
+    })
+}
+
+/// Lists and reads the xattrs of `path` without following a symlink.
+pub fn read_xattrs(path: &Path) -> Result<Xattrs, BuildError> {
+    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| BuildError::Source {
+        path: path.to_path_buf(),
+        what: "path contains a NUL byte".into(),
+    })?;
+    let names = xattr_call(path, "list xattrs", |buf| unsafe {
+        // SAFETY: cpath is NUL terminated; buf is a valid writable buffer of the given length.
+        libc::llistxattr(
+            cpath.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    })?;
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).expect("split on NUL");
+        let value = xattr_call(path, "read xattr", |buf| unsafe {
+            // SAFETY: both strings are NUL terminated; buf is valid for buf.len() bytes.
+            libc::lgetxattr(
+                cpath.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        })?;
+        let shown = String::from_utf8_lossy(name);
+        if xattr_split(name).is_none() {
+            return Err(BuildError::Source {
+                path: path.to_path_buf(),
+                what: format!("xattr {shown:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)"),
+            });
+        }
+        if name.len() > 255 + 24 || value.len() > MAX_XATTR_VALUE {
+            return Err(BuildError::Source {
+                path: path.to_path_buf(),
+                what: format!("xattr {shown:?} is too large ({} byte value)", value.len()),
+            });
+        }
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Runs a size-then-fill xattr syscall, retrying if the size grows in between.
+fn xattr_call(
+    path: &Path,
+    what: &str,
+    mut call: impl FnMut(&mut [u8]) -> isize,
+) -> Result<Vec<u8>, BuildError> {
+    for _ in 0..8 {
+        let size = call(&mut []);
+        if size < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOTSUP) {
+                return Ok(Vec::new());
+            }
+            return Err(BuildError::io(path, what, err));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(&mut buf);
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(BuildError::io(path, what, err));
+        }
+    }
+    Err(BuildError::Source {
+        path: PathBuf::from(path),
+        what: format!("cannot {what}: it keeps changing"),
+    })
+}

@@ -1,0 +1,25 @@
+//! RAFS v6 bootstrap layouts: an EROFS image whose regular files are chunk-based and whose
+//! chunks live in blobs addressed as extra devices.
+//!
+//! File order, as upstream writes it: block 0 holds the superblock (byte 1024), its RAFS
+//! extension (1152) and the device table (1408); inodes start at `meta_blkaddr`; the blob
+//! table, chunk info table and prefetch table follow the inodes.
+
+pub mod inode;
+pub mod super_block;
+pub mod tables;
+
+/// log2 of the EROFS block size.
+pub const BLOCK_BITS: u32 = 12;
+/// EROFS block size: 4 KiB.
+pub const BLOCK_SIZE: u64 = 1 << BLOCK_BITS;
+
+/// Reads a 64-byte blob id field: ASCII hex, possibly NUL padded for shorter ids.
+pub(crate) fn blob_id_from_bytes(raw: &[u8; 64]) -> Option<String> {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(64);
+    let id = &raw[..len];
+    if id.is_empty() || raw[len..].iter().any(|&b| b != 0) || !id.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    String::from_utf8(id.to_vec()).ok()
+}

@@ -1,0 +1,387 @@
+//! The `nydus-image` command line: a thin shell over the library.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use nydus_image::builder::{self, chunker::Progress, BlobTarget, BuildOptions};
+use nydus_image::check;
+use nydus_image::format::{Compressor, Digester};
+use nydus_image::reader::Image;
+use nydus_image::storage::blobs::BlobSource;
+
+#[derive(Parser)]
+#[command(
+    name = "nydus-image",
+    version,
+    about = "Build, check and read RAFS (Nydus) filesystem images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, PartialOrd, Ord)]
+enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Trace => log::LevelFilter::Trace,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Error => log::LevelFilter::Error,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressorArg {
+    None,
+    #[value(name = "lz4_block")]
+    Lz4Block,
+    Zstd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DigesterArg {
+    Blake3,
+    Sha256,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a RAFS filesystem from a directory.
+    Create(Box<CreateArgs>),
+    /// Validate a RAFS bootstrap and list its blobs and features.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    /// Source directory.
+    source: PathBuf,
+    /// Conversion type (only directories so far: dir-rafs, directory).
+    #[arg(short = 't', long = "type", default_value = "dir-rafs")]
+    source_type: String,
+    /// Same as --type (upstream spells it both ways).
+    #[arg(long = "source-type")]
+    source_type_alt: Option<String>,
+    /// Where to write the bootstrap (RAFS metadata).
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    /// Directory to store the data blob in, named by its sha256.
+    #[arg(short = 'D', long = "blob-dir", conflicts_with = "blob")]
+    blob_dir: Option<PathBuf>,
+    /// File (or FIFO) to write the data blob to.
+    #[arg(short = 'b', long)]
+    blob: Option<PathBuf>,
+    /// Blob id to record instead of the blob's sha256.
+    #[arg(long = "blob-id")]
+    blob_id: Option<String>,
+    /// RAFS format version.
+    #[arg(short = 'v', long = "fs-version", default_value = "6")]
+    fs_version: String,
+    /// Chunk compressor.
+    #[arg(long, value_enum, default_value = "zstd")]
+    compressor: CompressorArg,
+    /// Chunk digester.
+    #[arg(long, value_enum, default_value = "blake3")]
+    digester: DigesterArg,
+    /// Chunk size: power of two, 0x1000..=0x1000000 (hex with 0x, or decimal).
+    #[arg(long = "chunk-size", default_value = "0x100000")]
+    chunk_size: String,
+    /// Produce identical output for identical input (always true here; accepted for upstream scripts).
+    #[arg(long)]
+    repeatable: bool,
+    /// Write a JSON report of the build here.
+    #[arg(short = 'J', long = "output-json")]
+    output_json: Option<PathBuf>,
+    /// Log level.
+    #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
+    log_level: LogLevel,
+    /// Hashing and compression threads (default: all cores; env NYDUS_BUILD_THREADS).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Parent bootstrap for layered builds (not implemented yet).
+    #[arg(long = "parent-bootstrap")]
+    parent_bootstrap: Option<PathBuf>,
+    /// Chunk dictionary (not implemented yet).
+    #[arg(long = "chunk-dict")]
+    chunk_dict: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Bootstrap to check.
+    #[arg(value_name = "BOOTSTRAP")]
+    bootstrap_pos: Option<PathBuf>,
+    /// Bootstrap to check.
+    #[arg(short = 'B', long)]
+    bootstrap: Option<PathBuf>,
+    /// Blob directory: also read every file and verify every chunk digest.
+    #[arg(short = 'D', long = "blob-dir")]
+    blob_dir: Option<PathBuf>,
+    /// List every entry.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// Write a JSON report here.
+    #[arg(short = 'J', long = "output-json")]
+    output_json: Option<PathBuf>,
+    /// Log level.
+    #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
+    log_level: LogLevel,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match &cli.command {
+        Command::Create(a) => a.log_level,
+        Command::Check(a) => a.log_level,
+    };
+    env_logger::Builder::new()
+        .filter_level(level.filter())
+        .format_timestamp_micros()
+        .init();
+    let result = match cli.command {
+        Command::Create(args) => create(*args),
+        Command::Check(args) => check_cmd(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u32> {
+    let v = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else {
+        s.parse()
+    };
+    v.map_err(|_| anyhow!("invalid chunk size {s:?}: give a power of two such as 0x100000"))
+}
+
+fn create(args: CreateArgs) -> Result<()> {
+    let source_type = args.source_type_alt.as_deref().unwrap_or(&args.source_type);
+    match source_type {
+        "dir-rafs" | "directory" => {}
+        "stargz_index" => bail!("--type stargz_index is not implemented yet (it is a later issue)"),
+        other => bail!("conversion type {other:?} is not supported; use dir-rafs"),
+    }
+    match args.fs_version.as_str() {
+        "6" => {}
+        "5" => bail!("RAFS v5 (--fs-version 5) is not implemented yet; it is tracked as a later issue. Use --fs-version 6"),
+        other => bail!("unknown --fs-version {other:?}: RAFS versions are 5 and 6"),
+    }
+    if args.parent_bootstrap.is_some() {
+        bail!("--parent-bootstrap (layered builds) is not implemented yet");
+    }
+    if args.chunk_dict.is_some() {
+        bail!("--chunk-dict is not implemented yet");
+    }
+    let target = match (&args.blob, &args.blob_dir) {
+        (Some(b), None) => BlobTarget::File(b.clone()),
+        (None, Some(d)) => BlobTarget::Dir(d.clone()),
+        _ => bail!("give one of --blob PATH or --blob-dir DIR"),
+    };
+    let mut opts = BuildOptions {
+        compressor: match args.compressor {
+            CompressorArg::None => Compressor::None,
+            CompressorArg::Lz4Block => Compressor::Lz4Block,
+            CompressorArg::Zstd => Compressor::Zstd,
+        },
+        digester: match args.digester {
+            DigesterArg::Blake3 => Digester::Blake3,
+            DigesterArg::Sha256 => Digester::Sha256,
+        },
+        chunk_size: parse_size(&args.chunk_size)?,
+        blob_id: args.blob_id.clone(),
+        ..BuildOptions::default()
+    };
+    if let Some(t) = args.threads.or_else(|| {
+        std::env::var("NYDUS_BUILD_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) {
+        opts.threads = t.max(1);
+    }
+    let show_progress = std::io::stderr().is_terminal() && args.log_level <= LogLevel::Info;
+    let meter = ProgressMeter::new(show_progress);
+    let started = Instant::now();
+    let summary = builder::build(&args.source, &args.bootstrap, &target, &opts, &|p| {
+        meter.update(p)
+    })
+    .with_context(|| format!("cannot build an image of {}", args.source.display()))?;
+    meter.finish();
+    let blobs: Vec<String> = summary.blob_id.iter().cloned().collect();
+    println!("meta blob path: {}", summary.bootstrap.display());
+    println!("data blob size: 0x{:x}", summary.blob_size);
+    println!("data blobs: {blobs:?}");
+    log::info!(
+        "{} entries, {} chunks ({} distinct), {} bytes of data, in {:.2?}",
+        summary.entries,
+        summary.total_chunks,
+        summary.unique_chunks,
+        summary.data_bytes,
+        started.elapsed()
+    );
+    if let Some(path) = &args.output_json {
+        let json = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "bootstrap": summary.bootstrap,
+            "blobs": blobs,
+            "fs_version": "6",
+            "compressor": summary.compressor.name(),
+            "digester": summary.digester.name(),
+            "chunk_size": format!("0x{:x}", summary.chunk_size),
+            "blob_size": summary.blob_size,
+            "bootstrap_size": summary.bootstrap_size,
+            "entries": summary.entries,
+            "inodes": summary.inodes,
+            "chunks": summary.total_chunks,
+            "unique_chunks": summary.unique_chunks,
+            "data_bytes": summary.data_bytes,
+            "trace": {"consumed_time": {"total_build": started.elapsed().as_secs_f64()}},
+        });
+        write_json(path, &json)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &PathBuf, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn check_cmd(args: CheckArgs) -> Result<()> {
+    let bootstrap = args
+        .bootstrap
+        .or(args.bootstrap_pos)
+        .ok_or_else(|| anyhow!("give the bootstrap to check (BOOTSTRAP or --bootstrap)"))?;
+    let source = match &args.blob_dir {
+        Some(d) => BlobSource::Dir(d.clone()),
+        None => BlobSource::None,
+    };
+    let mut image = Image::open(&bootstrap, source)?;
+    image.validate = true;
+    let report = check::check(&image, args.verbose)?;
+    if args.blob_dir.is_some() {
+        let mut bytes = 0u64;
+        image.walk(|_, nid| {
+            if image.stat(nid)?.mode & libc::S_IFMT == libc::S_IFREG {
+                bytes += image.read_all(nid)?.len() as u64;
+            }
+            Ok(())
+        })?;
+        log::info!("read and verified {bytes} bytes of file data");
+    }
+    eprintln!("RAFS features: {}", report.features.join(" | "));
+    if args.verbose {
+        for e in &report.tree {
+            println!(
+                "inode: {:?} nid {} mode 0o{:o} size {} nlink {} chunks {}",
+                e.path, e.nid, e.mode, e.size, e.nlink, e.chunks
+            );
+        }
+    }
+    println!("RAFS filesystem metadata is valid, referenced data blobs: ");
+    for (i, b) in report.blobs.iter().enumerate() {
+        println!(
+            "\t {i}: {}, compressed data size 0x{:x}, compressed file size 0x{:x}, uncompressed file size 0x{:x}, chunks: 0x{:x}, features: {}",
+            b.blob_id,
+            b.compressed_data_size,
+            b.compressed_size,
+            b.uncompressed_size,
+            b.chunk_count,
+            b.features.join(" ")
+        );
+    }
+    if let Some(path) = &args.output_json {
+        let json = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "bootstrap": bootstrap,
+            "blobs": report.blobs.iter().map(|b| b.blob_id.clone()).collect::<Vec<_>>(),
+            "fs_version": report.fs_version,
+            "features": report.features,
+            "chunk_size": format!("0x{:x}", report.chunk_size),
+            "inodes": report.inodes,
+            "entries": report.entries,
+            "blob_details": report.blobs,
+            "tree": if args.verbose { serde_json::to_value(&report.tree)? } else { serde_json::Value::Null },
+        });
+        write_json(path, &json)?;
+    }
+    Ok(())
+}
+
+/// Progress on stderr: files and bytes done, throughput and time left, redrawn at most
+/// five times a second.
+struct ProgressMeter {
+    enabled: bool,
+    started: Instant,
+    last: Mutex<Option<Instant>>,
+}
+
+impl ProgressMeter {
+    fn new(enabled: bool) -> Self {
+        ProgressMeter {
+            enabled,
+            started: Instant::now(),
+            last: Mutex::new(None),
+        }
+    }
+
+    fn update(&self, p: &Progress) {
+        if !self.enabled {
+            return;
+        }
+        let mut last = self.last.lock().expect("progress lock");
+        let now = Instant::now();
+        if last.is_some_and(|t| now - t < Duration::from_millis(200))
+            && p.files_done < p.files_total
+        {
+            return;
+        }
+        *last = Some(now);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.bytes_done as f64 / secs;
+        let left = if rate > 0.0 {
+            (p.bytes_total.saturating_sub(p.bytes_done)) as f64 / rate
+        } else {
+            0.0
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{}/{} files, {:.1}/{:.1} MiB, {:.1} MiB/s, {:.0}s left   ",
+            p.files_done,
+            p.files_total,
+            p.bytes_done as f64 / 1048576.0,
+            p.bytes_total as f64 / 1048576.0,
+            rate / 1048576.0,
+            left
+        );
+    }
+
+    fn finish(&self) {
+        if self.enabled && self.last.lock().expect("progress lock").is_some() {
+            eprintln!();
+        }
+    }
+}

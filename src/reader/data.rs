@@ -1,0 +1,168 @@
+//! Reading file data: chunk index -> chunk info -> blob bytes -> decompressed chunk,
+//! checked against its digest when asked.
+
+use std::sync::Arc;
+
+use super::{Image, ReadError};
+use crate::format::v6::inode::ChunkAddr;
+use crate::storage::compress;
+
+impl Image {
+    fn blob_error(&self, blob: usize, what: String) -> ReadError {
+        ReadError::Blob {
+            blob_id: self
+                .blobs
+                .get(blob)
+                .map(|b| b.blob_id.clone())
+                .unwrap_or_default(),
+            path: self.blob_paths.get(blob).cloned().flatten(),
+            what,
+        }
+    }
+
+    /// Loads and decompresses one chunk; `expect_len` is the size the file needs from it.
+    pub(crate) fn load_chunk(
+        &self,
+        addr: ChunkAddr,
+        expect_len: u64,
+    ) -> Result<Arc<Vec<u8>>, ReadError> {
+        let key = (addr.blob_index as u32, addr.chunk_index);
+        if let Some((k, data)) = self.cache.lock().expect("cache lock").as_ref() {
+            if *k == key {
+                return Ok(data.clone());
+            }
+        }
+        let blob = addr.blob_index as usize;
+        if blob >= self.blobs.len() {
+            return Err(self.fmt_err(crate::format::FormatError::Invalid {
+                offset: 0,
+                what: format!("chunk index names blob {blob} of {}", self.blobs.len()),
+            }));
+        }
+        let info = self.chunks.get(&key).ok_or_else(|| {
+            self.blob_error(
+                blob,
+                format!(
+                    "chunk {} is not in the bootstrap's chunk table",
+                    addr.chunk_index
+                ),
+            )
+        })?;
+        if info.uncompressed_size as u64 != expect_len {
+            return Err(self.blob_error(
+                blob,
+                format!(
+                    "chunk {} holds {} bytes, the file needs {expect_len} there",
+                    addr.chunk_index, info.uncompressed_size
+                ),
+            ));
+        }
+        let file = self.blob_files[blob]
+            .as_ref()
+            .map_err(|e| self.blob_error(blob, e.clone()))?;
+        let end = info
+            .compressed_offset
+            .checked_add(info.compressed_size as u64);
+        if end.is_none_or(|end| end > file.len) {
+            return Err(self.blob_error(
+                blob,
+                format!(
+                    "chunk {} at 0x{:x}+0x{:x} lies past the blob's end 0x{:x}",
+                    addr.chunk_index, info.compressed_offset, info.compressed_size, file.len
+                ),
+            ));
+        }
+        if info.compressed_size as u64 > 2 * crate::format::v6::super_block::MAX_CHUNK_SIZE {
+            return Err(self.blob_error(
+                blob,
+                format!("chunk {} is implausibly large", addr.chunk_index),
+            ));
+        }
+        let mut stored = vec![0u8; info.compressed_size as usize];
+        file.read_exact_at(&mut stored, info.compressed_offset)
+            .map_err(|e| {
+                self.blob_error(blob, format!("cannot read chunk {}: {e}", addr.chunk_index))
+            })?;
+        let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
+        let data = if compressed {
+            let mut out = vec![0u8; info.uncompressed_size as usize];
+            compress::decompress(self.blobs[blob].compressor, &stored, &mut out).map_err(|e| {
+                self.blob_error(
+                    blob,
+                    format!(
+                        "chunk {} at 0x{:x}: {e}",
+                        addr.chunk_index, info.compressed_offset
+                    ),
+                )
+            })?;
+            out
+        } else {
+            stored
+        };
+        if self.validate {
+            let got = compress::digest(self.blobs[blob].digester, &data);
+            if got != info.digest {
+                return Err(self.blob_error(
+                    blob,
+                    format!(
+                        "chunk {} at 0x{:x}: digest {} does not match the bootstrap's {}",
+                        addr.chunk_index,
+                        info.compressed_offset,
+                        hex::encode(got),
+                        hex::encode(info.digest)
+                    ),
+                ));
+            }
+        }
+        let data = Arc::new(data);
+        *self.cache.lock().expect("cache lock") = Some((key, data.clone()));
+        Ok(data)
+    }
+
+    /// Reads up to `buf.len()` bytes of regular file `nid` at `offset`; returns the count
+    /// (0 at or past the end). Holes read as zeros.
+    pub fn read(&self, nid: u64, offset: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let size = self.inode(nid)?.inode.size;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let addrs = self.chunk_addrs(nid)?;
+        let chunk_size = self.sb.chunk_size as u64;
+        let want = (size - offset).min(buf.len() as u64) as usize;
+        let mut done = 0usize;
+        while done < want {
+            let pos = offset + done as u64;
+            let index = (pos / chunk_size) as usize;
+            let chunk_start = index as u64 * chunk_size;
+            let chunk_len = (size - chunk_start).min(chunk_size);
+            let within = (pos - chunk_start) as usize;
+            let n = (chunk_len as usize - within).min(want - done);
+            match addrs[index] {
+                None => buf[done..done + n].fill(0),
+                Some(addr) => {
+                    let data = self.load_chunk(addr, chunk_len)?;
+                    buf[done..done + n].copy_from_slice(&data[within..within + n]);
+                }
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Reads all of regular file `nid`.
+    pub fn read_all(&self, nid: u64) -> Result<Vec<u8>, ReadError> {
+        let size = self.inode(nid)?.inode.size;
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; self.sb.chunk_size as usize];
+        while offset < size {
+            let n = self.read(nid, offset, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,567 @@
+//! Opens a RAFS v6 bootstrap (ours or upstream's) with its blobs and offers a read-only
+//! view: walk, stat, read, readlink, xattrs. Every byte of the bootstrap and blobs is
+//! untrusted: offsets and sizes are checked against the file before use, counts are
+//! bounded by what the file can hold, and walks detect cycles and absurd depths.
+//!
+//! ```no_run
+//! use nydus_image::reader::Image;
+//! use nydus_image::storage::blobs::BlobSource;
+//! let image = Image::open("image.boot".as_ref(), BlobSource::Dir("blobs".into()))?;
+//! let root = image.root();
+//! for entry in image.read_dir(root)? {
+//!     println!("{}", String::from_utf8_lossy(&entry.name));
+//! }
+//! # Ok::<(), nydus_image::reader::ReadError>(())
+//! ```
+
+mod data;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+use crate::format::v6::inode::{self, ChunkAddr, DataLayout, Inode, SLOT_SIZE};
+use crate::format::v6::super_block::{DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
+use crate::format::v6::tables::{BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE};
+use crate::format::v6::BLOCK_SIZE;
+use crate::format::FormatError;
+use crate::storage::blobs::{BlobFile, BlobSource};
+
+/// Largest bootstrap we load (upstream's metadata limit is 2 GiB too).
+const MAX_BOOTSTRAP: u64 = 1 << 31;
+/// Deepest directory nesting a walk accepts.
+pub const MAX_DEPTH: usize = 4096;
+
+/// Why reading an image failed. Each names the file and, where known, the offset.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// The bootstrap breaks the format.
+    #[error("bootstrap {}: {source}", path.display())]
+    Format {
+        /// The bootstrap.
+        path: PathBuf,
+        /// The violation, with its offset.
+        #[source]
+        source: FormatError,
+    },
+    /// A file could not be read.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob is missing, short, or holds bad data.
+    #[error("blob {blob_id} ({}): {what}", path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "no file".into()))]
+    Blob {
+        /// The blob id.
+        blob_id: String,
+        /// The blob file, if one was found.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        what: String,
+    },
+    /// The caller asked for something that is not there (wrong kind of inode, say).
+    #[error("{0}")]
+    Request(String),
+}
+
+/// A file's attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Inode number: the nid.
+    pub ino: u64,
+    /// Type and permissions.
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: u32,
+    /// Device number of device nodes (Linux encoding).
+    pub rdev: u64,
+}
+
+/// One directory entry ("." and ".." are left out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name bytes.
+    pub name: Vec<u8>,
+    /// Target nid.
+    pub nid: u64,
+    /// EROFS file type code.
+    pub file_type: u8,
+}
+
+/// The last chunk read: (blob index, chunk index) and its data.
+type CachedChunk = ((u32, u32), std::sync::Arc<Vec<u8>>);
+
+/// An open image.
+pub struct Image {
+    path: PathBuf,
+    meta: Vec<u8>,
+    sb: SuperBlock,
+    blobs: Vec<BlobEntry>,
+    devices: Vec<DeviceSlot>,
+    chunks: HashMap<(u32, u32), ChunkInfo>,
+    blob_files: Vec<Result<BlobFile, String>>,
+    blob_paths: Vec<Option<PathBuf>>,
+    cache: Mutex<Option<CachedChunk>>,
+    /// Verify chunk digests on every read.
+    pub validate: bool,
+}
+
+/// A decoded inode with where its parts are.
+#[derive(Clone, Debug)]
+pub struct InodeView {
+    /// The nid.
+    pub nid: u64,
+    /// Decoded fields.
+    pub inode: Inode,
+    /// Byte offset of the inode.
+    pub offset: u64,
+    /// Byte offset right after the inline xattrs.
+    pub body_offset: u64,
+}
+
+impl Image {
+    /// Opens `bootstrap` and locates its blobs. Blob files that are missing only fail the
+    /// reads that need them.
+    pub fn open(bootstrap: &Path, blobs: BlobSource) -> Result<Self, ReadError> {
+        let io = |what: &str, e| ReadError::Io {
+            path: bootstrap.to_path_buf(),
+            what: what.to_string(),
+            source: e,
+        };
+        let len = std::fs::metadata(bootstrap)
+            .map_err(|e| io("cannot stat bootstrap", e))?
+            .len();
+        if len > MAX_BOOTSTRAP {
+            return Err(ReadError::Format {
+                path: bootstrap.to_path_buf(),
+                source: FormatError::Invalid {
+                    offset: 0,
+                    what: format!("bootstrap is {len} bytes, more than the 2 GiB limit"),
+                },
+            });
+        }
+        let meta = std::fs::read(bootstrap).map_err(|e| io("cannot read bootstrap", e))?;
+        Self::from_bytes(bootstrap, meta, blobs)
+    }
+
+    /// Parses bootstrap bytes already in memory; `path` is used in messages.
+    pub fn from_bytes(path: &Path, meta: Vec<u8>, blobs: BlobSource) -> Result<Self, ReadError> {
+        let fmt = |source: FormatError| ReadError::Format {
+            path: path.to_path_buf(),
+            source,
+        };
+        let sb = SuperBlock::decode(&meta, meta.len() as u64).map_err(fmt)?;
+        if !(meta.len() as u64).is_multiple_of(BLOCK_SIZE) {
+            return Err(fmt(FormatError::Invalid {
+                offset: meta.len() as u64,
+                what: format!("bootstrap size {} is not a multiple of 4096", meta.len()),
+            }));
+        }
+        let blob_count = sb.blob_table_size as usize / BLOB_ENTRY_SIZE;
+        if blob_count != sb.extra_devices as usize {
+            return Err(fmt(FormatError::Invalid {
+                offset: 1024 + 86,
+                what: format!(
+                    "{} devices but {} blob table entries",
+                    sb.extra_devices, blob_count
+                ),
+            }));
+        }
+        if blob_count > 255 {
+            return Err(fmt(FormatError::Invalid {
+                offset: 1152 + 16,
+                what: format!("{blob_count} blobs, chunk indexes can address 255"),
+            }));
+        }
+        let mut devices = Vec::with_capacity(blob_count);
+        for i in 0..blob_count {
+            let at = DEVTABLE_OFFSET + 128 * i as u64;
+            let bytes = slice(&meta, at, 128).map_err(fmt)?;
+            devices.push(DeviceSlot::decode(bytes, at).map_err(fmt)?);
+        }
+        let mut table = Vec::with_capacity(blob_count);
+        for (i, device) in devices.iter().enumerate() {
+            let at = sb.blob_table_offset + (BLOB_ENTRY_SIZE * i) as u64;
+            let bytes = slice(&meta, at, BLOB_ENTRY_SIZE as u64).map_err(fmt)?;
+            let entry = BlobEntry::decode(bytes, i as u32, at).map_err(fmt)?;
+            if entry.blob_id != device.blob_id {
+                return Err(fmt(FormatError::Invalid {
+                    offset: at,
+                    what: format!(
+                        "blob {} is {} in the device table",
+                        entry.blob_id, device.blob_id
+                    ),
+                }));
+            }
+            table.push(entry);
+        }
+        let chunk_count = sb.chunk_table_size / CHUNK_INFO_SIZE as u64;
+        let mut chunks = HashMap::with_capacity(chunk_count as usize);
+        for i in 0..chunk_count {
+            let at = sb.chunk_table_offset + i * CHUNK_INFO_SIZE as u64;
+            let bytes = slice(&meta, at, CHUNK_INFO_SIZE as u64).map_err(fmt)?;
+            let info = ChunkInfo::decode(bytes, at).map_err(fmt)?;
+            if info.blob_index as usize >= blob_count {
+                return Err(fmt(FormatError::Invalid {
+                    offset: at + 32,
+                    what: format!("chunk {i} names blob {} of {blob_count}", info.blob_index),
+                }));
+            }
+            chunks.insert((info.blob_index, info.index), info);
+        }
+        let ids: Vec<String> = table.iter().map(|b| b.blob_id.clone()).collect();
+        let blob_paths = blobs.resolve(&ids);
+        let blob_files = blob_paths
+            .iter()
+            .map(|p| match p {
+                Some(p) => {
+                    BlobFile::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+                }
+                None => Err("no blob file given".to_string()),
+            })
+            .collect();
+        let image = Image {
+            path: path.to_path_buf(),
+            meta,
+            sb,
+            blobs: table,
+            devices,
+            chunks,
+            blob_files,
+            blob_paths,
+            cache: Mutex::new(None),
+            validate: false,
+        };
+        image.inode(image.root())?;
+        Ok(image)
+    }
+
+    /// The bootstrap path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The superblock.
+    pub fn super_block(&self) -> &SuperBlock {
+        &self.sb
+    }
+
+    /// The blob table.
+    pub fn blobs(&self) -> &[BlobEntry] {
+        &self.blobs
+    }
+
+    /// The device table.
+    pub fn devices(&self) -> &[DeviceSlot] {
+        &self.devices
+    }
+
+    /// The chunk table, in no particular order.
+    pub fn chunk_table(&self) -> impl Iterator<Item = &ChunkInfo> {
+        self.chunks.values()
+    }
+
+    /// The chunk table entry for chunk `index` of blob `blob`.
+    pub fn chunk_info(&self, blob: u32, index: u32) -> Option<&ChunkInfo> {
+        self.chunks.get(&(blob, index))
+    }
+
+    /// Whether the bootstrap carries a chunk table.
+    pub fn has_chunk_table(&self) -> bool {
+        !self.chunks.is_empty()
+    }
+
+    /// The root directory's nid.
+    pub fn root(&self) -> u64 {
+        self.sb.root_nid as u64
+    }
+
+    fn fmt_err(&self, source: FormatError) -> ReadError {
+        ReadError::Format {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn bytes(&self, offset: u64, len: u64) -> Result<&[u8], ReadError> {
+        slice(&self.meta, offset, len).map_err(|e| self.fmt_err(e))
+    }
+
+    /// Decodes the inode `nid`.
+    pub fn inode(&self, nid: u64) -> Result<InodeView, ReadError> {
+        let offset = nid
+            .checked_mul(SLOT_SIZE)
+            .and_then(|o| o.checked_add(self.sb.meta_blkaddr as u64 * BLOCK_SIZE))
+            .filter(|&o| o < self.meta.len() as u64)
+            .ok_or_else(|| {
+                self.fmt_err(FormatError::Invalid {
+                    offset: 0,
+                    what: format!("nid {nid} points outside the bootstrap"),
+                })
+            })?;
+        let inode =
+            Inode::decode(&self.meta[offset as usize..], offset).map_err(|e| self.fmt_err(e))?;
+        let body_offset = offset + inode.disk_size() as u64 + inode.xattr_size() as u64;
+        if body_offset > self.meta.len() as u64 {
+            return Err(self.fmt_err(FormatError::Invalid {
+                offset,
+                what: format!("inode {nid}: xattrs run past the end of the bootstrap"),
+            }));
+        }
+        let kind = inode.mode as u32 & libc::S_IFMT;
+        let ok_layout = match kind {
+            libc::S_IFREG => inode.layout == DataLayout::ChunkBased,
+            libc::S_IFDIR | libc::S_IFLNK => inode.layout != DataLayout::ChunkBased,
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK => true,
+            _ => false,
+        };
+        if !ok_layout {
+            return Err(self.fmt_err(FormatError::Invalid {
+                offset,
+                what: format!(
+                    "inode {nid}: mode 0o{:o} with layout {:?}",
+                    inode.mode, inode.layout
+                ),
+            }));
+        }
+        Ok(InodeView {
+            nid,
+            inode,
+            offset,
+            body_offset,
+        })
+    }
+
+    /// Attributes of `nid`.
+    pub fn stat(&self, nid: u64) -> Result<Stat, ReadError> {
+        let v = self.inode(nid)?;
+        let i = &v.inode;
+        let kind = i.mode as u32 & libc::S_IFMT;
+        Ok(Stat {
+            ino: nid,
+            mode: i.mode as u32,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            size: if matches!(kind, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK) {
+                i.size
+            } else {
+                0
+            },
+            mtime: i.mtime as i64,
+            mtime_nsec: i.mtime_nsec,
+            rdev: if matches!(kind, libc::S_IFCHR | libc::S_IFBLK) {
+                i.u as u64
+            } else {
+                0
+            },
+        })
+    }
+
+    /// Inline xattrs of `nid`, in stored order.
+    pub fn xattrs(&self, nid: u64) -> Result<inode::Xattrs, ReadError> {
+        let v = self.inode(nid)?;
+        let size = v.inode.xattr_size();
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let at = v.offset + v.inode.disk_size() as u64;
+        let bytes = self.bytes(at, size as u64)?;
+        inode::decode_xattrs(bytes, at).map_err(|e| self.fmt_err(e))
+    }
+
+    /// The data of a directory or symlink inode (the blocks and the inline tail joined).
+    fn flat_data(&self, v: &InodeView) -> Result<Vec<u8>, ReadError> {
+        let size = v.inode.size;
+        if size > self.meta.len() as u64 {
+            return Err(self.fmt_err(FormatError::Invalid {
+                offset: v.offset,
+                what: format!("inode {}: size {size} exceeds the bootstrap", v.nid),
+            }));
+        }
+        let blkaddr = v.inode.u as u64 * BLOCK_SIZE;
+        match v.inode.layout {
+            DataLayout::FlatPlain => Ok(self.bytes(blkaddr, size)?.to_vec()),
+            DataLayout::FlatInline => {
+                let full = size / BLOCK_SIZE * BLOCK_SIZE;
+                let tail = size - full;
+                let mut out = self.bytes(blkaddr, full)?.to_vec();
+                if v.body_offset % BLOCK_SIZE + tail > BLOCK_SIZE {
+                    return Err(self.fmt_err(FormatError::Invalid {
+                        offset: v.body_offset,
+                        what: format!(
+                            "inode {}: inline tail of {tail} bytes crosses a block",
+                            v.nid
+                        ),
+                    }));
+                }
+                out.extend_from_slice(self.bytes(v.body_offset, tail)?);
+                Ok(out)
+            }
+            DataLayout::ChunkBased => Err(ReadError::Request(format!(
+                "inode {} is chunk based",
+                v.nid
+            ))),
+        }
+    }
+
+    /// Entries of directory `nid`, "." and ".." excluded, in stored (name) order.
+    pub fn read_dir(&self, nid: u64) -> Result<Vec<DirEntry>, ReadError> {
+        let v = self.inode(nid)?;
+        if v.inode.mode as u32 & libc::S_IFMT != libc::S_IFDIR {
+            return Err(ReadError::Request(format!(
+                "inode {nid} is not a directory"
+            )));
+        }
+        let data = self.flat_data(&v)?;
+        let mut out = Vec::new();
+        for (i, block) in data.chunks(BLOCK_SIZE as usize).enumerate() {
+            let at = v.inode.u as u64 * BLOCK_SIZE + i as u64 * BLOCK_SIZE;
+            for (name, child, ft) in
+                inode::decode_dirents(block, at).map_err(|e| self.fmt_err(e))?
+            {
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                if name.contains(&b'/') || name.contains(&0) {
+                    return Err(self.fmt_err(FormatError::Invalid {
+                        offset: at,
+                        what: format!(
+                            "directory {nid}: entry name {:?} contains '/' or NUL",
+                            String::from_utf8_lossy(name)
+                        ),
+                    }));
+                }
+                out.push(DirEntry {
+                    name: name.to_vec(),
+                    nid: child,
+                    file_type: ft,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds `name` in directory `dir`.
+    pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<Option<u64>, ReadError> {
+        Ok(self
+            .read_dir(dir)?
+            .into_iter()
+            .find(|e| e.name == name)
+            .map(|e| e.nid))
+    }
+
+    /// Resolves an absolute path inside the image (no symlink following).
+    pub fn resolve(&self, path: &[u8]) -> Result<Option<u64>, ReadError> {
+        let mut nid = self.root();
+        for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            match self.lookup(nid, part)? {
+                Some(n) => nid = n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(nid))
+    }
+
+    /// Target of symlink `nid`.
+    pub fn readlink(&self, nid: u64) -> Result<Vec<u8>, ReadError> {
+        let v = self.inode(nid)?;
+        if v.inode.mode as u32 & libc::S_IFMT != libc::S_IFLNK {
+            return Err(ReadError::Request(format!("inode {nid} is not a symlink")));
+        }
+        self.flat_data(&v)
+    }
+
+    /// Chunk indexes of regular file `nid`, one per chunk of the superblock's chunk size.
+    pub fn chunk_addrs(&self, nid: u64) -> Result<Vec<Option<ChunkAddr>>, ReadError> {
+        let v = self.inode(nid)?;
+        if v.inode.layout != DataLayout::ChunkBased {
+            return Err(ReadError::Request(format!(
+                "inode {nid} is not a regular file"
+            )));
+        }
+        let count = v.inode.size.div_ceil(self.sb.chunk_size as u64);
+        let start = v.body_offset.next_multiple_of(8);
+        let bytes = self.bytes(start, count.saturating_mul(8))?;
+        bytes
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(i, b)| ChunkAddr::decode(b, start + 8 * i as u64).map_err(|e| self.fmt_err(e)))
+            .collect()
+    }
+
+    /// Visits every entry depth first: (path, nid), the root as "/". Detects directory
+    /// cycles and nesting deeper than `MAX_DEPTH`.
+    pub fn walk(
+        &self,
+        mut visit: impl FnMut(&[u8], u64) -> Result<(), ReadError>,
+    ) -> Result<(), ReadError> {
+        let root = self.root();
+        visit(b"/", root)?;
+        let mut on_path: Vec<u64> = vec![root];
+        let mut stack: Vec<(Vec<u8>, std::vec::IntoIter<DirEntry>)> =
+            vec![(Vec::new(), self.read_dir(root)?.into_iter())];
+        while let Some((prefix, iter)) = stack.last_mut() {
+            let Some(entry) = iter.next() else {
+                stack.pop();
+                on_path.pop();
+                continue;
+            };
+            let mut path = prefix.clone();
+            path.push(b'/');
+            path.extend_from_slice(&entry.name);
+            visit(&path, entry.nid)?;
+            let st = self.stat(entry.nid)?;
+            if st.mode & libc::S_IFMT == libc::S_IFDIR {
+                if on_path.contains(&entry.nid) {
+                    return Err(self.fmt_err(FormatError::Invalid {
+                        offset: 0,
+                        what: format!("directory cycle at {}", String::from_utf8_lossy(&path)),
+                    }));
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(self.fmt_err(FormatError::Invalid {
+                        offset: 0,
+                        what: format!("directories nested deeper than {MAX_DEPTH}"),
+                    }));
+                }
+                on_path.push(entry.nid);
+                let children = self.read_dir(entry.nid)?.into_iter();
+                stack.push((path, children));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `bytes[offset..offset + len]`, or a truncation error naming the offset.
+fn slice(bytes: &[u8], offset: u64, len: u64) -> Result<&[u8], FormatError> {
+    let end = offset.checked_add(len);
+    match end {
+        Some(end) if end <= bytes.len() as u64 => Ok(&bytes[offset as usize..end as usize]),
+        _ => Err(FormatError::Truncated {
+            offset,
+            need: len,
+            have: (bytes.len() as u64).saturating_sub(offset),
+            what: "bootstrap range",
+        }),
+    }
+}

@@ -1,0 +1,116 @@
+//! Chunk compression and digests, with upstream's framing: LZ4 raw blocks without a size
+//! prefix, zstd frames at level 3, and data kept as is whenever compressing does not make
+//! it smaller.
+
+use std::io::Read;
+
+use crate::format::{Compressor, Digester};
+
+/// zstd level upstream uses (`zstd::DEFAULT_COMPRESSION_LEVEL`).
+const ZSTD_LEVEL: i32 = 3;
+
+/// Compresses `data`. Returns `None` when the result would not be smaller (or the
+/// compressor is `None`): the chunk is then stored uncompressed and flagged so.
+pub fn compress(algo: Compressor, data: &[u8]) -> Option<Vec<u8>> {
+    if data.is_empty() {
+        return None;
+    }
+    let out = match algo {
+        Compressor::None => return None,
+        Compressor::Lz4Block => lz4_flex::block::compress(data),
+        Compressor::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).ok()?,
+        Compressor::Gzip => {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(data).ok()?;
+            enc.finish().ok()?
+        }
+    };
+    (out.len() < data.len()).then_some(out)
+}
+
+/// Decompresses `src` into exactly `dst.len()` bytes.
+pub fn decompress(algo: Compressor, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    let got = match algo {
+        Compressor::None => {
+            if src.len() != dst.len() {
+                return Err(format!(
+                    "stored size {} differs from expected {}",
+                    src.len(),
+                    dst.len()
+                ));
+            }
+            dst.copy_from_slice(src);
+            dst.len()
+        }
+        Compressor::Lz4Block => {
+            lz4_flex::block::decompress_into(src, dst).map_err(|e| format!("lz4: {e}"))?
+        }
+        Compressor::Zstd => {
+            zstd::bulk::decompress_to_buffer(src, dst).map_err(|e| format!("zstd: {e}"))?
+        }
+        Compressor::Gzip => {
+            let mut dec = flate2::read::GzDecoder::new(src);
+            dec.read_exact(dst).map_err(|e| format!("gzip: {e}"))?;
+            dst.len()
+        }
+    };
+    if got != dst.len() {
+        return Err(format!(
+            "decompressed to {got} bytes, expected {}",
+            dst.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Digest of a chunk's uncompressed data.
+pub fn digest(algo: Digester, data: &[u8]) -> [u8; 32] {
+    match algo {
+        Digester::Blake3 => *blake3::hash(data).as_bytes(),
+        Digester::Sha256 => {
+            use sha2::Digest;
+            sha2::Sha256::digest(data).into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_compressor_round_trips() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for algo in [Compressor::Lz4Block, Compressor::Zstd, Compressor::Gzip] {
+            let packed = compress(algo, &data).expect("compressible");
+            assert!(packed.len() < data.len());
+            let mut out = vec![0u8; data.len()];
+            decompress(algo, &packed, &mut out).unwrap();
+            assert_eq!(out, data);
+        }
+        assert_eq!(compress(Compressor::None, &data), None);
+    }
+
+    #[test]
+    fn incompressible_data_is_stored() {
+        let data: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert_eq!(compress(Compressor::Lz4Block, &data[..16]), None);
+        let mut out = vec![0u8; 8];
+        assert!(decompress(Compressor::Zstd, b"garbage!", &mut out).is_err());
+    }
+
+    #[test]
+    fn digests_match_known_values() {
+        assert_eq!(
+            hex::encode(digest(Digester::Sha256, b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex::encode(digest(Digester::Blake3, b"")),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+}

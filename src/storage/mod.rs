@@ -1,0 +1,4 @@
+//! Where blob data comes from, and the codecs applied to it.
+
+pub mod blobs;
+pub mod compress;
