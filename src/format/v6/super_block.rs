@@ -285,7 +285,7 @@ impl SuperBlock {
             return Err(bad(1040, "inode count is 0".into()));
         }
         let meta_start = sb.meta_blkaddr.get() as u64 * BLOCK_SIZE;
-        if meta_start == 0 || meta_start >= file_size {
+        if meta_start >= file_size {
             return Err(bad(
                 1064,
                 format!(
