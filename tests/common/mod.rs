@@ -316,6 +316,9 @@ pub fn make_tree(root: &Path, spec: &TreeSpec) {
     set_mtime(root, 1_600_000_000, 7);
 }
 
+/// A scanned tree: path -> facts, and the hard-link groups (sorted lists of paths).
+pub type Scan = (BTreeMap<Vec<u8>, EntryFacts>, Vec<Vec<Vec<u8>>>);
+
 /// What a comparison looks at for one entry.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct EntryFacts {
@@ -332,7 +335,7 @@ pub struct EntryFacts {
 }
 
 /// Reads a tree with std::fs and libc only: path -> facts, plus hard-link groups.
-pub fn scan_fs(root: &Path) -> (BTreeMap<Vec<u8>, EntryFacts>, Vec<Vec<Vec<u8>>>) {
+pub fn scan_fs(root: &Path) -> Scan {
     let mut out = BTreeMap::new();
     let mut groups: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
     let mut stack = vec![(root.to_path_buf(), b"/".to_vec())];
@@ -439,7 +442,7 @@ pub fn list_xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 /// Reads an image through the library: path -> facts, plus hard-link groups (by nid).
-pub fn scan_image(image: &Image) -> (BTreeMap<Vec<u8>, EntryFacts>, Vec<Vec<Vec<u8>>>) {
+pub fn scan_image(image: &Image) -> Scan {
     let mut out = BTreeMap::new();
     let mut by_nid: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     image
@@ -531,11 +534,7 @@ pub fn assert_same_content(
 }
 
 /// Asserts two scans are equal, reporting the first differing entry by path.
-pub fn assert_same_scan(
-    what: &str,
-    left: &(BTreeMap<Vec<u8>, EntryFacts>, Vec<Vec<Vec<u8>>>),
-    right: &(BTreeMap<Vec<u8>, EntryFacts>, Vec<Vec<Vec<u8>>>),
-) {
+pub fn assert_same_scan(what: &str, left: &Scan, right: &Scan) {
     let lk: Vec<_> = left.0.keys().collect();
     let rk: Vec<_> = right.0.keys().collect();
     if lk != rk {
