@@ -121,7 +121,8 @@ fn files_changing_during_the_build_are_errors() {
         digester: Digester::Blake3,
         threads: 2,
     };
-    let cases: [(&str, fn(&Path), &str); 3] = [
+    type Case = (&'static str, fn(&Path), &'static str);
+    let cases: [Case; 3] = [
         ("shrinks", |p| fs::write(p, b"short").unwrap(), "shrank"),
         ("grows", |p| write_file(p, &data(400_000, 3)), "grew"),
         ("vanishes", |p| fs::remove_file(p).unwrap(), "No such file"),
