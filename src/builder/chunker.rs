@@ -5,9 +5,9 @@
 //! digest and appends new chunks to the blob. At most `window` chunks are in flight, so
 //! memory stays near `window x chunk_size` whatever the file or blob size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Mutex;
 
 use crossbeam_channel::bounded;
@@ -56,7 +56,15 @@ struct Done {
     file_offset: u64,
     digest: [u8; 32],
     data: Vec<u8>,
-    packed: Option<Vec<u8>>,
+    packed: Compressed,
+}
+
+/// A worker's compression result.
+enum Compressed {
+    /// Compressed form, or `None` when the chunk is stored raw.
+    Done(Option<Vec<u8>>),
+    /// Not compressed: another copy of this chunk claimed the work.
+    Skipped,
 }
 
 /// How far the chunker has come.
@@ -95,6 +103,7 @@ pub fn chunk_files<W: Write>(
         token_tx.send(()).expect("fresh channel has room");
     }
     let reader_error: Mutex<Option<BuildError>> = Mutex::new(None);
+    let claimed: Mutex<HashSet<[u8; 32]>> = Mutex::new(HashSet::new());
     let mut out = Chunked {
         file_chunks: vec![Vec::new(); tree.nodes.len()],
         ..Chunked::default()
@@ -116,13 +125,21 @@ pub fn chunk_files<W: Write>(
                 }
             }
         });
+        let claimed = &claimed;
         for _ in 0..threads {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             s.spawn(move || {
                 for job in job_rx {
                     let digest = compress::digest(opts.digester, &job.data);
-                    let packed = compress::compress(opts.compressor, &job.data);
+                    // Compress only the first copy of a chunk seen; the writer compresses
+                    // itself in the rare case where a later copy claimed the digest first.
+                    let first = claimed.lock().expect("claims lock").insert(digest);
+                    let packed = if first {
+                        Compressed::Done(compress::compress(opts.compressor, &job.data))
+                    } else {
+                        Compressed::Skipped
+                    };
                     let done = Done {
                         seq: job.seq,
                         node: job.node,
@@ -144,6 +161,7 @@ pub fn chunk_files<W: Write>(
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
         let mut next = 0u64;
         let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
+        let mut late: Option<Vec<u8>>;
         for done in done_rx.iter() {
             pending.insert(done.seq, done);
             while let Some(done) = pending.remove(&next) {
@@ -159,7 +177,13 @@ pub fn chunk_files<W: Write>(
                     None => match blob.add_chunk(
                         done.digest,
                         &done.data,
-                        done.packed.as_deref(),
+                        match &done.packed {
+                            Compressed::Done(p) => p.as_deref(),
+                            Compressed::Skipped => {
+                                late = compress::compress(opts.compressor, &done.data);
+                                late.as_deref()
+                            }
+                        },
                         done.file_offset,
                     ) {
                         Ok(i) => {
@@ -218,8 +242,14 @@ fn read_file(
     while offset < node.size {
         let want = (node.size - offset).min(chunk_size as u64) as usize;
         let mut data = vec![0u8; want];
-        let got =
-            read_full(&mut file, &mut data).map_err(|e| BuildError::io(path, "cannot read", e))?;
+        let got = if is_hole(&file, offset, want as u64) {
+            // Sparse files: a chunk wholly inside a hole is zeros; skip reading it.
+            file.seek(SeekFrom::Start(offset + want as u64))
+                .map_err(|e| BuildError::io(path, "cannot seek", e))?;
+            want
+        } else {
+            read_full(&mut file, &mut data).map_err(|e| BuildError::io(path, "cannot read", e))?
+        };
         if got < want {
             return Err(BuildError::Source {
                 path: path.clone(),
@@ -256,6 +286,26 @@ fn read_file(
         });
     }
     Ok(())
+}
+
+/// Whether `[offset, offset + len)` of `file` lies wholly in a hole (`SEEK_DATA` finds no
+/// data before its end). Filesystems without hole support report none.
+fn is_hole(file: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(start) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which the
+    // caller resets with an explicit seek or read position.
+    let next = unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_DATA) };
+    let hole = if next < 0 {
+        std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)
+    } else {
+        next as u64 >= offset + len
+    };
+    // SAFETY: as above; put the offset back where the sequential reader expects it.
+    unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_SET) };
+    hole
 }
 
 /// Reads until `buf` is full or end of file; returns the bytes read.
