@@ -10,5 +10,6 @@
 pub mod builder;
 pub mod check;
 pub mod format;
+pub mod mount;
 pub mod reader;
 pub mod storage;

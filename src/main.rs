@@ -67,6 +67,96 @@ enum Command {
     Create(Box<CreateArgs>),
     /// Validate a RAFS bootstrap and list its blobs and features.
     Check(CheckArgs),
+    /// Mount an image read-only through FUSE.
+    Mount(MountArgs),
+    /// Unmount a mounted image.
+    Umount(UmountArgs),
+    /// Compare an image with its source directory, entry by entry and byte by byte.
+    /// Exit status: 0 identical, 1 differences found, 2 could not compare.
+    Verify(VerifyArgs),
+}
+
+/// Where an image's blobs are, as the mount and verify commands take them.
+#[derive(clap::Args, Clone)]
+struct BlobArgs {
+    /// Directory holding the blobs, named by blob id.
+    #[arg(short = 'D', long = "blob-dir")]
+    blob_dir: Option<PathBuf>,
+    /// A blob file (repeat for several).
+    #[arg(short = 'b', long = "blob")]
+    blobs: Vec<PathBuf>,
+}
+
+impl BlobArgs {
+    fn source(&self) -> Result<BlobSource> {
+        match (&self.blob_dir, self.blobs.is_empty()) {
+            (Some(d), true) => Ok(BlobSource::Dir(d.clone())),
+            (None, false) => Ok(BlobSource::Files(self.blobs.clone())),
+            (None, true) => bail!("give the blobs: --blob-dir DIR or --blob PATH"),
+            (Some(_), false) => bail!("give either --blob-dir or --blob, not both"),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    /// Mount point.
+    mountpoint: PathBuf,
+    /// Bootstrap of the image.
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    #[command(flatten)]
+    blobs: BlobArgs,
+    /// Return once the mount is ready; keep serving in the background.
+    #[arg(long)]
+    daemon: bool,
+    /// Verify every chunk's digest when it is read (a mismatch is EIO).
+    #[arg(long)]
+    validate: bool,
+    /// Threads serving reads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Bound of the decompressed chunk cache, in MiB.
+    #[arg(long = "cache-mib", default_value_t = 64)]
+    cache_mib: usize,
+    /// Log to this file (with --daemon, the daemon's only output).
+    #[arg(short = 'L', long = "log-file")]
+    log_file: Option<PathBuf>,
+    /// Log level.
+    #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
+    log_level: LogLevel,
+}
+
+#[derive(clap::Args)]
+struct UmountArgs {
+    /// Mount point.
+    mountpoint: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Via {
+    Fuse,
+    Library,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The source directory the image was built from.
+    source: PathBuf,
+    /// Bootstrap of the image.
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    #[command(flatten)]
+    blobs: BlobArgs,
+    /// Read the image through a FUSE mount (default: what a user sees) or the library.
+    #[arg(long, value_enum, default_value = "fuse")]
+    via: Via,
+    /// Write the differences and summary as JSON here.
+    #[arg(short = 'J', long = "output-json")]
+    output_json: Option<PathBuf>,
+    /// Log level.
+    #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
+    log_level: LogLevel,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +211,18 @@ struct CreateArgs {
     /// Chunk dictionary (not implemented yet).
     #[arg(long = "chunk-dict")]
     chunk_dict: Option<String>,
+    /// After building, mount the image and compare it with the source; fail on any
+    /// difference. `--verify` uses FUSE when it can and the library reader otherwise;
+    /// `--verify=fuse` insists on FUSE, `--verify=library` skips it.
+    #[arg(long, value_name = "HOW", num_args = 0..=1, default_missing_value = "auto")]
+    verify: Option<VerifyHow>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum VerifyHow {
+    Auto,
+    Fuse,
+    Library,
 }
 
 #[derive(clap::Args)]
@@ -150,22 +252,58 @@ fn main() -> ExitCode {
     let level = match &cli.command {
         Command::Create(a) => a.log_level,
         Command::Check(a) => a.log_level,
+        Command::Mount(a) => a.log_level,
+        Command::Umount(_) => LogLevel::Info,
+        Command::Verify(a) => a.log_level,
     };
-    env_logger::Builder::new()
+    let mut logger = env_logger::Builder::new();
+    logger
         .filter_level(level.filter())
-        .format_timestamp_micros()
-        .init();
+        .filter_module("fuser", log::LevelFilter::Warn)
+        .format_timestamp_micros();
+    if let Command::Mount(MountArgs {
+        log_file: Some(path),
+        ..
+    }) = &cli.command
+    {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => {
+                logger.target(env_logger::Target::Pipe(Box::new(f)));
+            }
+            Err(e) => {
+                eprintln!("error: cannot open log file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    logger.init();
     let result = match cli.command {
         Command::Create(args) => create(*args),
-        Command::Check(args) => check_cmd(args),
+        Command::Check(args) => check_cmd(args).map(|_| ExitCode::SUCCESS),
+        Command::Mount(args) => mount_cmd(args).map(|_| ExitCode::SUCCESS),
+        Command::Umount(args) => nydus_image::mount::unmount(&args.mountpoint)
+            .with_context(|| format!("cannot unmount {}", args.mountpoint.display()))
+            .map(|_| ExitCode::SUCCESS),
+        Command::Verify(args) => return verify_cmd(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_fifo(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false)
 }
 
 fn parse_size(s: &str) -> Result<u32> {
@@ -177,7 +315,7 @@ fn parse_size(s: &str) -> Result<u32> {
     v.map_err(|_| anyhow!("invalid chunk size {s:?}: give a power of two such as 0x100000"))
 }
 
-fn create(args: CreateArgs) -> Result<()> {
+fn create(args: CreateArgs) -> Result<ExitCode> {
     let source_type = args.source_type_alt.as_deref().unwrap_or(&args.source_type);
     match source_type {
         "dir-rafs" | "directory" => {}
@@ -221,6 +359,9 @@ fn create(args: CreateArgs) -> Result<()> {
     }) {
         opts.threads = t.max(1);
     }
+    if args.verify.is_some() && matches!(target, BlobTarget::File(ref p) if is_fifo(p)) {
+        bail!("--verify needs to read the blob back; it cannot be used with a FIFO --blob");
+    }
     let show_progress = std::io::stderr().is_terminal() && args.log_level <= LogLevel::Info;
     let meter = ProgressMeter::new(show_progress);
     let started = Instant::now();
@@ -261,7 +402,217 @@ fn create(args: CreateArgs) -> Result<()> {
         });
         write_json(path, &json)?;
     }
+    if let Some(how) = args.verify {
+        let source = match &target {
+            BlobTarget::File(p) => BlobSource::Files(vec![p.clone()]),
+            BlobTarget::Dir(d) => BlobSource::Dir(d.clone()),
+        };
+        let via = match how {
+            VerifyHow::Library => Via::Library,
+            VerifyHow::Fuse | VerifyHow::Auto => Via::Fuse,
+        };
+        let report = match run_verify(&args.source, &summary.bootstrap, source.clone(), via) {
+            Err(e) if how == VerifyHow::Auto && e.downcast_ref::<FuseUnavailable>().is_some() => {
+                eprintln!("{e:#}: verifying through the library reader instead");
+                run_verify(&args.source, &summary.bootstrap, source, Via::Library)?
+            }
+            other => other?,
+        };
+        print_report(&report);
+        if !report.identical() {
+            eprintln!(
+                "error: the image differs from {} in {} place(s)",
+                args.source.display(),
+                report.differences.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// FUSE could not be mounted (no /dev/fuse, no permission, ...).
+#[derive(Debug)]
+struct FuseUnavailable(String);
+
+impl std::fmt::Display for FuseUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot mount FUSE: {}", self.0)
+    }
+}
+
+impl std::error::Error for FuseUnavailable {}
+
+/// Compares the image with `source` through FUSE or the library reader.
+fn run_verify(
+    source: &std::path::Path,
+    bootstrap: &std::path::Path,
+    blobs: BlobSource,
+    via: Via,
+) -> Result<nydus_verify::Report> {
+    let image = Image::open(bootstrap, blobs)?;
+    let src = nydus_verify::FsTree::new(source);
+    let report = match via {
+        Via::Library => nydus_verify::compare(&src, &nydus_image::mount::ImageTree(&image)),
+        Via::Fuse => {
+            let dir = tempfile::Builder::new().prefix("nydus-verify-").tempdir()?;
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
+            let mount = nydus_image::mount::BackgroundMount::start(image, dir.path(), threads)
+                .map_err(|e| anyhow::Error::new(FuseUnavailable(e.to_string())))?;
+            let report = nydus_verify::compare(&src, &nydus_verify::FsTree::new(dir.path()));
+            mount
+                .stop()
+                .context("cannot unmount the verification mount")?;
+            report
+        }
+    };
+    report.map_err(|e| anyhow!("could not compare: {e}"))
+}
+
+fn print_report(report: &nydus_verify::Report) {
+    for d in &report.differences {
+        println!("{d}");
+    }
+    println!(
+        "verify: {} entries compared, {} bytes of content, {} difference(s)",
+        report.entries_compared,
+        report.bytes_compared,
+        report.differences.len()
+    );
+}
+
+fn verify_cmd(args: VerifyArgs) -> ExitCode {
+    let run = || -> Result<nydus_verify::Report> {
+        let report = run_verify(
+            &args.source,
+            &args.bootstrap,
+            args.blobs.source()?,
+            args.via,
+        )?;
+        if let Some(path) = &args.output_json {
+            let json = serde_json::json!({
+                "source": args.source,
+                "bootstrap": args.bootstrap,
+                "via": format!("{:?}", args.via).to_lowercase(),
+                "identical": report.identical(),
+                "entries_compared": report.entries_compared,
+                "bytes_compared": report.bytes_compared,
+                "differences": report.differences,
+            });
+            write_json(path, &json)?;
+        }
+        Ok(report)
+    };
+    match run() {
+        Ok(report) => {
+            print_report(&report);
+            if report.identical() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+const DAEMON_CHILD_ENV: &str = "NYDUS_IMAGE_DAEMON_CHILD";
+
+fn mount_cmd(args: MountArgs) -> Result<()> {
+    if args.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
+        return spawn_daemon(&args);
+    }
+    let mut image = Image::open(&args.bootstrap, args.blobs.source()?)?;
+    image.validate = args.validate;
+    image.set_cache_bytes(args.cache_mib << 20);
+    let config = nydus_fuse::MountConfig {
+        threads: args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        ..nydus_fuse::MountConfig::default()
+    };
+    let fs = std::sync::Arc::new(nydus_image::mount::ImageFs::new(image));
+    let mut mounted = nydus_fuse::mount(fs, &args.mountpoint, &config).with_context(|| {
+        format!(
+            "cannot mount {} at {}",
+            args.bootstrap.display(),
+            args.mountpoint.display()
+        )
+    })?;
+    let mut unmounter = mounted.unmounter();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount: {e}");
+            }
+        }
+    });
+    log::info!(
+        "serving {} at {}",
+        args.bootstrap.display(),
+        args.mountpoint.display()
+    );
+    mounted.run().context("FUSE session failed")?;
+    log::info!("unmounted {}", args.mountpoint.display());
     Ok(())
+}
+
+/// Starts this program again in the background without `--daemon`, and returns once its
+/// mount is ready (or reports why it failed).
+fn spawn_daemon(args: &MountArgs) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let err_file = tempfile::NamedTempFile::new()?;
+    let mut child = std::process::Command::new(exe)
+        .args(&argv)
+        .env(DAEMON_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err_file.reopen()?)
+        .process_group(0)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if nydus_image::mount::is_mounted(&args.mountpoint) {
+            log::info!(
+                "daemon {} serving {}",
+                child.id(),
+                args.mountpoint.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(err_file.path()).unwrap_or_default();
+            bail!(
+                "the mount daemon exited with {status}:\n{}",
+                text.trim_end()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the mount daemon did not mount {} within 60 s",
+                args.mountpoint.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn write_json(path: &PathBuf, value: &serde_json::Value) -> Result<()> {

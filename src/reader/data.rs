@@ -27,10 +27,8 @@ impl Image {
         expect_len: u64,
     ) -> Result<Arc<Vec<u8>>, ReadError> {
         let key = (addr.blob_index as u32, addr.chunk_index);
-        if let Some((k, data)) = self.cache.lock().expect("cache lock").as_ref() {
-            if *k == key {
-                return Ok(data.clone());
-            }
+        if let Some(data) = self.cache.get(key) {
+            return Ok(data);
         }
         let blob = addr.blob_index as usize;
         if blob >= self.blobs.len() {
@@ -115,7 +113,7 @@ impl Image {
             }
         }
         let data = Arc::new(data);
-        *self.cache.lock().expect("cache lock") = Some((key, data.clone()));
+        self.cache.insert(key, data.clone());
         Ok(data)
     }
 

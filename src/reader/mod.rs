@@ -14,11 +14,13 @@
 //! # Ok::<(), nydus_image::reader::ReadError>(())
 //! ```
 
+mod cache;
 mod data;
+
+pub use cache::ChunkCache;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use thiserror::Error;
 
@@ -31,6 +33,8 @@ use crate::storage::blobs::{BlobFile, BlobSource};
 
 /// Largest bootstrap we load (upstream's metadata limit is 2 GiB too).
 const MAX_BOOTSTRAP: u64 = 1 << 31;
+/// Default bound of the decompressed chunk cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// Deepest directory nesting a walk accepts.
 pub const MAX_DEPTH: usize = 4096;
 
@@ -106,9 +110,6 @@ pub struct DirEntry {
     pub file_type: u8,
 }
 
-/// The last chunk read: (blob index, chunk index) and its data.
-type CachedChunk = ((u32, u32), std::sync::Arc<Vec<u8>>);
-
 /// An open image.
 pub struct Image {
     path: PathBuf,
@@ -119,7 +120,7 @@ pub struct Image {
     chunks: HashMap<(u32, u32), ChunkInfo>,
     blob_files: Vec<Result<BlobFile, String>>,
     blob_paths: Vec<Option<PathBuf>>,
-    cache: Mutex<Option<CachedChunk>>,
+    cache: ChunkCache,
     /// Verify chunk digests on every read.
     pub validate: bool,
 }
@@ -247,11 +248,16 @@ impl Image {
             chunks,
             blob_files,
             blob_paths,
-            cache: Mutex::new(None),
+            cache: ChunkCache::new(DEFAULT_CACHE_BYTES),
             validate: false,
         };
         image.inode(image.root())?;
         Ok(image)
+    }
+
+    /// Replaces the chunk cache with one bounded at `bytes`.
+    pub fn set_cache_bytes(&mut self, bytes: usize) {
+        self.cache = ChunkCache::new(bytes);
     }
 
     /// The bootstrap path.
@@ -423,50 +429,121 @@ impl Image {
         }
     }
 
-    /// Entries of directory `nid`, "." and ".." excluded, in stored (name) order.
-    pub fn read_dir(&self, nid: u64) -> Result<Vec<DirEntry>, ReadError> {
+    /// The blocks of directory `nid`: (bootstrap offset, bytes) each, the last one possibly
+    /// short (the inline tail).
+    fn dir_blocks(&self, nid: u64) -> Result<Vec<(u64, &[u8])>, ReadError> {
         let v = self.inode(nid)?;
         if v.inode.mode as u32 & libc::S_IFMT != libc::S_IFDIR {
             return Err(ReadError::Request(format!(
                 "inode {nid} is not a directory"
             )));
         }
-        let data = self.flat_data(&v)?;
-        let mut out = Vec::new();
-        for (i, block) in data.chunks(BLOCK_SIZE as usize).enumerate() {
-            let at = v.inode.u as u64 * BLOCK_SIZE + i as u64 * BLOCK_SIZE;
-            for (name, child, ft) in
-                inode::decode_dirents(block, at).map_err(|e| self.fmt_err(e))?
-            {
-                if name == b"." || name == b".." {
-                    continue;
-                }
-                if name.contains(&b'/') || name.contains(&0) {
+        let size = v.inode.size;
+        if size > self.meta.len() as u64 {
+            return Err(self.fmt_err(FormatError::Invalid {
+                offset: v.offset,
+                what: format!("directory {nid}: size {size} exceeds the bootstrap"),
+            }));
+        }
+        let blkaddr = v.inode.u as u64 * BLOCK_SIZE;
+        let (plain_len, tail) = match v.inode.layout {
+            DataLayout::FlatPlain => (size, None),
+            DataLayout::FlatInline => {
+                let full = size / BLOCK_SIZE * BLOCK_SIZE;
+                let tail = size - full;
+                if v.body_offset % BLOCK_SIZE + tail > BLOCK_SIZE {
                     return Err(self.fmt_err(FormatError::Invalid {
-                        offset: at,
+                        offset: v.body_offset,
                         what: format!(
-                            "directory {nid}: entry name {:?} contains '/' or NUL",
-                            String::from_utf8_lossy(name)
+                            "directory {nid}: inline tail of {tail} bytes crosses a block"
                         ),
                     }));
                 }
-                out.push(DirEntry {
-                    name: name.to_vec(),
-                    nid: child,
-                    file_type: ft,
-                });
+                (full, (tail > 0).then_some((v.body_offset, tail)))
+            }
+            DataLayout::ChunkBased => {
+                return Err(self.fmt_err(FormatError::Invalid {
+                    offset: v.offset,
+                    what: format!("directory {nid} is chunk based"),
+                }))
+            }
+        };
+        let plain = self.bytes(blkaddr, plain_len)?;
+        let mut out: Vec<(u64, &[u8])> = plain
+            .chunks(BLOCK_SIZE as usize)
+            .enumerate()
+            .map(|(i, b)| (blkaddr + i as u64 * BLOCK_SIZE, b))
+            .collect();
+        if let Some((at, len)) = tail {
+            out.push((at, self.bytes(at, len)?));
+        }
+        Ok(out)
+    }
+
+    fn block_entries<'a>(
+        &self,
+        nid: u64,
+        at: u64,
+        block: &'a [u8],
+    ) -> Result<Vec<inode::RawDirent<'a>>, ReadError> {
+        let entries = inode::decode_dirents(block, at).map_err(|e| self.fmt_err(e))?;
+        for (name, _, _) in &entries {
+            if name.contains(&b'/') || name.contains(&0) {
+                return Err(self.fmt_err(FormatError::Invalid {
+                    offset: at,
+                    what: format!(
+                        "directory {nid}: entry name {:?} contains '/' or NUL",
+                        String::from_utf8_lossy(name)
+                    ),
+                }));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Entries of directory `nid`, "." and ".." excluded, in stored (name) order.
+    pub fn read_dir(&self, nid: u64) -> Result<Vec<DirEntry>, ReadError> {
+        let mut out = Vec::new();
+        for (at, block) in self.dir_blocks(nid)? {
+            for (name, child, ft) in self.block_entries(nid, at, block)? {
+                if name != b"." && name != b".." {
+                    out.push(DirEntry {
+                        name: name.to_vec(),
+                        nid: child,
+                        file_type: ft,
+                    });
+                }
             }
         }
         Ok(out)
     }
 
-    /// Finds `name` in directory `dir`.
+    /// Finds `name` in directory `dir`: binary search over the blocks by their first
+    /// name, then inside the block (EROFS keeps entries sorted by name bytes).
     pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<Option<u64>, ReadError> {
-        Ok(self
-            .read_dir(dir)?
-            .into_iter()
-            .find(|e| e.name == name)
-            .map(|e| e.nid))
+        if name == b"." || name == b".." {
+            return Ok(None);
+        }
+        let blocks = self.dir_blocks(dir)?;
+        let (mut lo, mut hi) = (0usize, blocks.len());
+        // Find the last block whose first name is <= name.
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            let (at, block) = blocks[mid];
+            let first = self.block_entries(dir, at, block)?;
+            match first.first() {
+                Some((n, _, _)) if *n <= name => lo = mid,
+                _ => hi = mid,
+            }
+        }
+        let Some(&(at, block)) = blocks.get(lo) else {
+            return Ok(None);
+        };
+        let entries = self.block_entries(dir, at, block)?;
+        Ok(entries
+            .binary_search_by(|(n, _, _)| (*n).cmp(name))
+            .ok()
+            .map(|i| entries[i].1))
     }
 
     /// Resolves an absolute path inside the image (no symlink following).

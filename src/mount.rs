@@ -1,0 +1,350 @@
+//! Serving an image: the library reader behind the FUSE adapter's [`ReadOnlyFs`] trait,
+//! and behind the verifier's [`Tree`] trait (`verify --via library`).
+//!
+//! Read failures become EIO for the caller and one log line naming the file (its path as
+//! far as lookups have revealed it) and the blob and chunk; the daemon keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Mutex;
+
+use nydus_fuse::{Attr, Entry, FsStats, ReadOnlyFs};
+use nydus_verify::{Facts, Tree};
+
+use crate::format::v6::BLOCK_SIZE;
+use crate::reader::{Image, ReadError};
+
+/// An image served over FUSE.
+pub struct ImageFs {
+    image: Image,
+    /// nid -> (parent nid, name), learned from lookups and listings, for log messages.
+    names: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+}
+
+impl ImageFs {
+    /// Wraps an open image.
+    pub fn new(image: Image) -> Self {
+        ImageFs {
+            image,
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The path of `nid` as far as known.
+    fn path_of(&self, nid: u64) -> String {
+        let names = self.names.lock().expect("names lock");
+        let mut parts = Vec::new();
+        let mut cur = nid;
+        while cur != self.image.root() && parts.len() < 4096 {
+            match names.get(&cur) {
+                Some((parent, name)) => {
+                    parts.push(String::from_utf8_lossy(name).into_owned());
+                    cur = *parent;
+                }
+                None => {
+                    parts.push(format!("<inode {cur}>"));
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    fn fail(&self, nid: u64, what: &str, e: ReadError) -> i32 {
+        log::error!("{}: {what}: {e}", self.path_of(nid));
+        match e {
+            ReadError::Request(_) => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
+
+    fn attr(&self, nid: u64) -> Result<Attr, i32> {
+        let st = self
+            .image
+            .stat(nid)
+            .map_err(|e| self.fail(nid, "stat", e))?;
+        Ok(Attr {
+            id: nid,
+            mode: st.mode,
+            nlink: st.nlink,
+            uid: st.uid,
+            gid: st.gid,
+            size: st.size,
+            mtime: st.mtime,
+            mtime_nsec: st.mtime_nsec,
+            rdev: st.rdev,
+        })
+    }
+}
+
+impl ReadOnlyFs for ImageFs {
+    fn root(&self) -> u64 {
+        self.image.root()
+    }
+
+    fn getattr(&self, id: u64) -> Result<Attr, i32> {
+        self.attr(id)
+    }
+
+    fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, i32> {
+        match self.image.lookup(parent, name) {
+            Ok(Some(nid)) => {
+                self.names
+                    .lock()
+                    .expect("names lock")
+                    .entry(nid)
+                    .or_insert_with(|| (parent, name.to_vec()));
+                self.attr(nid)
+            }
+            Ok(None) => Err(libc::ENOENT),
+            Err(e) => Err(self.fail(parent, "lookup", e)),
+        }
+    }
+
+    fn readdir(&self, id: u64) -> Result<Vec<Entry>, i32> {
+        let entries = self
+            .image
+            .read_dir(id)
+            .map_err(|e| self.fail(id, "readdir", e))?;
+        let mut names = self.names.lock().expect("names lock");
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                names.entry(e.nid).or_insert_with(|| (id, e.name.clone()));
+                let kind = match e.file_type {
+                    1 => libc::S_IFREG,
+                    2 => libc::S_IFDIR,
+                    3 => libc::S_IFCHR,
+                    4 => libc::S_IFBLK,
+                    5 => libc::S_IFIFO,
+                    6 => libc::S_IFSOCK,
+                    7 => libc::S_IFLNK,
+                    _ => 0,
+                };
+                Entry {
+                    name: e.name,
+                    id: e.nid,
+                    kind,
+                }
+            })
+            .collect())
+    }
+
+    fn read(&self, id: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+        let mut buf = vec![0u8; size as usize];
+        let n = self
+            .image
+            .read(id, offset, &mut buf)
+            .map_err(|e| self.fail(id, &format!("read at offset {offset}"), e))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn readlink(&self, id: u64) -> Result<Vec<u8>, i32> {
+        self.image
+            .readlink(id)
+            .map_err(|e| self.fail(id, "readlink", e))
+    }
+
+    fn listxattr(&self, id: u64) -> Result<Vec<Vec<u8>>, i32> {
+        let pairs = self
+            .image
+            .xattrs(id)
+            .map_err(|e| self.fail(id, "listxattr", e))?;
+        Ok(pairs.into_iter().map(|(n, _)| n).collect())
+    }
+
+    fn getxattr(&self, id: u64, name: &[u8]) -> Result<Vec<u8>, i32> {
+        let pairs = self
+            .image
+            .xattrs(id)
+            .map_err(|e| self.fail(id, "getxattr", e))?;
+        pairs
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or(libc::ENODATA)
+    }
+
+    fn statfs(&self) -> FsStats {
+        let data_blocks: u64 = self
+            .image
+            .blobs()
+            .iter()
+            .map(|b| b.uncompressed_size / BLOCK_SIZE)
+            .sum();
+        FsStats {
+            blocks: data_blocks + self.image.super_block().blocks as u64,
+            files: self.image.super_block().inodes,
+            block_size: BLOCK_SIZE as u32,
+        }
+    }
+}
+
+/// An image read through the library, as a tree for the verifier.
+pub struct ImageTree<'a>(pub &'a Image);
+
+impl Tree for ImageTree<'_> {
+    fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, String> {
+        let image = self.0;
+        let mut out = BTreeMap::new();
+        image
+            .walk(|path, nid| {
+                let st = image.stat(nid)?;
+                let kind = st.mode & libc::S_IFMT;
+                let is_dir = kind == libc::S_IFDIR;
+                out.insert(
+                    path.to_vec(),
+                    Facts {
+                        mode: st.mode,
+                        uid: st.uid,
+                        gid: st.gid,
+                        size: if matches!(kind, libc::S_IFREG | libc::S_IFLNK) {
+                            st.size
+                        } else {
+                            0
+                        },
+                        mtime: st.mtime,
+                        mtime_nsec: st.mtime_nsec,
+                        rdev: st.rdev,
+                        nlink: if is_dir { 0 } else { st.nlink as u64 },
+                        target: if kind == libc::S_IFLNK {
+                            Some(image.readlink(nid)?)
+                        } else {
+                            None
+                        },
+                        xattrs: image.xattrs(nid)?.into_iter().collect(),
+                        link_key: (!is_dir && st.nlink > 1).then_some(nid),
+                    },
+                );
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, String> {
+        let nid = self
+            .0
+            .resolve(path)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{} not found", String::from_utf8_lossy(path)))?;
+        Ok(Box::new(ImageFile {
+            image: self.0,
+            nid,
+            offset: 0,
+        }))
+    }
+}
+
+struct ImageFile<'a> {
+    image: &'a Image,
+    nid: u64,
+    offset: u64,
+}
+
+impl Read for ImageFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self
+            .image
+            .read(self.nid, self.offset, buf)
+            .map_err(std::io::Error::other)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// A FUSE mount served by background threads; unmounted when dropped.
+pub struct BackgroundMount {
+    unmounter: nydus_fuse::SessionUnmounter,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Where it is mounted.
+    pub mountpoint: std::path::PathBuf,
+}
+
+impl BackgroundMount {
+    /// Mounts `image` at `mountpoint` and serves it from background threads.
+    pub fn start(
+        image: Image,
+        mountpoint: &std::path::Path,
+        threads: usize,
+    ) -> std::io::Result<Self> {
+        let config = nydus_fuse::MountConfig {
+            threads,
+            ..nydus_fuse::MountConfig::default()
+        };
+        let mut mounted = nydus_fuse::mount(
+            std::sync::Arc::new(ImageFs::new(image)),
+            mountpoint,
+            &config,
+        )?;
+        let unmounter = mounted.unmounter();
+        let thread = std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || mounted.run())?;
+        Ok(BackgroundMount {
+            unmounter,
+            thread: Some(thread),
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.unmounter.unmount()?;
+        thread
+            .join()
+            .map_err(|_| std::io::Error::other("FUSE session thread panicked"))?
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            log::warn!("unmounting {}: {e}", self.mountpoint.display());
+        }
+    }
+}
+
+/// Unmounts a mount point: umount(2), or `fusermount3 -u` for unprivileged users.
+pub fn unmount(mountpoint: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: c is a NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EPERM) {
+        let status = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .status()?;
+        if status.success() {
+            return Ok(());
+        }
+    }
+    Err(err)
+}
+
+/// Whether `mountpoint` is currently a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(mountpoint: &std::path::Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(mountpoint) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}

@@ -1,0 +1,453 @@
+//! End to end through real FUSE: build, mount, verify; the verifier catching each kind of
+//! difference; our mount against upstream nydusd's; a daemon that survives bad blobs.
+
+mod common;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn ours(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(our_bin())
+        .args(args)
+        .output()
+        .expect("run nydus-image")
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// Builds `src` into `out/boot` + `out/blobs` with extra create flags.
+fn build_cli(src: &Path, out: &Path, extra: &[&str]) -> Output {
+    fs::create_dir_all(out.join("blobs")).unwrap();
+    let mut args: Vec<&std::ffi::OsStr> = vec![os("create"), os("--log-level"), os("warn")];
+    args.extend(extra.iter().map(|s| os(s)));
+    let boot = out.join("boot");
+    let blobs = out.join("blobs");
+    args.extend([
+        os("--bootstrap"),
+        boot.as_os_str(),
+        os("--blob-dir"),
+        blobs.as_os_str(),
+        src.as_os_str(),
+    ]);
+    let o = ours(&args);
+    assert!(
+        o.status.success() || extra.iter().any(|e| e.starts_with("--verify")),
+        "build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn verify(src: &Path, out: &Path, via: &str) -> Output {
+    let boot = out.join("boot");
+    let blobs = out.join("blobs");
+    ours(&[
+        os("verify"),
+        os("--via"),
+        os(via),
+        os("--bootstrap"),
+        boot.as_os_str(),
+        os("--blob-dir"),
+        blobs.as_os_str(),
+        src.as_os_str(),
+    ])
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A foreground `nydus-image mount`, stopped with SIGTERM on drop.
+struct OurMount {
+    child: Child,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl OurMount {
+    fn start(out: &Path, extra: &[&str]) -> Self {
+        let mnt = out.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let log = out.join("mount.log");
+        let child = Command::new(our_bin())
+            .args(["mount", "--log-file"])
+            .arg(&log)
+            .args(extra)
+            .arg("--bootstrap")
+            .arg(out.join("boot"))
+            .arg("--blob-dir")
+            .arg(out.join("blobs"))
+            .arg(&mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut me = OurMount { child, mnt, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nydus_image::mount::is_mounted(&me.mnt) {
+            if let Some(status) = me.child.try_wait().unwrap() {
+                panic!("mount exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "mount not ready in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for OurMount {
+    fn drop(&mut self) {
+        if self.child.try_wait().unwrap().is_none() {
+            self.terminate();
+        }
+        let _ = Command::new("umount")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn read_via_mount(mnt: &Path) -> impl FnMut(&[u8], u64, &mut [u8]) -> usize + '_ {
+    move |p, offset, buf| {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(mnt.join(std::ffi::OsStr::from_bytes(&p[1..]))).unwrap();
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], offset + got as u64).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        got
+    }
+}
+
+#[test]
+fn every_entry_kind_survives_build_mount_verify() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            sparse_size: 200 * 1024 * 1024 + 7,
+            ..TreeSpec::default()
+        },
+    );
+    let out = scratch.path().join("out");
+    build_cli(&src, &out, &[]);
+    // Through the verifier, both ways.
+    for via in ["fuse", "library"] {
+        let o = verify(&src, &out, via);
+        assert!(o.status.success(), "verify --via {via}:\n{}", text(&o));
+        assert!(text(&o).contains(", 0 difference(s)"), "{}", text(&o));
+    }
+    // And independently of the verifier: our test scanner on the mount.
+    let mut mount = OurMount::start(&out, &["--validate"]);
+    let source = scan_fs(&src);
+    assert_same_scan("our FUSE mount", &source, &scan_fs(&mount.mnt));
+    assert_same_content(&src, &regular_files(&source.0), read_via_mount(&mount.mnt));
+    let st = nix_statfs(&mount.mnt);
+    assert!(st > 0, "statfs reports blocks");
+    let status = mount.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM: clean unmount and exit 0, got {status}"
+    );
+    assert!(!nydus_image::mount::is_mounted(&mount.mnt));
+}
+
+fn nix_statfs(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+    st.f_blocks
+}
+
+#[test]
+fn create_verify_builds_mounts_and_compares() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            sparse_size: 1_000_000,
+            big_dir_entries: 2000,
+            ..TreeSpec::default()
+        },
+    );
+    for flag in ["--verify", "--verify=fuse", "--verify=library"] {
+        let out = scratch.path().join(flag.trim_start_matches('-'));
+        let o = build_cli(&src, &out, &[flag]);
+        assert!(o.status.success(), "{flag}: {}", text(&o));
+        assert!(
+            text(&o).contains(", 0 difference(s)"),
+            "{flag}: {}",
+            text(&o)
+        );
+    }
+}
+
+/// A base tree for the difference tests, built once per test.
+fn diff_setup(root: &Path) -> (PathBuf, PathBuf) {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    write_file(&src.join("file"), &data(50_000, 1));
+    write_file(&src.join("other"), &data(20_000, 2));
+    write_file(&src.join("d/linked"), b"linked");
+    fs::hard_link(src.join("d/linked"), src.join("d/second")).unwrap();
+    std::os::unix::fs::symlink("file", src.join("sym")).unwrap();
+    set_xattr(&src.join("file"), "user.k", b"v");
+    set_xattr(&src.join("file"), "trusted.t", b"t");
+    let out = root.join("out");
+    build_cli(&src, &out, &["--compressor", "none"]);
+    (src, out)
+}
+
+#[test]
+fn verifier_catches_each_kind_of_difference() {
+    type Change = fn(&Path, &Path);
+    let cases: Vec<(&str, Change, &str)> = vec![
+        (
+            "flipped blob byte",
+            |_, out| {
+                let blob = fs::read_dir(out.join("blobs"))
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .path();
+                let mut b = fs::read(&blob).unwrap();
+                b[100] ^= 1;
+                fs::write(&blob, b).unwrap();
+            },
+            "/file: content",
+        ),
+        (
+            "changed xattr",
+            |src, _| set_xattr(&src.join("file"), "user.k", b"changed"),
+            "/file: xattr user.k: source \"changed\" image \"v\"",
+        ),
+        (
+            "missing xattr",
+            |src, _| set_xattr(&src.join("other"), "user.new", b"x"),
+            "/other: xattr user.new: source \"x\" image missing",
+        ),
+        (
+            "changed mode",
+            |src, _| chmod(&src.join("other"), 0o4711),
+            "/other: permissions: source 4711 image 0644",
+        ),
+        (
+            "changed uid",
+            |src, _| lchown(&src.join("other"), 4242, 0),
+            "/other: uid: source 4242 image 0",
+        ),
+        (
+            "changed mtime",
+            |src, _| set_mtime(&src.join("other"), 1234, 5678),
+            "/other: mtime: source 1234.000005678",
+        ),
+        (
+            "changed symlink",
+            |src, _| {
+                fs::remove_file(src.join("sym")).unwrap();
+                std::os::unix::fs::symlink("elsewhere", src.join("sym")).unwrap();
+            },
+            "/sym: symlink target: source \"elsewhere\" image \"file\"",
+        ),
+        (
+            "file missing from image",
+            |src, _| write_file(&src.join("new"), b"n"),
+            "/new: presence: source regular file image missing",
+        ),
+        (
+            "extra file in image",
+            |src, _| fs::remove_file(src.join("other")).unwrap(),
+            "/other: presence: source missing image regular file",
+        ),
+        (
+            "broken hard-link group",
+            |src, _| {
+                fs::remove_file(src.join("d/second")).unwrap();
+                fs::copy(src.join("d/linked"), src.join("d/second")).unwrap();
+            },
+            "/d/linked: hard links: source [\"/d/linked\"] image [\"/d/linked\", \"/d/second\"]",
+        ),
+    ];
+    for (name, change, expect) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = diff_setup(tmp.path());
+        let clean = verify(&src, &out, "fuse");
+        assert!(
+            clean.status.success(),
+            "{name}: clean tree must verify: {}",
+            text(&clean)
+        );
+        change(&src, &out);
+        let o = verify(&src, &out, "fuse");
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", text(&o));
+        assert!(
+            text(&o).contains(expect),
+            "{name}: expected {expect:?} in:\n{}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn verify_json_and_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = diff_setup(tmp.path());
+    set_xattr(&src.join("file"), "user.k", b"changed");
+    let json = tmp.path().join("v.json");
+    let boot = out.join("boot");
+    let blobs = out.join("blobs");
+    let o = ours(&[
+        os("verify"),
+        os("-J"),
+        json.as_os_str(),
+        os("-B"),
+        boot.as_os_str(),
+        os("-D"),
+        blobs.as_os_str(),
+        src.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["identical"], false);
+    assert_eq!(v["differences"][0]["path"], "/file");
+    assert_eq!(v["differences"][0]["attribute"], "xattr user.k");
+    assert_eq!(v["entries_compared"], 7);
+    let missing = tmp.path().join("nope");
+    let o = ours(&[
+        os("verify"),
+        os("-B"),
+        boot.as_os_str(),
+        os("-D"),
+        blobs.as_os_str(),
+        missing.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "cannot compare: {}", text(&o));
+}
+
+#[test]
+fn our_mount_and_nydusd_show_the_same_tree() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            sparse_size: 5_000_000,
+            ..TreeSpec::default()
+        },
+    );
+    let out = scratch.path().join("out");
+    build_cli(&src, &out, &[]);
+    let ours_mount = OurMount::start(&out, &[]);
+    let up = out.join("up");
+    fs::create_dir_all(up.join("mnt")).unwrap();
+    fs::create_dir_all(up.join("cache")).unwrap();
+    let cfg = serde_json::json!({
+        "device": {"backend": {"type": "localfs", "config": {"dir": out.join("blobs")}},
+                   "cache": {"type": "blobcache", "config": {"work_dir": up.join("cache")}}},
+        "mode": "direct", "digest_validate": false, "enable_xattr": true
+    });
+    fs::write(up.join("cfg.json"), cfg.to_string()).unwrap();
+    let mut nydusd = Command::new(upstream_bin("nydusd"))
+        .arg("--config")
+        .arg(up.join("cfg.json"))
+        .arg("--mountpoint")
+        .arg(up.join("mnt"))
+        .arg("--bootstrap")
+        .arg(out.join("boot"))
+        .args(["--rlimit-nofile", "0", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nydus_image::mount::is_mounted(&up.join("mnt")) {
+        assert!(nydusd.try_wait().unwrap().is_none(), "nydusd exited");
+        assert!(Instant::now() < deadline, "nydusd not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a = scan_fs(&ours_mount.mnt);
+    let mut b = scan_fs(&up.join("mnt"));
+    // nydusd shows the mount time for an mtime of exactly 0 (see tests/upstream.rs).
+    for (path, facts) in a.0.iter().filter(|(_, f)| f.mtime == 0) {
+        let other = b.0.get_mut(path).unwrap();
+        (other.mtime, other.mtime_nsec) = (facts.mtime, facts.mtime_nsec);
+    }
+    let _ = Command::new("umount").arg(up.join("mnt")).status();
+    let _ = nydusd.kill();
+    let _ = nydusd.wait();
+    assert_same_scan("our mount vs nydusd", &a, &b);
+}
+
+#[test]
+fn daemon_survives_corrupt_and_missing_blobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    write_file(&src.join("a"), &data(300_000, 1));
+    write_file(&src.join("b"), &data(300_000, 2));
+    let out = tmp.path().join("out");
+    build_cli(
+        &src,
+        &out,
+        &["--compressor", "none", "--chunk-size", "0x10000"],
+    );
+    let blob = fs::read_dir(out.join("blobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[10] ^= 0xff; // inside the first chunk of "a"
+    fs::write(&blob, &bytes).unwrap();
+    let mut mount = OurMount::start(&out, &["--validate", "--daemon"]);
+    // --daemon returns at once: its child serves. The foreground process has exited 0.
+    assert!(mount.child.wait().unwrap().success());
+    let err = fs::read(mount.mnt.join("a")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EIO),
+        "corrupt chunk must be EIO, never wrong bytes"
+    );
+    assert_eq!(fs::read(mount.mnt.join("b")).unwrap(), data(300_000, 2));
+    let log = fs::read_to_string(&mount.log).unwrap();
+    assert!(
+        log.contains("/a") && log.contains("digest") && log.contains("chunk"),
+        "log names file and chunk: {log}"
+    );
+    assert_eq!(
+        ours(&[os("umount"), mount.mnt.as_os_str()]).status.code(),
+        Some(0)
+    );
+    // Missing blob: metadata still served, data reads fail with EIO.
+    fs::remove_file(&blob).unwrap();
+    let mount2 = OurMount::start(&out, &[]);
+    assert_eq!(fs::read_dir(&mount2.mnt).unwrap().count(), 2);
+    assert_eq!(
+        fs::read(mount2.mnt.join("b")).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert_eq!(fs::metadata(mount2.mnt.join("b")).unwrap().len(), 300_000);
+}
