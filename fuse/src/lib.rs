@@ -191,13 +191,11 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
         // Ask for what helps a read-only image; the kernel grants what it supports.
         const FUSE_ASYNC_READ: u32 = 1 << 0;
         const FUSE_DO_READDIRPLUS: u32 = 1 << 13;
-        const FUSE_READDIRPLUS_AUTO: u32 = 1 << 14;
         const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
         const FUSE_CACHE_SYMLINKS: u32 = 1 << 23;
         for cap in [
             FUSE_ASYNC_READ,
             FUSE_DO_READDIRPLUS,
-            FUSE_READDIRPLUS_AUTO,
             FUSE_PARALLEL_DIROPS,
             FUSE_CACHE_SYMLINKS,
         ] {
@@ -229,15 +227,12 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
         }
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(libc::EROFS);
-        }
-        match self.fs.getattr(self.id_of(ino)) {
-            Ok(a) if a.mode & libc::S_IFMT == libc::S_IFDIR => reply.error(libc::EISDIR),
-            Ok(_) => reply.opened(0, FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
-        }
+    fn open(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
+        // ENOSYS tells the kernel that opens need no message at all ("no_open"): it then
+        // opens files itself, keeps their page cache (FOPEN_KEEP_CACHE is its default in
+        // that mode) and sends no RELEASE either. The mount is read-only, so the kernel
+        // refuses writes before they reach us.
+        reply.error(libc::ENOSYS);
     }
 
     fn read(

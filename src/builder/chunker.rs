@@ -1,6 +1,10 @@
 //! Splits regular files into chunks and stores each distinct chunk once in the blob.
 //!
-//! A pipeline bounded in memory: one thread reads files in inode order, `threads` workers
+//! Files are read depth first in name order, the order in which `tar`, `cp -r` and
+//! `find` visit a tree, so that reading a mounted image that way reads its blob
+//! sequentially.
+//!
+//! A pipeline bounded in memory: one thread reads files in that order, `threads` workers
 //! hash and compress, and the calling thread puts results back in order, deduplicates by
 //! digest and appends new chunks to the blob. At most `window` chunks are in flight, so
 //! memory stays near `window x chunk_size` whatever the file or blob size.
@@ -115,7 +119,8 @@ pub fn chunk_files<W: Write>(
         let reader_error = &reader_error;
         s.spawn(move || {
             let mut seq = 0u64;
-            for (id, node) in tree.nodes.iter().enumerate() {
+            for id in tree.depth_first() {
+                let node = &tree.nodes[id];
                 if node.kind != Kind::File || node.hardlink_of.is_some() || node.size == 0 {
                     continue;
                 }

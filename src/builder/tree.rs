@@ -76,6 +76,19 @@ impl Tree {
             .count()
     }
 
+    /// Node ids in depth-first order, children in name order, starting at the root.
+    pub fn depth_first(&self) -> Vec<NodeId> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let mut stack = vec![0];
+        while let Some(id) = stack.pop() {
+            out.push(id);
+            if let Kind::Dir(children) = &self.nodes[id].kind {
+                stack.extend(children.iter().rev());
+            }
+        }
+        out
+    }
+
     /// Path of a node inside the image, starting with `/`.
     pub fn image_path(&self, mut id: NodeId) -> Vec<u8> {
         let mut parts = Vec::new();

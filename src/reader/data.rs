@@ -3,6 +3,11 @@
 
 use std::sync::Arc;
 
+/// Bytes fetched from a blob when a small chunk is needed.
+const READ_WINDOW: u64 = 1 << 20;
+/// Windows kept (per image, all threads).
+const KEPT_WINDOWS: usize = 8;
+
 use super::{Image, ReadError};
 use crate::format::v6::inode::ChunkAddr;
 use crate::storage::compress;
@@ -76,15 +81,21 @@ impl Image {
                 format!("chunk {} is implausibly large", addr.chunk_index),
             ));
         }
-        let mut stored = vec![0u8; info.compressed_size as usize];
-        file.read_exact_at(&mut stored, info.compressed_offset)
+        let (window, at) = self
+            .stored_bytes(
+                blob,
+                file,
+                info.compressed_offset,
+                info.compressed_size as u64,
+            )
             .map_err(|e| {
                 self.blob_error(blob, format!("cannot read chunk {}: {e}", addr.chunk_index))
             })?;
+        let stored = &window[at..at + info.compressed_size as usize];
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
         let data = if compressed {
             let mut out = vec![0u8; info.uncompressed_size as usize];
-            compress::decompress(self.blobs[blob].compressor, &stored, &mut out).map_err(|e| {
+            compress::decompress(self.blobs[blob].compressor, stored, &mut out).map_err(|e| {
                 self.blob_error(
                     blob,
                     format!(
@@ -95,7 +106,7 @@ impl Image {
             })?;
             out
         } else {
-            stored
+            stored.to_vec()
         };
         if self.validate {
             let got = compress::digest(self.blobs[blob].digester, &data);
@@ -115,6 +126,43 @@ impl Image {
         let data = Arc::new(data);
         self.cache.insert(key, data.clone());
         Ok(data)
+    }
+
+    /// The stored bytes `[offset, offset + len)` of a blob: a buffer holding them and where
+    /// they start in it. Small reads fetch a whole window (`READ_WINDOW`) and keep the
+    /// last few windows, so reading files in blob order costs few, large reads (the
+    /// builder lays chunks out in the order `tar` and `find` walk a tree).
+    fn stored_bytes(
+        &self,
+        blob: usize,
+        file: &crate::storage::blobs::BlobFile,
+        offset: u64,
+        len: u64,
+    ) -> std::io::Result<(Arc<Vec<u8>>, usize)> {
+        {
+            let windows = self.windows.lock().expect("windows lock");
+            for (b, start, data) in windows.iter() {
+                if *b == blob && offset >= *start && offset + len <= *start + data.len() as u64 {
+                    return Ok((data.clone(), (offset - start) as usize));
+                }
+            }
+        }
+        let end = if len < READ_WINDOW {
+            (offset + READ_WINDOW).min(file.len).max(offset + len)
+        } else {
+            offset + len
+        };
+        let mut data = vec![0u8; (end - offset) as usize];
+        file.read_exact_at(&mut data, offset)?;
+        let data = Arc::new(data);
+        if len < READ_WINDOW {
+            let mut windows = self.windows.lock().expect("windows lock");
+            if windows.len() >= KEPT_WINDOWS {
+                windows.pop_front();
+            }
+            windows.push_back((blob, offset, data.clone()));
+        }
+        Ok((data, 0))
     }
 
     /// Reads up to `buf.len()` bytes of regular file `nid` at `offset`; returns the count

@@ -121,6 +121,7 @@ pub struct Image {
     blob_files: Vec<Result<BlobFile, String>>,
     blob_paths: Vec<Option<PathBuf>>,
     cache: ChunkCache,
+    windows: std::sync::Mutex<std::collections::VecDeque<(usize, u64, std::sync::Arc<Vec<u8>>)>>,
     /// Verify chunk digests on every read.
     pub validate: bool,
 }
@@ -249,6 +250,7 @@ impl Image {
             blob_files,
             blob_paths,
             cache: ChunkCache::new(DEFAULT_CACHE_BYTES),
+            windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
             validate: false,
         };
         image.inode(image.root())?;

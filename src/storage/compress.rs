@@ -9,6 +9,11 @@ use crate::format::{Compressor, Digester};
 /// zstd level upstream uses (`zstd::DEFAULT_COMPRESSION_LEVEL`).
 const ZSTD_LEVEL: i32 = 3;
 
+thread_local! {
+    static ZSTD_DECODER: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Compresses `data`. Returns `None` when the result would not be smaller (or the
 /// compressor is `None`): the chunk is then stored uncompressed and flagged so.
 pub fn compress(algo: Compressor, data: &[u8]) -> Option<Vec<u8>> {
@@ -46,9 +51,18 @@ pub fn decompress(algo: Compressor, src: &[u8], dst: &mut [u8]) -> Result<(), St
         Compressor::Lz4Block => {
             lz4_flex::block::decompress_into(src, dst).map_err(|e| format!("lz4: {e}"))?
         }
-        Compressor::Zstd => {
-            zstd::bulk::decompress_to_buffer(src, dst).map_err(|e| format!("zstd: {e}"))?
-        }
+        Compressor::Zstd => ZSTD_DECODER.with(|d| -> Result<usize, String> {
+            // One decoder context per thread: creating one per chunk costs more than
+            // decompressing a small chunk.
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+            }
+            d.as_mut()
+                .expect("just set")
+                .decompress_to_buffer(src, dst)
+                .map_err(|e| format!("zstd: {e}"))
+        })?,
         Compressor::Gzip => {
             let mut dec = flate2::read::GzDecoder::new(src);
             dec.read_exact(dst).map_err(|e| format!("gzip: {e}"))?;

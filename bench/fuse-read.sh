@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Read performance of a mounted image: our FUSE mount against upstream nydusd (localfs
+# backend), with the kernel's EROFS mount of an equivalent uncompressed EROFS image
+# (mkfs.erofs) as the limit. For each: cold sequential read of every file (tar | wc -c
+# after dropping caches, on a fresh mount), warm re-read, and a cold metadata walk
+# (find -ls). Needs root.
+#   bench/fuse-read.sh [TREE]     default TREE: the Linux 6.1 source (linux-source-6.1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${BENCH_DIR:-/var/tmp/nydus-bench}
+mkdir -p "$work"
+tree=${1:-}
+if [ -z "$tree" ]; then
+  tree="$work/linux-source-6.1"
+  if [ ! -d "$tree" ]; then
+    [ -f /usr/src/linux-source-6.1.tar.xz ] || apt-get install -y -qq linux-source-6.1
+    tar -xf /usr/src/linux-source-6.1.tar.xz -C "$work"
+  fi
+fi
+cargo build --release -q
+ours=target/release/nydus-image
+upstream="${CARGO_HOME:-$HOME/.cargo}/bin/nydusd"
+img="$work/img"
+rm -rf "$img" && mkdir -p "$img/blobs" "$img/m-ours" "$img/m-nydusd" "$img/m-erofs" "$img/cache"
+$ours create --log-level warn --bootstrap "$img/boot" --blob-dir "$img/blobs" "$tree" >/dev/null
+mkfs.erofs "$img/erofs.img" "$tree" >/dev/null
+files=$(find "$tree" -type f | wc -l)
+bytes=$(du -sb "$tree" | cut -f1)
+echo "tree: $tree ($files files, $bytes bytes); cores: $(nproc)"
+
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
+readall() { tar -cf - -C "$1" . | wc -c; }
+walk() { find "$1" -ls; }
+
+mount_ours() { $ours mount --daemon --bootstrap "$img/boot" --blob-dir "$img/blobs" "$img/m-ours"; }
+mount_nydusd() {
+  rm -rf "$img/cache" && mkdir -p "$img/cache"
+  cat > "$img/nydusd.json" <<JSON
+{"device":{"backend":{"type":"localfs","config":{"dir":"$img/blobs"}},
+ "cache":{"type":"blobcache","config":{"work_dir":"$img/cache"}}},
+ "mode":"direct","digest_validate":false,"enable_xattr":true}
+JSON
+  "$upstream" --config "$img/nydusd.json" --mountpoint "$img/m-nydusd" --bootstrap "$img/boot" \
+    --rlimit-nofile 0 --log-level warn >/dev/null 2>&1 &
+  for _ in $(seq 300); do mountpoint -q "$img/m-nydusd" && return; sleep 0.1; done
+  echo "nydusd did not mount" >&2; exit 1
+}
+mount_erofs() { mount -t erofs -o ro,loop "$img/erofs.img" "$img/m-erofs"; }
+
+median() { printf "%s\n" "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+runs=${RUNS:-3}
+declare -A cold warm find_
+for kind in ours nydusd erofs; do
+  mnt="$img/m-$kind"
+  c=(); w=(); f=()
+  for _ in $(seq "$runs"); do
+    "mount_$kind"
+    drop; c+=("$(secs readall "$mnt")")
+    w+=("$(secs readall "$mnt")")
+    umount "$mnt"; "mount_$kind"
+    drop; f+=("$(secs walk "$mnt")")
+    umount "$mnt"
+    sleep 0.5
+  done
+  cold[$kind]=$(median "${c[@]}"); warm[$kind]=$(median "${w[@]}"); find_[$kind]=$(median "${f[@]}")
+done
+echo "median of $runs runs each; every run on a fresh mount after dropping caches"
+printf "%-28s %10s %10s %10s %12s\n" measure ours nydusd erofs ours/nydusd
+for m in cold warm find_; do
+  declare -n t=$m
+  printf "%-28s %10.3f %10.3f %10.3f %12.2f\n" "$m (s)" "${t[ours]}" "${t[nydusd]}" "${t[erofs]}" \
+    "$(echo "${t[ours]} / ${t[nydusd]}" | bc -l)"
+done
