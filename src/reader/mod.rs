@@ -110,6 +110,9 @@ pub struct DirEntry {
     pub file_type: u8,
 }
 
+/// Stored bytes read from a blob: (blob index, offset, bytes).
+type BlobWindow = (usize, u64, std::sync::Arc<Vec<u8>>);
+
 /// An open image.
 pub struct Image {
     path: PathBuf,
@@ -121,7 +124,7 @@ pub struct Image {
     blob_files: Vec<Result<BlobFile, String>>,
     blob_paths: Vec<Option<PathBuf>>,
     cache: ChunkCache,
-    windows: std::sync::Mutex<std::collections::VecDeque<(usize, u64, std::sync::Arc<Vec<u8>>)>>,
+    windows: std::sync::Mutex<std::collections::VecDeque<BlobWindow>>,
     /// Verify chunk digests on every read.
     pub validate: bool,
 }
