@@ -134,6 +134,32 @@ struct UmountArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum WhiteoutArg {
+    Oci,
+    Overlayfs,
+    None,
+}
+
+impl WhiteoutArg {
+    fn builder(self) -> nydus_image::builder::overlay::WhiteoutSpec {
+        use nydus_image::builder::overlay::WhiteoutSpec as W;
+        match self {
+            WhiteoutArg::Oci => W::Oci,
+            WhiteoutArg::Overlayfs => W::Overlayfs,
+            WhiteoutArg::None => W::None,
+        }
+    }
+
+    fn verifier(self) -> nydus_verify::Whiteouts {
+        match self {
+            WhiteoutArg::Oci => nydus_verify::Whiteouts::Oci,
+            WhiteoutArg::Overlayfs => nydus_verify::Whiteouts::Overlayfs,
+            WhiteoutArg::None => nydus_verify::Whiteouts::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Via {
     Fuse,
     Library,
@@ -141,8 +167,13 @@ enum Via {
 
 #[derive(clap::Args)]
 struct VerifyArgs {
-    /// The source directory the image was built from.
-    source: PathBuf,
+    /// The source directory the image was built from; several make a layer stack,
+    /// bottom first, merged with --whiteout-spec.
+    #[arg(required = true)]
+    sources: Vec<PathBuf>,
+    /// How whiteouts are spelled in the source layers.
+    #[arg(long = "whiteout-spec", value_enum, default_value = "oci")]
+    whiteout_spec: WhiteoutArg,
     /// Bootstrap of the image.
     #[arg(short = 'B', long)]
     bootstrap: PathBuf,
@@ -205,9 +236,13 @@ struct CreateArgs {
     /// Hashing and compression threads (default: all cores; env NYDUS_BUILD_THREADS).
     #[arg(long)]
     threads: Option<usize>,
-    /// Parent bootstrap for layered builds (not implemented yet).
+    /// Bootstrap of the layers below: the new image describes the merged tree and
+    /// references the parent's blobs plus the new one.
     #[arg(long = "parent-bootstrap")]
     parent_bootstrap: Option<PathBuf>,
+    /// How whiteouts are spelled in the source.
+    #[arg(long = "whiteout-spec", value_enum, default_value = "oci")]
+    whiteout_spec: WhiteoutArg,
     /// Chunk dictionary (not implemented yet).
     #[arg(long = "chunk-dict")]
     chunk_dict: Option<String>,
@@ -327,9 +362,6 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         "5" => bail!("RAFS v5 (--fs-version 5) is not implemented yet; it is tracked as a later issue. Use --fs-version 6"),
         other => bail!("unknown --fs-version {other:?}: RAFS versions are 5 and 6"),
     }
-    if args.parent_bootstrap.is_some() {
-        bail!("--parent-bootstrap (layered builds) is not implemented yet");
-    }
     if args.chunk_dict.is_some() {
         bail!("--chunk-dict is not implemented yet");
     }
@@ -350,6 +382,8 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         },
         chunk_size: parse_size(&args.chunk_size)?,
         blob_id: args.blob_id.clone(),
+        parent_bootstrap: args.parent_bootstrap.clone(),
+        whiteout_spec: args.whiteout_spec.builder(),
         ..BuildOptions::default()
     };
     if let Some(t) = args.threads.or_else(|| {
@@ -411,10 +445,20 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
             VerifyHow::Library => Via::Library,
             VerifyHow::Fuse | VerifyHow::Auto => Via::Fuse,
         };
-        let report = match run_verify(&args.source, &summary.bootstrap, source.clone(), via) {
+        if args.parent_bootstrap.is_some() && !matches!(target, BlobTarget::Dir(_)) {
+            bail!(
+                "--verify with --parent-bootstrap needs --blob-dir holding the parent's blobs too"
+            );
+        }
+        let stack = Stack {
+            parent: args.parent_bootstrap.clone(),
+            layers: vec![args.source.clone()],
+            whiteouts: args.whiteout_spec,
+        };
+        let report = match run_verify(&stack, &summary.bootstrap, source.clone(), via) {
             Err(e) if how == VerifyHow::Auto && e.downcast_ref::<FuseUnavailable>().is_some() => {
                 eprintln!("{e:#}: verifying through the library reader instead");
-                run_verify(&args.source, &summary.bootstrap, source, Via::Library)?
+                run_verify(&stack, &summary.bootstrap, source, Via::Library)?
             }
             other => other?,
         };
@@ -443,15 +487,35 @@ impl std::fmt::Display for FuseUnavailable {
 
 impl std::error::Error for FuseUnavailable {}
 
-/// Compares the image with `source` through FUSE or the library reader.
+/// What an image is compared with: layer directories (bottom first) over an optional
+/// parent image.
+struct Stack {
+    parent: Option<PathBuf>,
+    layers: Vec<PathBuf>,
+    whiteouts: WhiteoutArg,
+}
+
+/// Compares the image with the stack through FUSE or the library reader.
 fn run_verify(
-    source: &std::path::Path,
+    stack: &Stack,
     bootstrap: &std::path::Path,
     blobs: BlobSource,
     via: Via,
 ) -> Result<nydus_verify::Report> {
-    let image = Image::open(bootstrap, blobs)?;
-    let src = nydus_verify::FsTree::new(source);
+    let image = Image::open(bootstrap, blobs.clone())?;
+    let parent = match &stack.parent {
+        Some(p) => Some(Image::open(p, blobs)?),
+        None => None,
+    };
+    let parent_tree = parent.as_ref().map(nydus_image::mount::ImageTree);
+    let dirs: Vec<nydus_verify::FsTree> =
+        stack.layers.iter().map(nydus_verify::FsTree::new).collect();
+    let mut layers: Vec<&dyn nydus_verify::Tree> = Vec::new();
+    if let Some(t) = &parent_tree {
+        layers.push(t);
+    }
+    layers.extend(dirs.iter().map(|d| d as &dyn nydus_verify::Tree));
+    let src = nydus_verify::OverlayTree::new(layers, stack.whiteouts.verifier());
     let report = match via {
         Via::Library => nydus_verify::compare(&src, &nydus_image::mount::ImageTree(&image)),
         Via::Fuse => {
@@ -485,15 +549,15 @@ fn print_report(report: &nydus_verify::Report) {
 
 fn verify_cmd(args: VerifyArgs) -> ExitCode {
     let run = || -> Result<nydus_verify::Report> {
-        let report = run_verify(
-            &args.source,
-            &args.bootstrap,
-            args.blobs.source()?,
-            args.via,
-        )?;
+        let stack = Stack {
+            parent: None,
+            layers: args.sources.clone(),
+            whiteouts: args.whiteout_spec,
+        };
+        let report = run_verify(&stack, &args.bootstrap, args.blobs.source()?, args.via)?;
         if let Some(path) = &args.output_json {
             let json = serde_json::json!({
-                "source": args.source,
+                "sources": args.sources,
                 "bootstrap": args.bootstrap,
                 "via": format!("{:?}", args.via).to_lowercase(),
                 "identical": report.identical(),

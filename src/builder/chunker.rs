@@ -93,7 +93,7 @@ pub fn chunk_files<W: Write>(
 ) -> Result<Chunked, BuildError> {
     let mut state = Progress::default();
     for node in &tree.nodes {
-        if node.kind == Kind::File && node.hardlink_of.is_none() && node.size > 0 {
+        if needs_chunking(node) {
             state.files_total += 1;
             state.bytes_total += node.size;
         }
@@ -121,7 +121,7 @@ pub fn chunk_files<W: Write>(
             let mut seq = 0u64;
             for id in tree.depth_first() {
                 let node = &tree.nodes[id];
-                if node.kind != Kind::File || node.hardlink_of.is_some() || node.size == 0 {
+                if !needs_chunking(node) {
                     continue;
                 }
                 if let Err(e) = read_file(tree, id, opts.chunk_size, &mut seq, &job_tx, &token_rx) {
@@ -229,6 +229,14 @@ pub fn chunk_files<W: Write>(
         return Err(e);
     }
     Ok(out)
+}
+
+/// Whether a node's data is read from the source into the new blob.
+fn needs_chunking(node: &super::tree::Node) -> bool {
+    node.kind == Kind::File
+        && node.hardlink_of.is_none()
+        && node.size > 0
+        && node.data == super::tree::FileData::Source
 }
 
 /// Reads one file into chunk jobs, checking it still has the size the tree recorded.

@@ -18,6 +18,8 @@ pub mod blob;
 pub mod bootstrap;
 pub mod chunker;
 pub mod output;
+pub mod overlay;
+pub mod parent;
 pub mod source;
 pub mod tree;
 
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::format::{Compressor, Digester};
 use blob::BlobWriter;
 use output::PendingFile;
@@ -66,6 +69,14 @@ pub enum BuildError {
     /// The options do not make sense.
     #[error("{0}")]
     Options(String),
+    /// The parent bootstrap is missing, unreadable, corrupt or incompatible.
+    #[error("parent bootstrap {}: {what}", path.display())]
+    Parent {
+        /// The parent bootstrap.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 impl BuildError {
@@ -108,6 +119,10 @@ pub struct BuildOptions {
     pub blob_id: Option<String>,
     /// Hashing and compression threads.
     pub threads: usize,
+    /// Bootstrap of the layers below this one.
+    pub parent_bootstrap: Option<PathBuf>,
+    /// How whiteouts are spelled in the source.
+    pub whiteout_spec: overlay::WhiteoutSpec,
 }
 
 impl Default for BuildOptions {
@@ -120,6 +135,8 @@ impl Default for BuildOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            parent_bootstrap: None,
+            whiteout_spec: overlay::WhiteoutSpec::Oci,
         }
     }
 }
@@ -184,6 +201,97 @@ pub struct BuildSummary {
     pub chunk_size: u32,
 }
 
+/// Reads the source, applies it as a layer onto the parent (or onto nothing), and returns
+/// the merged tree with the parent's blobs.
+fn layered_tree(
+    source: &Path,
+    opts: &BuildOptions,
+) -> Result<(tree::Tree, Vec<BlobEntry>), BuildError> {
+    let (parent, parent_blobs) = match &opts.parent_bootstrap {
+        Some(path) => {
+            let image = crate::reader::Image::open(path, crate::storage::blobs::BlobSource::None)
+                .map_err(|e| BuildError::Parent {
+                path: path.clone(),
+                what: e.to_string(),
+            })?;
+            let sb = image.super_block();
+            if sb.chunk_size != opts.chunk_size {
+                return Err(BuildError::Parent {
+                    path: path.clone(),
+                    what: format!(
+                        "chunk size 0x{:x} differs from this build's 0x{:x}; build with --chunk-size 0x{:x}",
+                        sb.chunk_size, opts.chunk_size, sb.chunk_size
+                    ),
+                });
+            }
+            if sb.digester != opts.digester {
+                return Err(BuildError::Parent {
+                    path: path.clone(),
+                    what: format!(
+                        "digester {} differs from this build's {}; build with --digester {}",
+                        sb.digester.name(),
+                        opts.digester.name(),
+                        sb.digester.name()
+                    ),
+                });
+            }
+            if image.blobs().len() >= 254 {
+                return Err(BuildError::Parent {
+                    path: path.clone(),
+                    what: format!(
+                        "already references {} blobs; RAFS v6 chunk indexes address 254",
+                        image.blobs().len()
+                    ),
+                });
+            }
+            (Some(parent::load(&image, 0)?), image.blobs().to_vec())
+        }
+        None => (None, Vec::new()),
+    };
+    let upper = source::read_tree(source)?;
+    let mut merged = parent.unwrap_or_else(|| overlay::empty_root(&upper.nodes[0]));
+    overlay::apply(&mut merged, overlay::nest(&upper, 1), opts.whiteout_spec);
+    Ok((overlay::flatten(merged), parent_blobs))
+}
+
+/// Builds the chunk table (parent chunks still used, then the new blob's) and each
+/// file's chunk list as indexes into it.
+fn assemble_chunks(
+    tree: &tree::Tree,
+    new_file_chunks: &[Vec<u32>],
+    new_chunks: &[ChunkInfo],
+    new_blob_index: u32,
+) -> (Vec<ChunkInfo>, Vec<Vec<u32>>) {
+    let mut table: Vec<ChunkInfo> = Vec::new();
+    let mut index: std::collections::HashMap<(u32, u32), u32> = std::collections::HashMap::new();
+    let mut add = |info: &ChunkInfo, table: &mut Vec<ChunkInfo>| -> u32 {
+        *index
+            .entry((info.blob_index, info.index))
+            .or_insert_with(|| {
+                table.push(info.clone());
+                table.len() as u32 - 1
+            })
+    };
+    let mut files = vec![Vec::new(); tree.nodes.len()];
+    for (id, node) in tree.nodes.iter().enumerate() {
+        if node.kind != tree::Kind::File || node.hardlink_of.is_some() {
+            continue;
+        }
+        files[id] = match &node.data {
+            tree::FileData::Chunks(list) => list.iter().map(|c| add(c, &mut table)).collect(),
+            tree::FileData::Source => new_file_chunks[id]
+                .iter()
+                .map(|&i| {
+                    let mut info = new_chunks[i as usize].clone();
+                    info.blob_index = new_blob_index;
+                    add(&info, &mut table)
+                })
+                .collect(),
+        };
+    }
+    (table, files)
+}
+
 /// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when both
 /// are complete. `progress` hears as files are done.
 pub fn build(
@@ -203,7 +311,7 @@ pub fn build(
             });
         }
     }
-    let tree = source::read_tree(source)?;
+    let (tree, parent_blobs) = layered_tree(source, opts)?;
     log::debug!(
         "{}: {} entries, {} inodes",
         source.display(),
@@ -233,20 +341,24 @@ pub fn build(
     );
     let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, progress)?;
     let has_data = writer.chunk_count() > 0;
-    let (blobs, chunks, finished) = if has_data {
+    let new_blob_index = parent_blobs.len() as u32;
+    let (blobs, new_chunks, finished) = if has_data {
         let (finished, chunks) = writer
             .finish(opts.blob_id.as_deref())
             .map_err(|e| BuildError::output(&blob_pending.target, "cannot write blob", e))?;
-        (vec![finished.entry.clone()], chunks, Some(finished))
+        let mut blobs = parent_blobs;
+        blobs.push(finished.entry.clone());
+        (blobs, chunks, Some(finished))
     } else {
         drop(writer);
-        (Vec::new(), Vec::new(), None)
+        (parent_blobs, Vec::new(), None)
     };
-
+    let (chunks, file_chunks) =
+        assemble_chunks(&tree, &chunked.file_chunks, &new_chunks, new_blob_index);
     let image = bootstrap::v6::write(
         &bootstrap::v6::BootstrapInput {
             tree: &tree,
-            file_chunks: &chunked.file_chunks,
+            file_chunks: &file_chunks,
             chunks: &chunks,
             blobs: &blobs,
         },
@@ -294,7 +406,7 @@ pub fn build(
         entries: tree.nodes.len() as u64,
         inodes: tree.inode_count() as u64,
         total_chunks: chunked.total_chunks,
-        unique_chunks: chunks.len() as u64,
+        unique_chunks: new_chunks.len() as u64,
         data_bytes: chunked.bytes_read,
         compressor: opts.compressor,
         digester: opts.digester,

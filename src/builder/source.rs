@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::tree::{Kind, Node, NodeId, Tree};
+use super::tree::{FileData, Kind, Node, NodeId, Tree};
 use super::BuildError;
 use crate::format::v6::inode::{xattr_split, Xattrs};
 
@@ -137,6 +137,7 @@ fn node_from(
         xattrs: read_xattrs(path)?,
         hardlink_of: None,
         nlink: 1,
+        data: FileData::Source,
     })
 }
 

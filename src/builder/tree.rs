@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use crate::format::v6::tables::ChunkInfo;
+
 /// Index of a node in `Tree::nodes`; the root is 0.
 pub type NodeId = usize;
 
@@ -58,6 +60,17 @@ pub struct Node {
     pub hardlink_of: Option<NodeId>,
     /// Number of names this inode has inside the tree (set on the first name).
     pub nlink: u32,
+    /// Where a regular file's data comes from.
+    pub data: FileData,
+}
+
+/// The data of a regular file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileData {
+    /// Read it from `Node::source` and chunk it into the new blob.
+    Source,
+    /// Already stored: these chunks (of a parent image's blobs), in file order.
+    Chunks(Vec<ChunkInfo>),
 }
 
 /// The whole tree, breadth first.

@@ -1,0 +1,238 @@
+//! Layers: applying an upper layer onto a lower tree with OCI or overlayfs whiteouts, the
+//! way container runtimes and the kernel's overlayfs do.
+//!
+//! Trees are merged in a nested form ([`Entry`]) and flattened back into the breadth-first
+//! [`Tree`] the bootstrap writer takes. Hard links are tracked by a link key (layer, inode
+//! identity) so that a group keeps one inode and its link count follows what survives.
+//!
+//! Rules (upper entry at path P):
+//! - OCI: `.wh.NAME` removes NAME from the lower layers; `.wh..wh..opq` in a directory
+//!   hides all of that directory's lower entries. overlayfs: a character device 0/0 named
+//!   NAME removes NAME; a directory with `trusted.overlay.opaque=y` hides its lower
+//!   entries (the xattr itself is dropped, as overlayfs hides it). `none`: no whiteouts.
+//! - Whiteouts apply before the upper layer's own entries, so `.wh.x` and a new `x` in one
+//!   layer leave the new `x`. A whiteout naming nothing is ignored. Markers never appear
+//!   in the result. An OCI whiteout that carries data is still a whiteout (the data is
+//!   ignored, with a warning).
+//! - A directory over a directory merges: the upper one's metadata, both sets of
+//!   children. Anything else over anything replaces it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::tree::{Kind, Node, NodeId, Tree};
+
+/// How whiteouts are spelled in upper layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WhiteoutSpec {
+    /// `.wh.NAME` and `.wh..wh..opq` files (OCI image spec).
+    #[default]
+    Oci,
+    /// Character devices 0/0 and `trusted.overlay.opaque=y` (kernel overlayfs).
+    Overlayfs,
+    /// Names are taken literally.
+    None,
+}
+
+/// OCI whiteout prefix.
+pub const OCI_WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// OCI opaque marker.
+pub const OCI_OPAQUE: &[u8] = b".wh..wh..opq";
+/// overlayfs opaque xattr.
+pub const OVERLAY_OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
+
+/// A tree node with its children by name.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The node (its `kind` children list, `parent` and `hardlink_of` are ignored here).
+    pub node: Node,
+    /// Hard-link identity: entries sharing a key are one inode.
+    pub link: Option<(u32, u64)>,
+    /// Children by name.
+    pub children: BTreeMap<Vec<u8>, Entry>,
+}
+
+impl Entry {
+    fn is_dir(&self) -> bool {
+        matches!(self.node.kind, Kind::Dir(_))
+    }
+}
+
+/// Converts a flat tree into nested form; hard links get keys in `layer`.
+pub fn nest(tree: &Tree, layer: u32) -> Entry {
+    fn build(tree: &Tree, id: NodeId, layer: u32) -> Entry {
+        let own = &tree.nodes[id];
+        let primary = own.hardlink_of.unwrap_or(id);
+        let mut node = tree.nodes[primary].clone();
+        node.name = own.name.clone();
+        node.source = own.source.clone();
+        let linked = !matches!(node.kind, Kind::Dir(_))
+            && (own.hardlink_of.is_some() || tree.nodes[primary].nlink > 1);
+        let mut children = BTreeMap::new();
+        if let Kind::Dir(kids) = &own.kind {
+            for &k in kids {
+                children.insert(tree.nodes[k].name.clone(), build(tree, k, layer));
+            }
+        }
+        Entry {
+            node,
+            link: linked.then_some((layer, primary as u64)),
+            children,
+        }
+    }
+    build(tree, 0, layer)
+}
+
+enum Whiteout<'a> {
+    Remove(&'a [u8]),
+    Opaque,
+}
+
+fn whiteout_of<'a>(name: &'a [u8], e: &Entry, spec: WhiteoutSpec) -> Option<Whiteout<'a>> {
+    match spec {
+        WhiteoutSpec::Oci => {
+            if name == OCI_OPAQUE {
+                Some(Whiteout::Opaque)
+            } else {
+                name.strip_prefix(OCI_WHITEOUT_PREFIX).map(Whiteout::Remove)
+            }
+        }
+        WhiteoutSpec::Overlayfs => {
+            (e.node.kind == Kind::CharDevice && e.node.rdev == 0).then_some(Whiteout::Remove(name))
+        }
+        WhiteoutSpec::None => None,
+    }
+}
+
+fn is_overlay_opaque(e: &Entry, spec: WhiteoutSpec) -> bool {
+    spec == WhiteoutSpec::Overlayfs
+        && e.is_dir()
+        && e.node
+            .xattrs
+            .iter()
+            .any(|(n, v)| n == OVERLAY_OPAQUE_XATTR && v == b"y")
+}
+
+/// Removes whiteout markers (which name nothing here) and overlayfs opaque xattrs from an
+/// upper entry that lands without anything below it.
+fn clean(e: &mut Entry, spec: WhiteoutSpec) {
+    if spec == WhiteoutSpec::Overlayfs {
+        e.node.xattrs.retain(|(n, _)| n != OVERLAY_OPAQUE_XATTR);
+    }
+    let names: Vec<Vec<u8>> = e.children.keys().cloned().collect();
+    for name in names {
+        let child = &e.children[&name];
+        if let Some(w) = whiteout_of(&name, child, spec) {
+            warn_if_data(&name, child, &w);
+            e.children.remove(&name);
+        } else if let Some(child) = e.children.get_mut(&name) {
+            clean(child, spec);
+        }
+    }
+}
+
+fn warn_if_data(name: &[u8], e: &Entry, w: &Whiteout) {
+    if matches!(w, Whiteout::Remove(_) | Whiteout::Opaque)
+        && e.node.kind == Kind::File
+        && e.node.size > 0
+    {
+        log::warn!(
+            "{}: whiteout {:?} carries {} bytes of data; treated as a whiteout, data ignored",
+            e.node.source.display(),
+            String::from_utf8_lossy(name),
+            e.node.size
+        );
+    }
+}
+
+/// Applies `upper` (a directory) onto `lower` (the directory at the same path).
+pub fn apply(lower: &mut Entry, upper: Entry, spec: WhiteoutSpec) {
+    let Entry { node, children, .. } = upper;
+    let mut keep_lower_xattr_strip = node;
+    if spec == WhiteoutSpec::Overlayfs {
+        keep_lower_xattr_strip
+            .xattrs
+            .retain(|(n, _)| n != OVERLAY_OPAQUE_XATTR);
+    }
+    lower.node = keep_lower_xattr_strip;
+    // Whiteouts first.
+    let mut rest = Vec::new();
+    for (name, child) in children {
+        match whiteout_of(&name, &child, spec) {
+            Some(w) => {
+                warn_if_data(&name, &child, &w);
+                match w {
+                    Whiteout::Remove(target) => {
+                        lower.children.remove(target);
+                    }
+                    Whiteout::Opaque => lower.children.clear(),
+                }
+            }
+            None => rest.push((name, child)),
+        }
+    }
+    for (name, mut child) in rest {
+        let merge = child.is_dir()
+            && !is_overlay_opaque(&child, spec)
+            && lower.children.get(&name).is_some_and(Entry::is_dir);
+        if merge {
+            let below = lower.children.get_mut(&name).expect("checked above");
+            apply(below, child, spec);
+        } else {
+            clean(&mut child, spec);
+            lower.children.insert(name, child);
+        }
+    }
+}
+
+/// An empty root to build a first layer on.
+pub fn empty_root(template: &Node) -> Entry {
+    Entry {
+        node: template.clone(),
+        link: None,
+        children: BTreeMap::new(),
+    }
+}
+
+/// Flattens a nested tree breadth first (children in name order), rebuilding parents,
+/// hard-link groups and link counts.
+pub fn flatten(root: Entry) -> Tree {
+    let mut tree = Tree::default();
+    let mut first_of: HashMap<(u32, u64), NodeId> = HashMap::new();
+    let mut queue: VecDeque<(Entry, NodeId, Vec<u8>)> = VecDeque::new();
+    queue.push_back((root, 0, Vec::new()));
+    while let Some((entry, parent, name)) = queue.pop_front() {
+        let id = tree.nodes.len();
+        let mut node = entry.node;
+        node.name = name;
+        node.parent = if id == 0 { 0 } else { parent };
+        node.hardlink_of = None;
+        node.nlink = 1;
+        if let Some(key) = entry.link {
+            match first_of.get(&key) {
+                Some(&first) => {
+                    node.hardlink_of = Some(first);
+                    tree.nodes[first].nlink += 1;
+                }
+                None => {
+                    first_of.insert(key, id);
+                }
+            }
+        }
+        let is_dir = matches!(node.kind, Kind::Dir(_));
+        if is_dir {
+            node.kind = Kind::Dir(Vec::new());
+            let subdirs = entry.children.values().filter(|c| c.is_dir()).count();
+            node.nlink = 2 + subdirs as u32;
+        }
+        tree.nodes.push(node);
+        if let Some(p) = (id != 0).then_some(parent) {
+            if let Kind::Dir(kids) = &mut tree.nodes[p].kind {
+                kids.push(id);
+            }
+        }
+        for (n, child) in entry.children {
+            queue.push_back((child, id, n));
+        }
+    }
+    tree
+}
