@@ -65,12 +65,24 @@ pub trait Tree {
 /// A directory read with plain file-system calls.
 pub struct FsTree {
     root: PathBuf,
+    skip_phantoms: bool,
 }
 
 impl FsTree {
     /// A tree rooted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FsTree { root: root.into() }
+        FsTree {
+            root: root.into(),
+            skip_phantoms: false,
+        }
+    }
+
+    /// Skips entries that a directory lists but that do not exist when looked up. The
+    /// kernel's overlayfs lists whiteouts of a directory that only one layer has without
+    /// hiding them; they then fail lookup. Only for reading such mounts.
+    pub fn skipping_phantoms(mut self) -> Self {
+        self.skip_phantoms = true;
+        self
     }
 
     fn join(&self, path: &[u8]) -> PathBuf {
@@ -89,7 +101,11 @@ impl Tree for FsTree {
         let mut stack = vec![b"/".to_vec()];
         while let Some(path) = stack.pop() {
             let full = self.join(&path);
-            let m = fs::symlink_metadata(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+            let m = match fs::symlink_metadata(&full) {
+                Ok(m) => m,
+                Err(e) if self.skip_phantoms && e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("{}: {e}", full.display())),
+            };
             let ft = m.file_type();
             let target = if ft.is_symlink() {
                 Some(
