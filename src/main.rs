@@ -71,6 +71,9 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a mounted image.
     Umount(UmountArgs),
+    /// Merge the bootstraps of separately built layers (bottom first) into one, applying
+    /// OCI whiteouts kept in upper layers (build them with --whiteout-spec none).
+    Merge(MergeArgs),
     /// Compare an image with its source directory, entry by entry and byte by byte.
     /// Exit status: 0 identical, 1 differences found, 2 could not compare.
     Verify(VerifyArgs),
@@ -122,6 +125,22 @@ struct MountArgs {
     /// Log to this file (with --daemon, the daemon's only output).
     #[arg(short = 'L', long = "log-file")]
     log_file: Option<PathBuf>,
+    /// Log level.
+    #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
+    log_level: LogLevel,
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// Layer bootstraps, bottom first.
+    #[arg(required = true)]
+    sources: Vec<PathBuf>,
+    /// Where to write the merged bootstrap.
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    /// Write a JSON report here.
+    #[arg(short = 'J', long = "output-json")]
+    output_json: Option<PathBuf>,
     /// Log level.
     #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -283,12 +302,16 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`nydus-image check -v | head`), as Unix tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let level = match &cli.command {
         Command::Create(a) => a.log_level,
         Command::Check(a) => a.log_level,
         Command::Mount(a) => a.log_level,
         Command::Umount(_) => LogLevel::Info,
+        Command::Merge(a) => a.log_level,
         Command::Verify(a) => a.log_level,
     };
     let mut logger = env_logger::Builder::new();
@@ -324,6 +347,7 @@ fn main() -> ExitCode {
             .with_context(|| format!("cannot unmount {}", args.mountpoint.display()))
             .map(|_| ExitCode::SUCCESS),
         Command::Verify(args) => return verify_cmd(args),
+        Command::Merge(args) => merge_cmd(args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -533,6 +557,24 @@ fn run_verify(
         }
     };
     report.map_err(|e| anyhow!("could not compare: {e}"))
+}
+
+fn merge_cmd(args: MergeArgs) -> Result<()> {
+    let summary = nydus_image::builder::merge::merge(&args.sources, &args.bootstrap)
+        .with_context(|| format!("cannot merge into {}", args.bootstrap.display()))?;
+    println!("meta blob path: {}", summary.bootstrap.display());
+    println!("data blobs: {:?}", summary.blobs);
+    if let Some(path) = &args.output_json {
+        let json = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "bootstrap": summary.bootstrap,
+            "blobs": summary.blobs,
+            "fs_version": "6",
+            "entries": summary.entries,
+        });
+        write_json(path, &json)?;
+    }
+    Ok(())
 }
 
 fn print_report(report: &nydus_verify::Report) {

@@ -26,11 +26,25 @@ const SUB: [&str; 2] = ["x", "y"];
 
 #[derive(Clone, Debug)]
 enum Spec {
-    File { size: usize, seed: u8, mode: u32, uid: u32, xattr: Option<u8> },
-    Dir { opaque: bool, mode: u32, xattr: Option<u8> },
-    Symlink { target: u8 },
+    File {
+        size: usize,
+        seed: u8,
+        mode: u32,
+        uid: u32,
+        xattr: Option<u8>,
+    },
+    Dir {
+        opaque: bool,
+        mode: u32,
+        xattr: Option<u8>,
+    },
+    Symlink {
+        target: u8,
+    },
     Whiteout,
-    Hardlink { to: u8 },
+    Hardlink {
+        to: u8,
+    },
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -50,7 +64,8 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 /// Paths of the universe: /a, /b, /c, then /a/x, /a/y, /b/x, ...
 fn universe() -> Vec<(String, Option<usize>)> {
-    let mut out: Vec<(String, Option<usize>)> = TOP.iter().map(|t| (format!("/{t}"), None)).collect();
+    let mut out: Vec<(String, Option<usize>)> =
+        TOP.iter().map(|t| (format!("/{t}"), None)).collect();
     for (i, t) in TOP.iter().enumerate() {
         for s in SUB {
             out.push((format!("/{t}/{s}"), Some(i)));
@@ -63,7 +78,10 @@ type Layer = Vec<Option<Spec>>;
 
 fn stack() -> impl Strategy<Value = Vec<Layer>> {
     let n = universe().len();
-    prop::collection::vec(prop::collection::vec(prop::option::weighted(0.45, spec()), n), 1..=4)
+    prop::collection::vec(
+        prop::collection::vec(prop::option::weighted(0.45, spec()), n),
+        1..=4,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -97,7 +115,13 @@ fn write_layer(dir: &Path, layer: &Layer, form: Form) {
         }
         let Some(s) = &layer[i] else { continue };
         match s {
-            Spec::File { size, seed, mode, uid, xattr } => {
+            Spec::File {
+                size,
+                seed,
+                mode,
+                uid,
+                xattr,
+            } => {
                 write_file(&full, &data(*size, *seed as u64));
                 if let Some(x) = xattr {
                     set_xattr(&full, "user.k", &[*x]);
@@ -106,7 +130,11 @@ fn write_layer(dir: &Path, layer: &Layer, form: Form) {
                 chmod(&full, *mode);
                 set_mtime(&full, 1_600_000_000 + *seed as i64, 1000 * *seed as i64);
             }
-            Spec::Dir { opaque, mode, xattr } => {
+            Spec::Dir {
+                opaque,
+                mode,
+                xattr,
+            } => {
                 fs::create_dir(&full).unwrap();
                 if parent.is_none() {
                     is_dir[i] = true;
@@ -136,8 +164,13 @@ fn write_layer(dir: &Path, layer: &Layer, form: Form) {
             },
             Spec::Hardlink { to } => {
                 let target = dir.join(TOP[*to as usize]);
-                let ok = matches!(layer[*to as usize], Some(Spec::File { .. })) && (*to as usize) < i;
-                if ok && fs::symlink_metadata(&target).map(|m| m.is_file()).unwrap_or(false) {
+                let ok =
+                    matches!(layer[*to as usize], Some(Spec::File { .. })) && (*to as usize) < i;
+                if ok
+                    && fs::symlink_metadata(&target)
+                        .map(|m| m.is_file())
+                        .unwrap_or(false)
+                {
                     fs::hard_link(&target, &full).unwrap();
                 }
             }
@@ -169,7 +202,14 @@ fn build_stack(layers: &[PathBuf], out: &Path, spec: WhiteoutSpec) -> PathBuf {
             threads: 1,
             ..BuildOptions::default()
         };
-        build(layer, &boot, &BlobTarget::Dir(out.to_path_buf()), &opts, &|_| {}).expect("build layer");
+        build(
+            layer,
+            &boot,
+            &BlobTarget::Dir(out.to_path_buf()),
+            &opts,
+            &|_| {},
+        )
+        .expect("build layer");
         parent = Some(boot);
     }
     parent.unwrap()
@@ -195,7 +235,11 @@ fn check_stack(stack: &[Layer]) -> Result<(), TestCaseError> {
     // The kernel's view: lowerdir lists the top layer first.
     let mnt = root.join("overlay");
     fs::create_dir(&mnt).unwrap();
-    let lower: Vec<String> = ovl_layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = ovl_layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let status = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o"])
         .arg(format!("lowerdir={}", lower.join(":")))
@@ -214,13 +258,18 @@ fn check_stack(stack: &[Layer]) -> Result<(), TestCaseError> {
         let m = root.join(format!("m-{name}"));
         fs::create_dir(&m).unwrap();
         let fuse = BackgroundMount::start(image, &m, 2).expect("FUSE mount");
-        let report = compare(&FsTree::new(&mnt).skipping_phantoms(), &FsTree::new(&m)).expect("compare");
+        let report =
+            compare(&FsTree::new(&mnt).skipping_phantoms(), &FsTree::new(&m)).expect("compare");
         fuse.stop().unwrap();
         let diffs: Vec<String> = report.differences.iter().map(|d| d.to_string()).collect();
         if std::env::var_os("LAYERS_DEBUG").is_some() {
             eprintln!("{name}: {} entries compared", report.entries_compared);
         }
-        prop_assert!(diffs.is_empty(), "--whiteout-spec {name}: image differs from overlayfs:\n{}", diffs.join("\n"));
+        prop_assert!(
+            diffs.is_empty(),
+            "--whiteout-spec {name}: image differs from overlayfs:\n{}",
+            diffs.join("\n")
+        );
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 pub mod blob;
 pub mod bootstrap;
 pub mod chunker;
+pub mod merge;
 pub mod output;
 pub mod overlay;
 pub mod parent;

@@ -103,7 +103,9 @@ impl Tree for FsTree {
             let full = self.join(&path);
             let m = match fs::symlink_metadata(&full) {
                 Ok(m) => m,
-                Err(e) if self.skip_phantoms && e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if self.skip_phantoms && e.kind() == std::io::ErrorKind::NotFound => {
+                    continue
+                }
                 Err(e) => return Err(format!("{}: {e}", full.display())),
             };
             let ft = m.file_type();
