@@ -262,13 +262,14 @@ struct CreateArgs {
     /// How whiteouts are spelled in the source.
     #[arg(long = "whiteout-spec", value_enum, default_value = "oci")]
     whiteout_spec: WhiteoutArg,
-    /// Chunk dictionary (not implemented yet).
+    /// Chunk dictionary: `bootstrap=PATH` (or a bare PATH) of an image whose chunks are
+    /// referenced instead of stored again.
     #[arg(long = "chunk-dict")]
     chunk_dict: Option<String>,
     /// After building, mount the image and compare it with the source; fail on any
     /// difference. `--verify` uses FUSE when it can and the library reader otherwise;
     /// `--verify=fuse` insists on FUSE, `--verify=library` skips it.
-    #[arg(long, value_name = "HOW", num_args = 0..=1, default_missing_value = "auto")]
+    #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true, default_missing_value = "auto")]
     verify: Option<VerifyHow>,
 }
 
@@ -386,9 +387,6 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         "5" => bail!("RAFS v5 (--fs-version 5) is not implemented yet; it is tracked as a later issue. Use --fs-version 6"),
         other => bail!("unknown --fs-version {other:?}: RAFS versions are 5 and 6"),
     }
-    if args.chunk_dict.is_some() {
-        bail!("--chunk-dict is not implemented yet");
-    }
     let target = match (&args.blob, &args.blob_dir) {
         (Some(b), None) => BlobTarget::File(b.clone()),
         (None, Some(d)) => BlobTarget::Dir(d.clone()),
@@ -407,6 +405,11 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         chunk_size: parse_size(&args.chunk_size)?,
         blob_id: args.blob_id.clone(),
         parent_bootstrap: args.parent_bootstrap.clone(),
+        chunk_dict: args
+            .chunk_dict
+            .as_deref()
+            .map(nydus_image::builder::dict::parse_arg)
+            .transpose()?,
         whiteout_spec: args.whiteout_spec.builder(),
         ..BuildOptions::default()
     };
@@ -428,10 +431,19 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     })
     .with_context(|| format!("cannot build an image of {}", args.source.display()))?;
     meter.finish();
-    let blobs: Vec<String> = summary.blob_id.iter().cloned().collect();
+    let blobs = summary.blobs.clone();
     println!("meta blob path: {}", summary.bootstrap.display());
     println!("data blob size: 0x{:x}", summary.blob_size);
     println!("data blobs: {blobs:?}");
+    if args.chunk_dict.is_some() {
+        println!(
+            "chunk dictionary: {} chunks ({} bytes) deduplicated",
+            summary.dict_chunks, summary.dict_bytes
+        );
+        if summary.blob_id.is_none() && summary.dict_chunks > 0 {
+            println!("no data blob written: every chunk was found in the chunk dictionary");
+        }
+    }
     log::info!(
         "{} entries, {} chunks ({} distinct), {} bytes of data, in {:.2?}",
         summary.entries,
@@ -456,6 +468,9 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
             "chunks": summary.total_chunks,
             "unique_chunks": summary.unique_chunks,
             "data_bytes": summary.data_bytes,
+            "new_blob": summary.blob_id,
+            "dict_chunks": summary.dict_chunks,
+            "dict_bytes": summary.dict_bytes,
             "trace": {"consumed_time": {"total_build": started.elapsed().as_secs_f64()}},
         });
         write_json(path, &json)?;
@@ -527,6 +542,18 @@ fn run_verify(
     via: Via,
 ) -> Result<nydus_verify::Report> {
     let image = Image::open(bootstrap, blobs.clone())?;
+    let missing = image.missing_blobs();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(id, why)| format!("{id} ({why})"))
+            .collect();
+        bail!(
+            "blobs of {} are not available: {}",
+            bootstrap.display(),
+            list.join("; ")
+        );
+    }
     let parent = match &stack.parent {
         Some(p) => Some(Image::open(p, blobs)?),
         None => None,
@@ -634,6 +661,9 @@ fn mount_cmd(args: MountArgs) -> Result<()> {
         return spawn_daemon(&args);
     }
     let mut image = Image::open(&args.bootstrap, args.blobs.source()?)?;
+    for (id, why) in image.missing_blobs() {
+        log::warn!("blob {id} is not available ({why}): reads of its chunks will fail with EIO");
+    }
     image.validate = args.validate;
     image.set_cache_bytes(args.cache_mib << 20);
     let config = nydus_fuse::MountConfig {

@@ -134,7 +134,7 @@ fn files_changing_during_the_build_are_errors() {
         let tree = read_tree(&only).unwrap();
         change(&only.join(name));
         let mut blob = BlobWriter::new(Vec::new(), opts.compressor, opts.digester, opts.chunk_size);
-        let err = chunk_files(&tree, opts, &mut blob, &|_| {})
+        let err = chunk_files(&tree, opts, &mut blob, &|_| None, &|_| {})
             .expect_err(name)
             .to_string();
         assert!(err.contains(name) && err.contains(expect), "{name}: {err}");

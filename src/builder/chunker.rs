@@ -19,6 +19,7 @@ use crossbeam_channel::bounded;
 use super::blob::BlobWriter;
 use super::tree::{Kind, NodeId, Tree};
 use super::BuildError;
+use crate::format::v6::tables::ChunkInfo;
 use crate::format::{Compressor, Digester};
 use crate::storage::compress;
 
@@ -35,12 +36,28 @@ pub struct ChunkOptions {
     pub threads: usize,
 }
 
+/// Where one chunk of a file ended up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkRef {
+    /// This index in the new blob.
+    New(u32),
+    /// A chunk that already exists elsewhere (a chunk dictionary's blob).
+    Known(ChunkInfo),
+}
+
+/// Finds an existing chunk by digest (a chunk dictionary), or nothing.
+pub type KnownChunks<'a> = &'a (dyn Fn(&[u8; 32]) -> Option<ChunkInfo> + Sync);
+
 /// What the chunker produced besides the blob bytes.
 #[derive(Clone, Debug, Default)]
 pub struct Chunked {
-    /// For each node (by id), the blob chunk index of each of its chunks in file order.
+    /// For each node (by id), where each of its chunks is, in file order.
     /// Empty for everything but first names of regular files.
-    pub file_chunks: Vec<Vec<u32>>,
+    pub file_chunks: Vec<Vec<ChunkRef>>,
+    /// Chunks found among the known chunks instead of being stored again.
+    pub known_chunks: u64,
+    /// Uncompressed bytes of those chunks.
+    pub known_bytes: u64,
     /// Chunks in all files, duplicates included.
     pub total_chunks: u64,
     /// Bytes of file data read.
@@ -89,6 +106,7 @@ pub fn chunk_files<W: Write>(
     tree: &Tree,
     opts: ChunkOptions,
     blob: &mut BlobWriter<W>,
+    known: KnownChunks,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Chunked, BuildError> {
     let mut state = Progress::default();
@@ -139,7 +157,8 @@ pub fn chunk_files<W: Write>(
                     let digest = compress::digest(opts.digester, &job.data);
                     // Compress only the first copy of a chunk seen; the writer compresses
                     // itself in the rare case where a later copy claimed the digest first.
-                    let first = claimed.lock().expect("claims lock").insert(digest);
+                    let first = known(&digest).is_none()
+                        && claimed.lock().expect("claims lock").insert(digest);
                     let packed = if first {
                         Compressed::Done(compress::compress(opts.compressor, &job.data))
                     } else {
@@ -177,9 +196,15 @@ pub fn chunk_files<W: Write>(
                 }
                 out.total_chunks += 1;
                 out.bytes_read += done.data.len() as u64;
-                let index = match seen.get(&done.digest) {
-                    Some(&i) => i,
-                    None => match blob.add_chunk(
+                let found = known(&done.digest);
+                if found.is_some() {
+                    out.known_chunks += 1;
+                    out.known_bytes += done.data.len() as u64;
+                }
+                let index = match (found, seen.get(&done.digest)) {
+                    (Some(info), _) => ChunkRef::Known(info),
+                    (None, Some(&i)) => ChunkRef::New(i),
+                    (None, None) => match blob.add_chunk(
                         done.digest,
                         &done.data,
                         match &done.packed {
@@ -193,7 +218,7 @@ pub fn chunk_files<W: Write>(
                     ) {
                         Ok(i) => {
                             seen.insert(done.digest, i);
-                            i
+                            ChunkRef::New(i)
                         }
                         Err(e) => {
                             write_error = Some(BuildError::Output {

@@ -99,7 +99,7 @@ pub fn merge(layers: &[PathBuf], out: &Path) -> Result<MergeSummary, BuildError>
     let tree = overlay::flatten(merged.expect("at least one layer"));
     let (chunk_size, digester, compressor) = settings.expect("at least one layer");
     let no_new = vec![Vec::new(); tree.nodes.len()];
-    let (chunks, file_chunks) = assemble_chunks(&tree, &no_new, &[], blobs.len() as u32);
+    let (blobs, chunks, file_chunks) = assemble_chunks(&tree, &no_new, &[], blobs, &[], None);
     debug_assert!(tree
         .nodes
         .iter()

@@ -17,6 +17,7 @@
 pub mod blob;
 pub mod bootstrap;
 pub mod chunker;
+pub mod dict;
 pub mod merge;
 pub mod output;
 pub mod overlay;
@@ -70,6 +71,14 @@ pub enum BuildError {
     /// The options do not make sense.
     #[error("{0}")]
     Options(String),
+    /// The chunk dictionary is missing, unreadable, corrupt or unusable.
+    #[error("chunk dictionary {}: {what}", path.display())]
+    Dict {
+        /// The dictionary bootstrap.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// The parent bootstrap is missing, unreadable, corrupt or incompatible.
     #[error("parent bootstrap {}: {what}", path.display())]
     Parent {
@@ -120,6 +129,8 @@ pub struct BuildOptions {
     pub blob_id: Option<String>,
     /// Hashing and compression threads.
     pub threads: usize,
+    /// Chunk dictionary: a bootstrap whose blobs' chunks are referenced instead of stored.
+    pub chunk_dict: Option<PathBuf>,
     /// Bootstrap of the layers below this one.
     pub parent_bootstrap: Option<PathBuf>,
     /// How whiteouts are spelled in the source.
@@ -137,6 +148,7 @@ impl Default for BuildOptions {
                 .map(|n| n.get())
                 .unwrap_or(1),
             parent_bootstrap: None,
+            chunk_dict: None,
             whiteout_spec: overlay::WhiteoutSpec::Oci,
         }
     }
@@ -194,6 +206,12 @@ pub struct BuildSummary {
     pub unique_chunks: u64,
     /// Bytes of file data read.
     pub data_bytes: u64,
+    /// Chunks found in the chunk dictionary instead of being stored.
+    pub dict_chunks: u64,
+    /// Uncompressed bytes of those chunks.
+    pub dict_bytes: u64,
+    /// Every blob the bootstrap references, in table order.
+    pub blobs: Vec<String>,
     /// Compressor used.
     pub compressor: Compressor,
     /// Digester used.
@@ -255,21 +273,47 @@ fn layered_tree(
     Ok((overlay::flatten(merged), parent_blobs))
 }
 
-/// Builds the chunk table (parent chunks still used, then the new blob's) and each
-/// file's chunk list as indexes into it.
+/// Builds the blob table and chunk table: the parent's blobs, then the chunk
+/// dictionary's blobs this build references, then the new blob; and each file's chunk
+/// list as indexes into the chunk table.
 fn assemble_chunks(
     tree: &tree::Tree,
-    new_file_chunks: &[Vec<u32>],
+    new_file_chunks: &[Vec<chunker::ChunkRef>],
     new_chunks: &[ChunkInfo],
-    new_blob_index: u32,
-) -> (Vec<ChunkInfo>, Vec<Vec<u32>>) {
+    mut blobs: Vec<BlobEntry>,
+    dict_blobs: &[BlobEntry],
+    new_blob: Option<BlobEntry>,
+) -> (Vec<BlobEntry>, Vec<ChunkInfo>, Vec<Vec<u32>>) {
+    use std::collections::HashMap;
+    // Dictionary blobs actually referenced, mapped to their place in the final table.
+    let mut dict_index: HashMap<u32, u32> = HashMap::new();
+    for refs in new_file_chunks {
+        for r in refs {
+            if let chunker::ChunkRef::Known(info) = r {
+                dict_index.entry(info.blob_index).or_insert_with(|| {
+                    let entry = &dict_blobs[info.blob_index as usize];
+                    match blobs.iter().position(|b| b.blob_id == entry.blob_id) {
+                        Some(i) => i as u32,
+                        None => {
+                            blobs.push(entry.clone());
+                            blobs.len() as u32 - 1
+                        }
+                    }
+                });
+            }
+        }
+    }
+    let new_blob_index = blobs.len() as u32;
+    if let Some(b) = new_blob {
+        blobs.push(b);
+    }
     let mut table: Vec<ChunkInfo> = Vec::new();
-    let mut index: std::collections::HashMap<(u32, u32), u32> = std::collections::HashMap::new();
-    let mut add = |info: &ChunkInfo, table: &mut Vec<ChunkInfo>| -> u32 {
+    let mut index: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut add = |info: ChunkInfo, table: &mut Vec<ChunkInfo>| -> u32 {
         *index
             .entry((info.blob_index, info.index))
             .or_insert_with(|| {
-                table.push(info.clone());
+                table.push(info);
                 table.len() as u32 - 1
             })
     };
@@ -279,18 +323,28 @@ fn assemble_chunks(
             continue;
         }
         files[id] = match &node.data {
-            tree::FileData::Chunks(list) => list.iter().map(|c| add(c, &mut table)).collect(),
+            tree::FileData::Chunks(list) => {
+                list.iter().map(|c| add(c.clone(), &mut table)).collect()
+            }
             tree::FileData::Source => new_file_chunks[id]
                 .iter()
-                .map(|&i| {
-                    let mut info = new_chunks[i as usize].clone();
-                    info.blob_index = new_blob_index;
-                    add(&info, &mut table)
+                .map(|r| {
+                    let info = match r {
+                        chunker::ChunkRef::New(i) => ChunkInfo {
+                            blob_index: new_blob_index,
+                            ..new_chunks[*i as usize].clone()
+                        },
+                        chunker::ChunkRef::Known(info) => ChunkInfo {
+                            blob_index: dict_index[&info.blob_index],
+                            ..info.clone()
+                        },
+                    };
+                    add(info, &mut table)
                 })
                 .collect(),
         };
     }
-    (table, files)
+    (blobs, table, files)
 }
 
 /// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when both
@@ -340,22 +394,37 @@ pub fn build(
         opts.digester,
         opts.chunk_size,
     );
-    let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, progress)?;
+    let dict = match &opts.chunk_dict {
+        Some(path) => Some(dict::ChunkDict::load(path, opts)?),
+        None => None,
+    };
+    let known = |digest: &[u8; 32]| dict.as_ref().and_then(|d| d.get(digest));
+    let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, &known, progress)?;
     let has_data = writer.chunk_count() > 0;
-    let new_blob_index = parent_blobs.len() as u32;
-    let (blobs, new_chunks, finished) = if has_data {
+    let (new_chunks, finished) = if has_data {
         let (finished, chunks) = writer
             .finish(opts.blob_id.as_deref())
             .map_err(|e| BuildError::output(&blob_pending.target, "cannot write blob", e))?;
-        let mut blobs = parent_blobs;
-        blobs.push(finished.entry.clone());
-        (blobs, chunks, Some(finished))
+        (chunks, Some(finished))
     } else {
         drop(writer);
-        (parent_blobs, Vec::new(), None)
+        (Vec::new(), None)
     };
-    let (chunks, file_chunks) =
-        assemble_chunks(&tree, &chunked.file_chunks, &new_chunks, new_blob_index);
+    let (blobs, chunks, file_chunks) = assemble_chunks(
+        &tree,
+        &chunked.file_chunks,
+        &new_chunks,
+        parent_blobs,
+        dict.as_ref().map(|d| d.blobs.as_slice()).unwrap_or(&[]),
+        finished.as_ref().map(|f| f.entry.clone()),
+    );
+    if blobs.len() > 254 {
+        return Err(BuildError::Options(format!(
+            "the image would reference {} blobs; RAFS v6 chunk indexes address 254",
+            blobs.len()
+        )));
+    }
+
     let image = bootstrap::v6::write(
         &bootstrap::v6::BootstrapInput {
             tree: &tree,
@@ -409,6 +478,9 @@ pub fn build(
         total_chunks: chunked.total_chunks,
         unique_chunks: new_chunks.len() as u64,
         data_bytes: chunked.bytes_read,
+        dict_chunks: chunked.known_chunks,
+        dict_bytes: chunked.known_bytes,
+        blobs: blobs.iter().map(|b| b.blob_id.clone()).collect(),
         compressor: opts.compressor,
         digester: opts.digester,
         chunk_size: opts.chunk_size,

@@ -290,6 +290,15 @@ impl Image {
         self.chunks.values()
     }
 
+    /// Blobs whose file could not be opened: (blob id, why).
+    pub fn missing_blobs(&self) -> Vec<(String, String)> {
+        self.blob_files
+            .iter()
+            .zip(&self.blobs)
+            .filter_map(|(f, b)| f.as_ref().err().map(|e| (b.blob_id.clone(), e.clone())))
+            .collect()
+    }
+
     /// The chunk table entry for chunk `index` of blob `blob`.
     pub fn chunk_info(&self, blob: u32, index: u32) -> Option<&ChunkInfo> {
         self.chunks.get(&(blob, index))
