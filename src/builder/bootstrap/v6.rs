@@ -76,7 +76,7 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
     }
     let chunk_bits = opts.chunk_size.trailing_zeros() - BLOCK_BITS;
     let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
-    let mut pos = inode_start;
+    let mut slots = SlotAllocator::new(inode_start);
     for (ino_index, &id) in order.iter().enumerate() {
         let node = &tree.nodes[id];
         let xattr_size = inode::xattr_area_size(&node.xattrs);
@@ -86,23 +86,20 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
             _ => (Vec::new(), false),
         };
         let head = EXTENDED_SIZE + xattr_size;
-        // Keep the inode and its xattrs inside one block.
-        if head as u64 <= BLOCK_SIZE && pos % BLOCK_SIZE + head as u64 > BLOCK_SIZE {
-            pos = pos.next_multiple_of(BLOCK_SIZE);
-        }
         let mut layout = DataLayout::FlatPlain;
         let mut plain_blocks = 0;
         let mut record = head as u64;
+        // Bytes from the inode's start that must stay inside one block: the inode and its
+        // xattrs, and an inline tail with them.
+        let mut unbroken = head as u64;
         if layout_data && !data.is_empty() {
             let tail = data.len() as u64 % BLOCK_SIZE;
             let full = data.len() as u64 / BLOCK_SIZE;
             if tail > 0 && head as u64 + tail <= BLOCK_SIZE {
-                if pos % BLOCK_SIZE + head as u64 + tail > BLOCK_SIZE {
-                    pos = pos.next_multiple_of(BLOCK_SIZE);
-                }
                 layout = DataLayout::FlatInline;
                 plain_blocks = full;
                 record += tail;
+                unbroken = record;
             } else {
                 plain_blocks = (data.len() as u64).div_ceil(BLOCK_SIZE);
             }
@@ -111,6 +108,7 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
             let count = node.size.div_ceil(opts.chunk_size as u64);
             record = (head as u64).next_multiple_of(8) + count * inode::CHUNK_ADDR_SIZE as u64;
         }
+        let offset = slots.alloc(record, unbroken);
         let extended = true;
         let mode = node.mode as u16;
         let u = match node.kind {
@@ -138,13 +136,13 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
         };
         placed.push(Placed {
             node: id,
-            offset: pos,
+            offset,
             inode,
             data,
             plain_blocks,
         });
-        pos = (pos + record).next_multiple_of(SLOT_SIZE);
     }
+    let pos = slots.end;
     // Data blocks of directories and symlinks that did not fit inline.
     let mut block = pos.div_ceil(BLOCK_SIZE);
     for p in placed.iter_mut() {
@@ -257,6 +255,56 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
     let at = chunk_table_offset as usize;
     out[at..at + table.len()].copy_from_slice(&table);
     out
+}
+
+/// Places inode records in the metadata area. Records are appended, except that space
+/// skipped to keep a record inside one block is remembered and filled by later records
+/// that fit (first fit), as upstream packs small inodes into earlier blocks.
+struct SlotAllocator {
+    end: u64,
+    gaps: Vec<(u64, u64)>,
+}
+
+impl SlotAllocator {
+    /// Gaps remembered at most; the smallest go first.
+    const MAX_GAPS: usize = 1024;
+
+    fn new(start: u64) -> Self {
+        SlotAllocator {
+            end: start,
+            gaps: Vec::new(),
+        }
+    }
+
+    /// Offset for a record of `len` bytes whose first `unbroken` bytes must not cross a
+    /// block boundary.
+    fn alloc(&mut self, len: u64, unbroken: u64) -> u64 {
+        let fits = |at: u64| unbroken > BLOCK_SIZE || at % BLOCK_SIZE + unbroken <= BLOCK_SIZE;
+        if let Some(i) = self.gaps.iter().position(|&(s, e)| s + len <= e && fits(s)) {
+            let (s, e) = self.gaps[i];
+            let rest = (s + len).next_multiple_of(SLOT_SIZE);
+            if e > rest {
+                self.gaps[i] = (rest, e);
+            } else {
+                self.gaps.remove(i);
+            }
+            return s;
+        }
+        if !fits(self.end) {
+            let next = self.end.next_multiple_of(BLOCK_SIZE);
+            self.gaps.push((self.end, next));
+            if self.gaps.len() > Self::MAX_GAPS {
+                let smallest = (0..self.gaps.len())
+                    .min_by_key(|&i| self.gaps[i].1 - self.gaps[i].0)
+                    .expect("not empty");
+                self.gaps.swap_remove(smallest);
+            }
+            self.end = next;
+        }
+        let at = self.end;
+        self.end = (at + len).next_multiple_of(SLOT_SIZE);
+        at
+    }
 }
 
 fn write_plain(out: &mut [u8], blkaddr: u32, data: &[u8]) {
