@@ -66,7 +66,7 @@ run() {
   read -r wall user sys rss < "$out.time"
   local boot blob
   boot=$(stat -c %s "$out/boot")
-  blob=$(find "$out" -type f ! -name boot -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+  blob=$(find "$out" -type f ! -name boot -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   echo "$wall $(echo "$user + $sys" | bc) $rss $boot $blob"
 }
 measure() { # TOOL TREE COMP THREADS -> median wall, median cpu, max rss, boot, blob, cold wall

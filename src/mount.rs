@@ -141,6 +141,18 @@ impl ReadOnlyFs for ImageFs {
         Ok(buf)
     }
 
+    fn read_now(&self, id: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>, i32>> {
+        let mut buf = vec![0u8; size as usize];
+        match self.image.read_cached(id, offset, &mut buf) {
+            Ok(Some(n)) => {
+                buf.truncate(n);
+                Some(Ok(buf))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Err(self.fail(id, &format!("read at offset {offset}"), e))),
+        }
+    }
+
     fn readlink(&self, id: u64) -> Result<Vec<u8>, i32> {
         self.image
             .readlink(id)

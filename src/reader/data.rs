@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 /// Bytes fetched from a blob when a small chunk is needed.
 const READ_WINDOW: u64 = 1 << 20;
+/// Largest chunk decompressed on the quick (cached-only) path.
+const QUICK_CHUNK: u64 = 128 << 10;
 /// Windows kept (per image, all threads).
 const KEPT_WINDOWS: usize = 8;
 
@@ -26,14 +28,20 @@ impl Image {
     }
 
     /// Loads and decompresses one chunk; `expect_len` is the size the file needs from it.
+    /// With `cached_only`, returns `Ok(None)` instead of reading the blob file or
+    /// decompressing a large chunk.
     pub(crate) fn load_chunk(
         &self,
         addr: ChunkAddr,
         expect_len: u64,
-    ) -> Result<Arc<Vec<u8>>, ReadError> {
+        cached_only: bool,
+    ) -> Result<Option<Arc<Vec<u8>>>, ReadError> {
         let key = (addr.blob_index as u32, addr.chunk_index);
         if let Some(data) = self.cache.get(key) {
-            return Ok(data);
+            return Ok(Some(data));
+        }
+        if cached_only && expect_len > QUICK_CHUNK {
+            return Ok(None);
         }
         let blob = addr.blob_index as usize;
         if blob >= self.blobs.len() {
@@ -81,16 +89,20 @@ impl Image {
                 format!("chunk {} is implausibly large", addr.chunk_index),
             ));
         }
-        let (window, at) = self
+        let Some((window, at)) = self
             .stored_bytes(
                 blob,
                 file,
                 info.compressed_offset,
                 info.compressed_size as u64,
+                cached_only,
             )
             .map_err(|e| {
                 self.blob_error(blob, format!("cannot read chunk {}: {e}", addr.chunk_index))
-            })?;
+            })?
+        else {
+            return Ok(None);
+        };
         let stored = &window[at..at + info.compressed_size as usize];
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
         let data = if compressed {
@@ -125,7 +137,7 @@ impl Image {
         }
         let data = Arc::new(data);
         self.cache.insert(key, data.clone());
-        Ok(data)
+        Ok(Some(data))
     }
 
     /// The stored bytes `[offset, offset + len)` of a blob: a buffer holding them and where
@@ -138,14 +150,18 @@ impl Image {
         file: &crate::storage::blobs::BlobFile,
         offset: u64,
         len: u64,
-    ) -> std::io::Result<(Arc<Vec<u8>>, usize)> {
+        cached_only: bool,
+    ) -> std::io::Result<Option<(Arc<Vec<u8>>, usize)>> {
         {
             let windows = self.windows.lock().expect("windows lock");
             for (b, start, data) in windows.iter() {
                 if *b == blob && offset >= *start && offset + len <= *start + data.len() as u64 {
-                    return Ok((data.clone(), (offset - start) as usize));
+                    return Ok(Some((data.clone(), (offset - start) as usize)));
                 }
             }
+        }
+        if cached_only {
+            return Ok(None);
         }
         let end = if len < READ_WINDOW {
             (offset + READ_WINDOW).min(file.len).max(offset + len)
@@ -162,15 +178,39 @@ impl Image {
             }
             windows.push_back((blob, offset, data.clone()));
         }
-        Ok((data, 0))
+        Ok(Some((data, 0)))
     }
 
     /// Reads up to `buf.len()` bytes of regular file `nid` at `offset`; returns the count
     /// (0 at or past the end). Holes read as zeros.
     pub fn read(&self, nid: u64, offset: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+        Ok(self
+            .read_inner(nid, offset, buf, false)?
+            .expect("I/O allowed"))
+    }
+
+    /// Like `read`, but only from what is already in memory (decompressed chunks, recent
+    /// blob windows, small chunks): `Ok(None)` when the read would touch a blob file. A
+    /// FUSE server answers these without handing the request to another thread.
+    pub fn read_cached(
+        &self,
+        nid: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError> {
+        self.read_inner(nid, offset, buf, true)
+    }
+
+    fn read_inner(
+        &self,
+        nid: u64,
+        offset: u64,
+        buf: &mut [u8],
+        cached_only: bool,
+    ) -> Result<Option<usize>, ReadError> {
         let size = self.inode(nid)?.inode.size;
         if offset >= size || buf.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let addrs = self.chunk_addrs(nid)?;
         let chunk_size = self.sb.chunk_size as u64;
@@ -186,13 +226,15 @@ impl Image {
             match addrs[index] {
                 None => buf[done..done + n].fill(0),
                 Some(addr) => {
-                    let data = self.load_chunk(addr, chunk_len)?;
+                    let Some(data) = self.load_chunk(addr, chunk_len, cached_only)? else {
+                        return Ok(None);
+                    };
                     buf[done..done + n].copy_from_slice(&data[within..within + n]);
                 }
             }
             done += n;
         }
-        Ok(done)
+        Ok(Some(done))
     }
 
     /// Reads all of regular file `nid`.
