@@ -12,8 +12,8 @@ trap 'rm -rf "$seeds"' EXIT
 mkdir -p "$seeds/src/d" corpus/read_image corpus/blob_meta
 printf hello > "$seeds/src/a"; ln -s a "$seeds/src/l"; printf x > "$seeds/src/d/b"
 setfattr -n user.k -v v "$seeds/src/a" 2>/dev/null || true
-cargo build -q --manifest-path ../Cargo.toml
-../target/debug/nydus-image create --log-level warn -B "$seeds/ours.boot" -D "$seeds" "$seeds/src" >/dev/null
+cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
+  create --log-level warn -B "$seeds/ours.boot" -D "$seeds" "$seeds/src" >/dev/null
 cp "$seeds/ours.boot" corpus/read_image/
 up="${CARGO_HOME:-$HOME/.cargo}/bin/nydus-image"
 if [ -x "$up" ]; then
