@@ -166,41 +166,12 @@ fn dictionary_chunks_are_referenced_not_stored() {
         "ours {with_size} vs upstream {up_size}"
     );
     // Upstream nydusd mounts ours and shows the source.
-    let mnt = tmp.path().join("mnt");
-    let cache = tmp.path().join("cache");
-    fs::create_dir_all(&mnt).unwrap();
-    fs::create_dir_all(&cache).unwrap();
-    let cfg = serde_json::json!({
-        "device": {"backend": {"type": "localfs", "config": {"dir": blobs}},
-                   "cache": {"type": "blobcache", "config": {"work_dir": cache}}},
-        "mode": "direct", "digest_validate": false, "enable_xattr": true
-    });
-    fs::write(tmp.path().join("cfg.json"), cfg.to_string()).unwrap();
-    let mut nydusd = Command::new(upstream_bin("nydusd"))
-        .arg("--config")
-        .arg(tmp.path().join("cfg.json"))
-        .arg("--mountpoint")
-        .arg(&mnt)
-        .arg("--bootstrap")
-        .arg(tmp.path().join("boot"))
-        .args(["--rlimit-nofile", "0", "--log-level", "warn"])
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !nydus_image::mount::is_mounted(&mnt) {
-        assert!(
-            start.elapsed().as_secs() < 30 && nydusd.try_wait().unwrap().is_none(),
-            "nydusd mount"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let nydusd = Nydusd::mount(&tmp.path().join("boot"), &blobs, &tmp.path().join("nydusd"));
     let report = nydus_verify::compare(
         &nydus_verify::FsTree::new(&src),
-        &nydus_verify::FsTree::new(&mnt),
+        &nydus_verify::FsTree::new(&nydusd.mnt),
     );
-    let _ = Command::new("umount").arg(&mnt).status();
-    let _ = nydusd.kill();
-    let _ = nydusd.wait();
+    drop(nydusd);
     let report = report.unwrap();
     let mut diffs: Vec<String> = report.differences.iter().map(|d| d.to_string()).collect();
     diffs.retain(|d| !d.starts_with("/: mtime")); // nydusd: see tests/upstream.rs

@@ -360,43 +360,15 @@ fn our_mount_and_nydusd_show_the_same_tree() {
     let out = scratch.path().join("out");
     build_cli(&src, &out, &[]);
     let ours_mount = OurMount::start(&out, &[]);
-    let up = out.join("up");
-    fs::create_dir_all(up.join("mnt")).unwrap();
-    fs::create_dir_all(up.join("cache")).unwrap();
-    let cfg = serde_json::json!({
-        "device": {"backend": {"type": "localfs", "config": {"dir": out.join("blobs")}},
-                   "cache": {"type": "blobcache", "config": {"work_dir": up.join("cache")}}},
-        "mode": "direct", "digest_validate": false, "enable_xattr": true
-    });
-    fs::write(up.join("cfg.json"), cfg.to_string()).unwrap();
-    let mut nydusd = Command::new(upstream_bin("nydusd"))
-        .arg("--config")
-        .arg(up.join("cfg.json"))
-        .arg("--mountpoint")
-        .arg(up.join("mnt"))
-        .arg("--bootstrap")
-        .arg(out.join("boot"))
-        .args(["--rlimit-nofile", "0", "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !nydus_image::mount::is_mounted(&up.join("mnt")) {
-        assert!(nydusd.try_wait().unwrap().is_none(), "nydusd exited");
-        assert!(Instant::now() < deadline, "nydusd not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let nydusd = Nydusd::mount(&out.join("boot"), &out.join("blobs"), &out.join("up"));
     let a = scan_fs(&ours_mount.mnt);
-    let mut b = scan_fs(&up.join("mnt"));
+    let mut b = scan_fs(&nydusd.mnt);
     // nydusd shows the mount time for an mtime of exactly 0 (see tests/upstream.rs).
     for (path, facts) in a.0.iter().filter(|(_, f)| f.mtime == 0) {
         let other = b.0.get_mut(path).unwrap();
         (other.mtime, other.mtime_nsec) = (facts.mtime, facts.mtime_nsec);
     }
-    let _ = Command::new("umount").arg(up.join("mnt")).status();
-    let _ = nydusd.kill();
-    let _ = nydusd.wait();
+    drop(nydusd);
     assert_same_scan("our mount vs nydusd", &a, &b);
 }
 

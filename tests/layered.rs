@@ -302,38 +302,13 @@ fn upstream_nydusd_mounts_our_layered_image_and_we_read_upstreams() {
         layer_build(l, &out, &name, parent.as_deref());
         parent = Some(out.join(name));
     }
-    let mnt = scratch.path().join("mnt");
-    let cache = scratch.path().join("cache");
-    fs::create_dir_all(&mnt).unwrap();
-    fs::create_dir_all(&cache).unwrap();
-    let cfg = serde_json::json!({
-        "device": {"backend": {"type": "localfs", "config": {"dir": out}},
-                   "cache": {"type": "blobcache", "config": {"work_dir": cache}}},
-        "mode": "direct", "digest_validate": false, "enable_xattr": true
-    });
-    fs::write(scratch.path().join("cfg.json"), cfg.to_string()).unwrap();
-    let mut nydusd = Command::new(upstream_bin("nydusd"))
-        .arg("--config")
-        .arg(scratch.path().join("cfg.json"))
-        .arg("--mountpoint")
-        .arg(&mnt)
-        .arg("--bootstrap")
-        .arg(parent.as_ref().unwrap())
-        .args(["--rlimit-nofile", "0", "--log-level", "warn"])
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !nydus_image::mount::is_mounted(&mnt) {
-        assert!(
-            start.elapsed().as_secs() < 30 && nydusd.try_wait().unwrap().is_none(),
-            "nydusd mount"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let diffs = stack_vs_image(&layers, &FsTree::new(&mnt), Whiteouts::Oci);
-    let _ = Command::new("umount").arg(&mnt).status();
-    let _ = nydusd.kill();
-    let _ = nydusd.wait();
+    let nydusd = Nydusd::mount(
+        parent.as_ref().unwrap(),
+        &out,
+        &scratch.path().join("nydusd"),
+    );
+    let diffs = stack_vs_image(&layers, &FsTree::new(&nydusd.mnt), Whiteouts::Oci);
+    drop(nydusd);
     assert!(
         diffs.is_empty(),
         "nydusd on our layered image:\n{}",

@@ -18,9 +18,8 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use nydus_image::reader::Image;
@@ -63,74 +62,6 @@ fn build_ours(src: &Path, out: &Path, compressor: &str, digester: &str, chunk: &
         .arg("--blob-dir")
         .arg(out.join("blobs"))
         .arg(src));
-}
-
-/// A running upstream nydusd, unmounted and stopped on drop.
-struct Nydusd {
-    child: Child,
-    mnt: PathBuf,
-}
-
-impl Nydusd {
-    fn mount(boot: &Path, blobs: &Path, work: &Path) -> Self {
-        let mnt = work.join("mnt");
-        let cache = work.join("cache");
-        fs::create_dir_all(&mnt).unwrap();
-        fs::create_dir_all(&cache).unwrap();
-        let cfg = serde_json::json!({
-            "device": {
-                "backend": {"type": "localfs", "config": {"dir": blobs}},
-                "cache": {"type": "blobcache", "config": {"work_dir": cache}}
-            },
-            "mode": "direct",
-            "digest_validate": false,
-            "enable_xattr": true
-        });
-        let cfg_path = work.join("nydusd.json");
-        fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let log = fs::File::create(work.join("nydusd.log")).unwrap();
-        let child = Command::new(upstream_bin("nydusd"))
-            .arg("--config")
-            .arg(&cfg_path)
-            .arg("--mountpoint")
-            .arg(&mnt)
-            .arg("--bootstrap")
-            .arg(boot)
-            .args(["--rlimit-nofile", "0", "--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start nydusd");
-        let mut me = Nydusd { child, mnt };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-            if mounts
-                .lines()
-                .any(|l| l.split(' ').nth(1) == Some(me.mnt.to_str().unwrap()))
-            {
-                break;
-            }
-            if let Ok(Some(status)) = me.child.try_wait() {
-                let log = fs::read_to_string(work.join("nydusd.log")).unwrap_or_default();
-                panic!("nydusd exited with {status} before mounting:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nydusd did not mount within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        me
-    }
-}
-
-impl Drop for Nydusd {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
