@@ -110,6 +110,9 @@ pub struct DirEntry {
     pub file_type: u8,
 }
 
+/// Bytes inside the bootstrap with their offset.
+type Located<'a> = (u64, &'a [u8]);
+
 /// Stored bytes read from a blob: (blob index, offset, bytes).
 type BlobWindow = (usize, u64, std::sync::Arc<Vec<u8>>);
 
@@ -408,8 +411,10 @@ impl Image {
         inode::decode_xattrs(bytes, at).map_err(|e| self.fmt_err(e))
     }
 
-    /// The data of a directory or symlink inode (the blocks and the inline tail joined).
-    fn flat_data(&self, v: &InodeView) -> Result<Vec<u8>, ReadError> {
+    /// Where the data of a directory or symlink inode is: its whole blocks (at
+    /// `raw_blkaddr`) and, for inline layouts, the tail right after the inode, each with
+    /// its bootstrap offset.
+    fn flat_parts(&self, v: &InodeView) -> Result<(Located<'_>, Option<Located<'_>>), ReadError> {
         let size = v.inode.size;
         if size > self.meta.len() as u64 {
             return Err(self.fmt_err(FormatError::Invalid {
@@ -419,11 +424,10 @@ impl Image {
         }
         let blkaddr = v.inode.u as u64 * BLOCK_SIZE;
         match v.inode.layout {
-            DataLayout::FlatPlain => Ok(self.bytes(blkaddr, size)?.to_vec()),
+            DataLayout::FlatPlain => Ok(((blkaddr, self.bytes(blkaddr, size)?), None)),
             DataLayout::FlatInline => {
                 let full = size / BLOCK_SIZE * BLOCK_SIZE;
                 let tail = size - full;
-                let mut out = self.bytes(blkaddr, full)?.to_vec();
                 if v.body_offset % BLOCK_SIZE + tail > BLOCK_SIZE {
                     return Err(self.fmt_err(FormatError::Invalid {
                         offset: v.body_offset,
@@ -433,14 +437,28 @@ impl Image {
                         ),
                     }));
                 }
-                out.extend_from_slice(self.bytes(v.body_offset, tail)?);
-                Ok(out)
+                let tail =
+                    (tail > 0).then(|| self.bytes(v.body_offset, tail).map(|b| (v.body_offset, b)));
+                Ok(((blkaddr, self.bytes(blkaddr, full)?), tail.transpose()?))
             }
-            DataLayout::ChunkBased => Err(ReadError::Request(format!(
-                "inode {} is chunk based",
-                v.nid
-            ))),
+            DataLayout::ChunkBased => Err(self.fmt_err(FormatError::Invalid {
+                offset: v.offset,
+                what: format!(
+                    "inode {} has file-data layout where blocks were expected",
+                    v.nid
+                ),
+            })),
         }
+    }
+
+    /// The data of a symlink inode, blocks and inline tail joined.
+    fn flat_data(&self, v: &InodeView) -> Result<Vec<u8>, ReadError> {
+        let ((_, plain), tail) = self.flat_parts(v)?;
+        let mut out = plain.to_vec();
+        if let Some((_, t)) = tail {
+            out.extend_from_slice(t);
+        }
+        Ok(out)
     }
 
     /// The blocks of directory `nid`: (bootstrap offset, bytes) each, the last one possibly
@@ -452,45 +470,13 @@ impl Image {
                 "inode {nid} is not a directory"
             )));
         }
-        let size = v.inode.size;
-        if size > self.meta.len() as u64 {
-            return Err(self.fmt_err(FormatError::Invalid {
-                offset: v.offset,
-                what: format!("directory {nid}: size {size} exceeds the bootstrap"),
-            }));
-        }
-        let blkaddr = v.inode.u as u64 * BLOCK_SIZE;
-        let (plain_len, tail) = match v.inode.layout {
-            DataLayout::FlatPlain => (size, None),
-            DataLayout::FlatInline => {
-                let full = size / BLOCK_SIZE * BLOCK_SIZE;
-                let tail = size - full;
-                if v.body_offset % BLOCK_SIZE + tail > BLOCK_SIZE {
-                    return Err(self.fmt_err(FormatError::Invalid {
-                        offset: v.body_offset,
-                        what: format!(
-                            "directory {nid}: inline tail of {tail} bytes crosses a block"
-                        ),
-                    }));
-                }
-                (full, (tail > 0).then_some((v.body_offset, tail)))
-            }
-            DataLayout::ChunkBased => {
-                return Err(self.fmt_err(FormatError::Invalid {
-                    offset: v.offset,
-                    what: format!("directory {nid} is chunk based"),
-                }))
-            }
-        };
-        let plain = self.bytes(blkaddr, plain_len)?;
+        let ((blkaddr, plain), tail) = self.flat_parts(&v)?;
         let mut out: Vec<(u64, &[u8])> = plain
             .chunks(BLOCK_SIZE as usize)
             .enumerate()
             .map(|(i, b)| (blkaddr + i as u64 * BLOCK_SIZE, b))
             .collect();
-        if let Some((at, len)) = tail {
-            out.push((at, self.bytes(at, len)?));
-        }
+        out.extend(tail);
         Ok(out)
     }
 

@@ -80,10 +80,10 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
     for (ino_index, &id) in order.iter().enumerate() {
         let node = &tree.nodes[id];
         let xattr_size = inode::xattr_area_size(&node.xattrs);
-        let (data, layout_data) = match &node.kind {
-            Kind::Dir(_) => (dir_data_len_only(tree, id), true),
-            Kind::Symlink(target) => (target.clone(), true),
-            _ => (Vec::new(), false),
+        let (data, data_len, layout_data) = match &node.kind {
+            Kind::Dir(_) => (Vec::new(), dir_data_len(tree, id), true),
+            Kind::Symlink(target) => (target.clone(), target.len(), true),
+            _ => (Vec::new(), 0, false),
         };
         let head = EXTENDED_SIZE + xattr_size;
         let mut layout = DataLayout::FlatPlain;
@@ -92,16 +92,16 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
         // Bytes from the inode's start that must stay inside one block: the inode and its
         // xattrs, and an inline tail with them.
         let mut unbroken = head as u64;
-        if layout_data && !data.is_empty() {
-            let tail = data.len() as u64 % BLOCK_SIZE;
-            let full = data.len() as u64 / BLOCK_SIZE;
+        if layout_data && data_len > 0 {
+            let tail = data_len as u64 % BLOCK_SIZE;
+            let full = data_len as u64 / BLOCK_SIZE;
             if tail > 0 && head as u64 + tail <= BLOCK_SIZE {
                 layout = DataLayout::FlatInline;
                 plain_blocks = full;
                 record += tail;
                 unbroken = record;
             } else {
-                plain_blocks = (data.len() as u64).div_ceil(BLOCK_SIZE);
+                plain_blocks = (data_len as u64).div_ceil(BLOCK_SIZE);
             }
         } else if node.kind == Kind::File {
             layout = DataLayout::ChunkBased;
@@ -123,7 +123,7 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
             mode,
             nlink: node.nlink,
             size: if matches!(node.kind, Kind::Dir(_)) {
-                data.len() as u64
+                data_len as u64
             } else {
                 node.size
             },
@@ -346,8 +346,9 @@ fn dir_blocks(entries: &[(&[u8], NodeId)]) -> Vec<std::ops::Range<usize>> {
     blocks
 }
 
-/// Directory data with placeholder nids, used only to learn its length.
-fn dir_data_len_only(tree: &Tree, dir: NodeId) -> Vec<u8> {
+/// Length of a directory's data: full blocks for all but the last, then the last one's
+/// entries and names.
+fn dir_data_len(tree: &Tree, dir: NodeId) -> usize {
     let entries = dir_entries(tree, dir);
     let blocks = dir_blocks(&entries);
     let last = blocks.last().expect("at least one block");
@@ -355,7 +356,7 @@ fn dir_data_len_only(tree: &Tree, dir: NodeId) -> Vec<u8> {
         .iter()
         .map(|(n, _)| DIRENT_SIZE + n.len())
         .sum();
-    vec![0u8; (blocks.len() - 1) * BLOCK_SIZE as usize + last_len]
+    (blocks.len() - 1) * BLOCK_SIZE as usize + last_len
 }
 
 /// Encodes a directory's data: blocks of dirents and names, all but the last padded.
