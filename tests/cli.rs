@@ -58,11 +58,7 @@ fn blob_can_be_a_fifo() {
     image.validate = true;
     let source = scan_fs(&src);
     assert_same_scan("fifo blob", &source, &scan_image(&image));
-    assert_same_content(&src, &regular_files(&source.0), |p, off, buf| {
-        image
-            .read(image.resolve(p).unwrap().unwrap(), off, buf)
-            .unwrap()
-    });
+    assert_same_content(&src, &regular_files(&source.0), read_via_image(&image));
 }
 
 #[test]

@@ -123,21 +123,6 @@ impl Drop for OurMount {
     }
 }
 
-fn read_via_mount(mnt: &Path) -> impl FnMut(&[u8], u64, &mut [u8]) -> usize + '_ {
-    move |p, offset, buf| {
-        use std::os::unix::fs::FileExt;
-        let f = fs::File::open(mnt.join(std::ffi::OsStr::from_bytes(&p[1..]))).unwrap();
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], offset + got as u64).unwrap() {
-                0 => break,
-                n => got += n,
-            }
-        }
-        got
-    }
-}
-
 #[test]
 fn every_entry_kind_survives_build_mount_verify() {
     let scratch = Scratch::new();

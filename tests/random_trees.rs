@@ -274,27 +274,12 @@ fn check_tree(
     let mut image = Image::open(&a.join("boot"), BlobSource::Dir(a.clone())).unwrap();
     image.validate = true;
     assert_same_scan("library", &source, &scan_image(&image));
-    assert_same_content(&src, &regular_files(&source.0), |p, off, buf| {
-        image
-            .read(image.resolve(p).unwrap().unwrap(), off, buf)
-            .unwrap()
-    });
+    assert_same_content(&src, &regular_files(&source.0), read_via_image(&image));
     let mnt = scratch.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let mount = BackgroundMount::start(image, &mnt, 2).expect("FUSE");
     assert_same_scan("FUSE", &source, &scan_fs(&mnt));
-    assert_same_content(&src, &regular_files(&source.0), |p, off, buf| {
-        use std::os::unix::fs::FileExt;
-        let f = fs::File::open(mnt.join(std::ffi::OsStr::from_bytes(&p[1..]))).unwrap();
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], off + got as u64).unwrap() {
-                0 => break,
-                n => got += n,
-            }
-        }
-        got
-    });
+    assert_same_content(&src, &regular_files(&source.0), read_via_mount(&mnt));
     mount.stop().unwrap();
     Ok(())
 }

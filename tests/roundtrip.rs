@@ -31,10 +31,7 @@ fn assert_image_matches(src: &Path, out: &Path) {
     let source = scan_fs(src);
     let built = scan_image(&image);
     assert_same_scan("library reader", &source, &built);
-    assert_same_content(src, &regular_files(&source.0), |path, offset, buf| {
-        let nid = image.resolve(path).unwrap().expect("path exists");
-        image.read(nid, offset, buf).unwrap()
-    });
+    assert_same_content(src, &regular_files(&source.0), read_via_image(&image));
 }
 
 #[test]

@@ -108,22 +108,9 @@ fn upstream_nydusd_mounts_our_image() {
             (facts.mtime_nsec, shown.mtime, shown.mtime_nsec) = (0, 0, 0);
         }
         assert_same_scan(&format!("nydusd mount ({c}, {d})"), &source, &mounted);
-        assert_same_content(&src, &regular_files(&source.0), |p, offset, buf| {
-            use std::os::unix::fs::FileExt;
-            let f = fs::File::open(daemon.mnt.join(std::ffi::OsStr::from_bytes(&p[1..]))).unwrap();
-            let mut got = 0;
-            while got < buf.len() {
-                match f.read_at(&mut buf[got..], offset + got as u64).unwrap() {
-                    0 => break,
-                    n => got += n,
-                }
-            }
-            got
-        });
+        assert_same_content(&src, &regular_files(&source.0), read_via_mount(&daemon.mnt));
     }
 }
-
-use std::os::unix::ffi::OsStrExt;
 
 #[test]
 fn our_reader_reads_upstream_images() {
@@ -169,9 +156,6 @@ fn our_reader_reads_upstream_images() {
                 .retain(|group| facts[&group[0]].mode & libc::S_IFMT != libc::S_IFLNK);
         }
         assert_same_scan(&format!("upstream image ({c}, {d}, {cs})"), &source, &read);
-        assert_same_content(&src, &regular_files(&source.0), |p, offset, buf| {
-            let nid = image.resolve(p).unwrap().unwrap();
-            image.read(nid, offset, buf).unwrap()
-        });
+        assert_same_content(&src, &regular_files(&source.0), read_via_image(&image));
     }
 }

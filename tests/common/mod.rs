@@ -658,3 +658,31 @@ impl Drop for Nydusd {
         let _ = self.child.wait();
     }
 }
+
+/// Reads a file of a mounted tree: the `read_at` side of `assert_same_content`.
+pub fn read_via_mount(mnt: &Path) -> impl FnMut(&[u8], u64, &mut [u8]) -> usize + '_ {
+    move |p, offset, buf| {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(
+            mnt.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&p[1..])),
+        )
+        .unwrap();
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], offset + got as u64).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        got
+    }
+}
+
+/// Reads a file of an image through the library: the `read_at` side of
+/// `assert_same_content`.
+pub fn read_via_image(image: &Image) -> impl FnMut(&[u8], u64, &mut [u8]) -> usize + '_ {
+    move |p, offset, buf| {
+        let nid = image.resolve(p).unwrap().expect("path exists in the image");
+        image.read(nid, offset, buf).unwrap()
+    }
+}
