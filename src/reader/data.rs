@@ -208,11 +208,11 @@ impl Image {
         buf: &mut [u8],
         cached_only: bool,
     ) -> Result<Option<usize>, ReadError> {
-        let size = self.inode(nid)?.inode.size;
+        let table = self.chunk_table_of(nid)?;
+        let size = table.size;
         if offset >= size || buf.is_empty() {
             return Ok(Some(0));
         }
-        let addrs = self.chunk_addrs(nid)?;
         let chunk_size = self.sb.chunk_size as u64;
         let want = (size - offset).min(buf.len() as u64) as usize;
         let mut done = 0usize;
@@ -223,7 +223,7 @@ impl Image {
             let chunk_len = (size - chunk_start).min(chunk_size);
             let within = (pos - chunk_start) as usize;
             let n = (chunk_len as usize - within).min(want - done);
-            match addrs[index] {
+            match table.get(self, index)? {
                 None => buf[done..done + n].fill(0),
                 Some(addr) => {
                     let Some(data) = self.load_chunk(addr, chunk_len, cached_only)? else {

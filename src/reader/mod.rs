@@ -110,6 +110,28 @@ pub struct DirEntry {
     pub file_type: u8,
 }
 
+/// A regular file's chunk index array inside the bootstrap.
+pub(crate) struct ChunkTable<'a> {
+    /// The file's size.
+    pub size: u64,
+    /// Number of chunk indexes.
+    pub count: usize,
+    start: u64,
+    bytes: &'a [u8],
+}
+
+impl ChunkTable<'_> {
+    /// Decodes index `i` (< `count`); `None` is a hole.
+    pub fn get(&self, image: &Image, i: usize) -> Result<Option<ChunkAddr>, ReadError> {
+        let at = i * inode::CHUNK_ADDR_SIZE;
+        ChunkAddr::decode(
+            &self.bytes[at..at + inode::CHUNK_ADDR_SIZE],
+            self.start + at as u64,
+        )
+        .map_err(|e| image.fmt_err(e))
+    }
+}
+
 /// Bytes inside the bootstrap with their offset.
 type Located<'a> = (u64, &'a [u8]);
 
@@ -569,6 +591,12 @@ impl Image {
 
     /// Chunk indexes of regular file `nid`, one per chunk of the superblock's chunk size.
     pub fn chunk_addrs(&self, nid: u64) -> Result<Vec<Option<ChunkAddr>>, ReadError> {
+        let table = self.chunk_table_of(nid)?;
+        (0..table.count).map(|i| table.get(self, i)).collect()
+    }
+
+    /// The chunk index array of regular file `nid`, bounds checked once.
+    pub(crate) fn chunk_table_of(&self, nid: u64) -> Result<ChunkTable<'_>, ReadError> {
         let v = self.inode(nid)?;
         if v.inode.layout != DataLayout::ChunkBased {
             return Err(ReadError::Request(format!(
@@ -578,11 +606,12 @@ impl Image {
         let count = v.inode.size.div_ceil(self.sb.chunk_size as u64);
         let start = v.body_offset.next_multiple_of(8);
         let bytes = self.bytes(start, count.saturating_mul(8))?;
-        bytes
-            .chunks_exact(8)
-            .enumerate()
-            .map(|(i, b)| ChunkAddr::decode(b, start + 8 * i as u64).map_err(|e| self.fmt_err(e)))
-            .collect()
+        Ok(ChunkTable {
+            size: v.inode.size,
+            count: count as usize,
+            start,
+            bytes,
+        })
     }
 
     /// Visits every entry depth first: (path, nid), the root as "/". Detects directory
