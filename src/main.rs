@@ -53,6 +53,7 @@ enum CompressorArg {
     #[value(name = "lz4_block")]
     Lz4Block,
     Zstd,
+    Gzip,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,6 +205,10 @@ struct VerifyArgs {
     /// Write the differences and summary as JSON here.
     #[arg(short = 'J', long = "output-json")]
     output_json: Option<PathBuf>,
+    /// Compare modification times to the second (the source's rounded), as an eStargz
+    /// TOC stores them.
+    #[arg(long = "mtime-seconds")]
+    mtime_seconds: bool,
     /// Log level.
     #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -211,9 +216,10 @@ struct VerifyArgs {
 
 #[derive(clap::Args)]
 struct CreateArgs {
-    /// Source directory.
+    /// Source directory (or, with --type stargz_index, the eStargz layer's TOC JSON).
     source: PathBuf,
-    /// Conversion type (only directories so far: dir-rafs, directory).
+    /// Conversion type: dir-rafs (a directory) or stargz_index (an eStargz layer's TOC;
+    /// the layer itself becomes the data blob, named by --blob-id).
     #[arg(short = 't', long = "type", default_value = "dir-rafs")]
     source_type: String,
     /// Same as --type (upstream spells it both ways).
@@ -222,10 +228,12 @@ struct CreateArgs {
     /// Where to write the bootstrap (RAFS metadata).
     #[arg(short = 'B', long)]
     bootstrap: PathBuf,
-    /// Directory to store the data blob in, named by its sha256.
+    /// Directory to store the data blob in, named by its sha256. With stargz_index:
+    /// where the eStargz layer is (named by --blob-id); it is then checked chunk by chunk.
     #[arg(short = 'D', long = "blob-dir", conflicts_with = "blob")]
     blob_dir: Option<PathBuf>,
-    /// File (or FIFO) to write the data blob to.
+    /// File (or FIFO) to write the data blob to. With stargz_index: the eStargz layer
+    /// file, which is read and checked, never written.
     #[arg(short = 'b', long)]
     blob: Option<PathBuf>,
     /// Blob id to record instead of the blob's sha256.
@@ -235,14 +243,24 @@ struct CreateArgs {
     #[arg(short = 'v', long = "fs-version", default_value = "6")]
     fs_version: String,
     /// Chunk compressor.
-    #[arg(long, value_enum, default_value = "zstd")]
-    compressor: CompressorArg,
-    /// Chunk digester.
-    #[arg(long, value_enum, default_value = "blake3")]
-    digester: DigesterArg,
-    /// Chunk size: power of two, 0x1000..=0x1000000 (hex with 0x, or decimal).
-    #[arg(long = "chunk-size", default_value = "0x100000")]
-    chunk_size: String,
+    /// Chunk compressor [default: zstd; gzip for stargz_index].
+    #[arg(long, value_enum)]
+    compressor: Option<CompressorArg>,
+    /// Chunk digester [default: blake3; sha256 for stargz_index].
+    #[arg(long, value_enum)]
+    digester: Option<DigesterArg>,
+    /// Chunk size: power of two, 0x1000..=0x1000000 (hex with 0x, or decimal)
+    /// [default: 0x100000; for stargz_index, the layer's].
+    #[arg(long = "chunk-size")]
+    chunk_size: Option<String>,
+    /// stargz_index: the layer's size in bytes (hex), as upstream takes it; bounds the
+    /// stored size of the layer's last chunk.
+    #[arg(long = "blob-data-size")]
+    blob_data_size: Option<String>,
+    /// Directory to compare the image with for --verify (default: the source directory;
+    /// required with stargz_index: the directory the layer was made from).
+    #[arg(long = "verify-against")]
+    verify_against: Option<PathBuf>,
     /// Produce identical output for identical input (always true here; accepted for upstream scripts).
     #[arg(long)]
     repeatable: bool,
@@ -377,15 +395,18 @@ fn parse_size(s: &str) -> Result<u32> {
 
 fn create(args: CreateArgs) -> Result<ExitCode> {
     let source_type = args.source_type_alt.as_deref().unwrap_or(&args.source_type);
-    match source_type {
-        "dir-rafs" | "directory" => {}
-        "stargz_index" => bail!("--type stargz_index is not implemented yet (it is a later issue)"),
-        other => bail!("conversion type {other:?} is not supported; use dir-rafs"),
-    }
+    let stargz = match source_type {
+        "dir-rafs" | "directory" => false,
+        "stargz_index" | "estargztoc-ref" => true,
+        other => bail!("conversion type {other:?} is not supported; use dir-rafs or stargz_index"),
+    };
     match args.fs_version.as_str() {
         "6" => {}
         "5" => bail!("RAFS v5 (--fs-version 5) is not implemented yet; it is tracked as a later issue. Use --fs-version 6"),
         other => bail!("unknown --fs-version {other:?}: RAFS versions are 5 and 6"),
+    }
+    if stargz {
+        return create_stargz(args);
     }
     let target = match (&args.blob, &args.blob_dir) {
         (Some(b), None) => BlobTarget::File(b.clone()),
@@ -393,16 +414,17 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         _ => bail!("give one of --blob PATH or --blob-dir DIR"),
     };
     let mut opts = BuildOptions {
-        compressor: match args.compressor {
+        compressor: match args.compressor.unwrap_or(CompressorArg::Zstd) {
             CompressorArg::None => Compressor::None,
             CompressorArg::Lz4Block => Compressor::Lz4Block,
             CompressorArg::Zstd => Compressor::Zstd,
+            CompressorArg::Gzip => Compressor::Gzip,
         },
-        digester: match args.digester {
+        digester: match args.digester.unwrap_or(DigesterArg::Blake3) {
             DigesterArg::Blake3 => Digester::Blake3,
             DigesterArg::Sha256 => Digester::Sha256,
         },
-        chunk_size: parse_size(&args.chunk_size)?,
+        chunk_size: parse_size(args.chunk_size.as_deref().unwrap_or("0x100000"))?,
         blob_id: args.blob_id.clone(),
         parent_bootstrap: args.parent_bootstrap.clone(),
         chunk_dict: args
@@ -431,6 +453,111 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     })
     .with_context(|| format!("cannot build an image of {}", args.source.display()))?;
     meter.finish();
+    report_build(&args, &summary, started)?;
+    let Some(how) = args.verify else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let source = match &target {
+        BlobTarget::File(p) => BlobSource::Files(vec![p.clone()]),
+        BlobTarget::Dir(d) => BlobSource::Dir(d.clone()),
+    };
+    if args.parent_bootstrap.is_some() && !matches!(target, BlobTarget::Dir(_)) {
+        bail!("--verify with --parent-bootstrap needs --blob-dir holding the parent's blobs too");
+    }
+    let against = args.verify_against.clone().unwrap_or(args.source.clone());
+    verify_build(&args, &summary, &against, source, how, false)
+}
+
+/// Builds an image from an eStargz layer's TOC (`--type stargz_index`).
+fn create_stargz(args: CreateArgs) -> Result<ExitCode> {
+    if let Some(c) = args
+        .compressor
+        .filter(|c| !matches!(c, CompressorArg::Gzip))
+    {
+        bail!(
+            "an eStargz layer is gzip-compressed; --compressor {} cannot describe it",
+            c.to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        );
+    }
+    if args.chunk_dict.is_some() {
+        bail!("--chunk-dict cannot be used with stargz_index: the layer's data is not rewritten");
+    }
+    let mut opts = BuildOptions {
+        digester: match args.digester.unwrap_or(DigesterArg::Sha256) {
+            DigesterArg::Blake3 => Digester::Blake3,
+            DigesterArg::Sha256 => Digester::Sha256,
+        },
+        blob_id: args.blob_id.clone(),
+        parent_bootstrap: args.parent_bootstrap.clone(),
+        whiteout_spec: args.whiteout_spec.builder(),
+        ..BuildOptions::default()
+    };
+    if !matches!(args.whiteout_spec, WhiteoutArg::Oci) {
+        bail!("eStargz layers carry OCI whiteouts; --whiteout-spec must be oci");
+    }
+    let layer_file = match (&args.blob, &args.blob_dir, &args.blob_id) {
+        (Some(b), _, _) => Some(b.clone()),
+        (None, Some(d), Some(id)) => {
+            let f = d.join(id);
+            if !f.is_file() {
+                bail!(
+                    "{}: the eStargz layer is not in --blob-dir (it must be named by --blob-id)",
+                    f.display()
+                );
+            }
+            Some(f)
+        }
+        _ => None,
+    };
+    let stargz_opts = builder::stargz::StargzOptions {
+        chunk_size: args.chunk_size.as_deref().map(parse_size).transpose()?,
+        data_size: args
+            .blob_data_size
+            .as_deref()
+            .map(|s| {
+                u64::from_str_radix(s.trim_start_matches("0x").trim_start_matches("0X"), 16)
+                    .map_err(|_| {
+                        anyhow!("invalid --blob-data-size {s:?}: give the layer size in hex")
+                    })
+            })
+            .transpose()?,
+        layer_file: layer_file.clone(),
+    };
+    if let Some(t) = args.threads {
+        opts.threads = t.max(1);
+    }
+    let started = Instant::now();
+    let summary = builder::stargz::build(&args.source, &args.bootstrap, &stargz_opts, &opts)
+        .with_context(|| {
+            format!(
+                "cannot build an image of eStargz TOC {}",
+                args.source.display()
+            )
+        })?;
+    report_build(&args, &summary, started)?;
+    let Some(how) = args.verify else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(against) = args.verify_against.clone() else {
+        bail!("--verify with stargz_index needs --verify-against DIR: the directory the layer was made from");
+    };
+    let source = match (&args.blob_dir, &layer_file) {
+        (Some(d), _) => BlobSource::Dir(d.clone()),
+        (None, Some(f)) => BlobSource::Files(vec![f.clone()]),
+        (None, None) => bail!("--verify with stargz_index needs the layer: give --blob-dir DIR holding it (named by --blob-id) or --blob FILE"),
+    };
+    // The TOC holds modification times in whole seconds.
+    verify_build(&args, &summary, &against, source, how, true)
+}
+
+/// Prints the build summary and writes `--output-json`.
+fn report_build(
+    args: &CreateArgs,
+    summary: &builder::BuildSummary,
+    started: Instant,
+) -> Result<()> {
     let blobs = summary.blobs.clone();
     println!("meta blob path: {}", summary.bootstrap.display());
     println!("data blob size: 0x{:x}", summary.blob_size);
@@ -475,41 +602,43 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         });
         write_json(path, &json)?;
     }
-    if let Some(how) = args.verify {
-        let source = match &target {
-            BlobTarget::File(p) => BlobSource::Files(vec![p.clone()]),
-            BlobTarget::Dir(d) => BlobSource::Dir(d.clone()),
-        };
-        let via = match how {
-            VerifyHow::Library => Via::Library,
-            VerifyHow::Fuse | VerifyHow::Auto => Via::Fuse,
-        };
-        if args.parent_bootstrap.is_some() && !matches!(target, BlobTarget::Dir(_)) {
-            bail!(
-                "--verify with --parent-bootstrap needs --blob-dir holding the parent's blobs too"
-            );
+    Ok(())
+}
+
+/// Compares a freshly built image with `against` (over the parent image, if any).
+fn verify_build(
+    args: &CreateArgs,
+    summary: &builder::BuildSummary,
+    against: &std::path::Path,
+    source: BlobSource,
+    how: VerifyHow,
+    mtime_seconds: bool,
+) -> Result<ExitCode> {
+    let via = match how {
+        VerifyHow::Library => Via::Library,
+        VerifyHow::Fuse | VerifyHow::Auto => Via::Fuse,
+    };
+    let stack = Stack {
+        parent: args.parent_bootstrap.clone(),
+        layers: vec![against.to_path_buf()],
+        whiteouts: args.whiteout_spec,
+        mtime_seconds,
+    };
+    let report = match run_verify(&stack, &summary.bootstrap, source.clone(), via) {
+        Err(e) if how == VerifyHow::Auto && e.downcast_ref::<FuseUnavailable>().is_some() => {
+            eprintln!("{e:#}: verifying through the library reader instead");
+            run_verify(&stack, &summary.bootstrap, source, Via::Library)?
         }
-        let stack = Stack {
-            parent: args.parent_bootstrap.clone(),
-            layers: vec![args.source.clone()],
-            whiteouts: args.whiteout_spec,
-        };
-        let report = match run_verify(&stack, &summary.bootstrap, source.clone(), via) {
-            Err(e) if how == VerifyHow::Auto && e.downcast_ref::<FuseUnavailable>().is_some() => {
-                eprintln!("{e:#}: verifying through the library reader instead");
-                run_verify(&stack, &summary.bootstrap, source, Via::Library)?
-            }
-            other => other?,
-        };
-        print_report(&report);
-        if !report.identical() {
-            eprintln!(
-                "error: the image differs from {} in {} place(s)",
-                args.source.display(),
-                report.differences.len()
-            );
-            return Ok(ExitCode::from(1));
-        }
+        other => other?,
+    };
+    print_report(&report);
+    if !report.identical() {
+        eprintln!(
+            "error: the image differs from {} in {} place(s)",
+            against.display(),
+            report.differences.len()
+        );
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -532,6 +661,8 @@ struct Stack {
     parent: Option<PathBuf>,
     layers: Vec<PathBuf>,
     whiteouts: WhiteoutArg,
+    /// Compare mtimes to the second (eStargz TOCs hold no more).
+    mtime_seconds: bool,
 }
 
 /// Compares the image with the stack through FUSE or the library reader.
@@ -567,8 +698,13 @@ fn run_verify(
     }
     layers.extend(dirs.iter().map(|d| d as &dyn nydus_verify::Tree));
     let src = nydus_verify::OverlayTree::new(layers, stack.whiteouts.verifier());
+    let opts = nydus_verify::Options {
+        mtime_seconds: stack.mtime_seconds,
+    };
     let report = match via {
-        Via::Library => nydus_verify::compare(&src, &nydus_image::mount::ImageTree(&image)),
+        Via::Library => {
+            nydus_verify::compare_with(&src, &nydus_image::mount::ImageTree(&image), opts)
+        }
         Via::Fuse => {
             let dir = tempfile::Builder::new().prefix("nydus-verify-").tempdir()?;
             let threads = std::thread::available_parallelism()
@@ -576,7 +712,8 @@ fn run_verify(
                 .unwrap_or(2);
             let mount = nydus_image::mount::BackgroundMount::start(image, dir.path(), threads)
                 .map_err(|e| anyhow::Error::new(FuseUnavailable(e.to_string())))?;
-            let report = nydus_verify::compare(&src, &nydus_verify::FsTree::new(dir.path()));
+            let report =
+                nydus_verify::compare_with(&src, &nydus_verify::FsTree::new(dir.path()), opts);
             mount
                 .stop()
                 .context("cannot unmount the verification mount")?;
@@ -622,6 +759,7 @@ fn verify_cmd(args: VerifyArgs) -> ExitCode {
             parent: None,
             layers: args.sources.clone(),
             whiteouts: args.whiteout_spec,
+            mtime_seconds: args.mtime_seconds,
         };
         let report = run_verify(&stack, &args.bootstrap, args.blobs.source()?, args.via)?;
         if let Some(path) = &args.output_json {
@@ -770,9 +908,17 @@ fn check_cmd(args: CheckArgs) -> Result<()> {
     let report = check::check(&image, args.verbose)?;
     if args.blob_dir.is_some() {
         let mut bytes = 0u64;
-        image.walk(|_, nid| {
+        image.walk(|path, nid| {
             if image.stat(nid)?.mode & libc::S_IFMT == libc::S_IFREG {
-                bytes += image.read_all(nid)?.len() as u64;
+                bytes += image
+                    .read_all(nid)
+                    .map_err(|e| {
+                        nydus_image::reader::ReadError::Request(format!(
+                            "{}: {e}",
+                            String::from_utf8_lossy(path)
+                        ))
+                    })?
+                    .len() as u64;
             }
             Ok(())
         })?;

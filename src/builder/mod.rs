@@ -23,6 +23,7 @@ pub mod output;
 pub mod overlay;
 pub mod parent;
 pub mod source;
+pub mod stargz;
 pub mod tree;
 
 use std::io::{BufWriter, Write};
@@ -220,51 +221,67 @@ pub struct BuildSummary {
     pub chunk_size: u32,
 }
 
+/// The parent image named in `opts` as a nested tree with its blobs; `chunk_size` and
+/// `digester` are what this build uses, which the parent must share.
+fn load_parent(
+    opts: &BuildOptions,
+    chunk_size: Option<u32>,
+) -> Result<Option<(overlay::Entry, Vec<BlobEntry>, u32)>, BuildError> {
+    let Some(path) = &opts.parent_bootstrap else {
+        return Ok(None);
+    };
+    let image =
+        crate::reader::Image::open(path, crate::storage::blobs::BlobSource::None).map_err(|e| {
+            BuildError::Parent {
+                path: path.clone(),
+                what: e.to_string(),
+            }
+        })?;
+    let sb = image.super_block();
+    if let Some(want) = chunk_size.filter(|&c| c != sb.chunk_size) {
+        return Err(BuildError::Parent {
+            path: path.clone(),
+            what: format!(
+                "chunk size 0x{:x} differs from this build's 0x{want:x}; build with --chunk-size 0x{:x}",
+                sb.chunk_size, sb.chunk_size
+            ),
+        });
+    }
+    if sb.digester != opts.digester {
+        return Err(BuildError::Parent {
+            path: path.clone(),
+            what: format!(
+                "digester {} differs from this build's {}; build with --digester {}",
+                sb.digester.name(),
+                opts.digester.name(),
+                sb.digester.name()
+            ),
+        });
+    }
+    if image.blobs().len() >= 254 {
+        return Err(BuildError::Parent {
+            path: path.clone(),
+            what: format!(
+                "already references {} blobs; RAFS v6 chunk indexes address 254",
+                image.blobs().len()
+            ),
+        });
+    }
+    Ok(Some((
+        parent::load(&image, 0)?,
+        image.blobs().to_vec(),
+        sb.chunk_size,
+    )))
+}
+
 /// Reads the source, applies it as a layer onto the parent (or onto nothing), and returns
 /// the merged tree with the parent's blobs.
 fn layered_tree(
     source: &Path,
     opts: &BuildOptions,
 ) -> Result<(tree::Tree, Vec<BlobEntry>), BuildError> {
-    let (parent, parent_blobs) = match &opts.parent_bootstrap {
-        Some(path) => {
-            let image = crate::reader::Image::open(path, crate::storage::blobs::BlobSource::None)
-                .map_err(|e| BuildError::Parent {
-                path: path.clone(),
-                what: e.to_string(),
-            })?;
-            let sb = image.super_block();
-            if sb.chunk_size != opts.chunk_size {
-                return Err(BuildError::Parent {
-                    path: path.clone(),
-                    what: format!(
-                        "chunk size 0x{:x} differs from this build's 0x{:x}; build with --chunk-size 0x{:x}",
-                        sb.chunk_size, opts.chunk_size, sb.chunk_size
-                    ),
-                });
-            }
-            if sb.digester != opts.digester {
-                return Err(BuildError::Parent {
-                    path: path.clone(),
-                    what: format!(
-                        "digester {} differs from this build's {}; build with --digester {}",
-                        sb.digester.name(),
-                        opts.digester.name(),
-                        sb.digester.name()
-                    ),
-                });
-            }
-            if image.blobs().len() >= 254 {
-                return Err(BuildError::Parent {
-                    path: path.clone(),
-                    what: format!(
-                        "already references {} blobs; RAFS v6 chunk indexes address 254",
-                        image.blobs().len()
-                    ),
-                });
-            }
-            (Some(parent::load(&image, 0)?), image.blobs().to_vec())
-        }
+    let (parent, parent_blobs) = match load_parent(opts, Some(opts.chunk_size))? {
+        Some((tree, blobs, _)) => (Some(tree), blobs),
         None => (None, Vec::new()),
     };
     let upper = source::read_tree(source)?;

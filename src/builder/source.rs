@@ -167,23 +167,29 @@ pub fn read_xattrs(path: &Path) -> Result<Xattrs, BuildError> {
                 buf.len(),
             )
         })?;
-        let shown = String::from_utf8_lossy(name);
-        if xattr_split(name).is_none() {
-            return Err(BuildError::Source {
-                path: path.to_path_buf(),
-                what: format!("xattr {shown:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)"),
-            });
-        }
-        if name.len() > 255 + 24 || value.len() > MAX_XATTR_VALUE {
-            return Err(BuildError::Source {
-                path: path.to_path_buf(),
-                what: format!("xattr {shown:?} is too large ({} byte value)", value.len()),
-            });
-        }
+        check_xattr(path, name, &value)?;
         out.push((name.to_vec(), value));
     }
     out.sort();
     Ok(out)
+}
+
+/// Refuses an xattr RAFS v6 cannot store: outside the known namespaces, or too large.
+pub(crate) fn check_xattr(path: &Path, name: &[u8], value: &[u8]) -> Result<(), BuildError> {
+    let shown = String::from_utf8_lossy(name);
+    if xattr_split(name).is_none() {
+        return Err(BuildError::Source {
+            path: path.to_path_buf(),
+            what: format!("xattr {shown:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)"),
+        });
+    }
+    if name.len() > 255 + 24 || value.len() > MAX_XATTR_VALUE {
+        return Err(BuildError::Source {
+            path: path.to_path_buf(),
+            what: format!("xattr {shown:?} is too large ({} byte value)", value.len()),
+        });
+    }
+    Ok(())
 }
 
 /// Runs a size-then-fill xattr syscall, retrying if the size grows in between.

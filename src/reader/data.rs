@@ -71,9 +71,14 @@ impl Image {
         let file = self.blob_files[blob]
             .as_ref()
             .map_err(|e| self.blob_error(blob, e.clone()))?;
-        let end = info
-            .compressed_offset
-            .checked_add(info.compressed_size as u64);
+        // An eStargz layer's chunks (gzip, no blob meta) carry an upper bound as their
+        // stored size, which may run past the layer's end: read what is there.
+        let gzip_layer = self.blobs[blob].compressor == crate::format::Compressor::Gzip;
+        let mut stored_len = info.compressed_size as u64;
+        if gzip_layer && info.compressed_offset < file.len {
+            stored_len = stored_len.min(file.len - info.compressed_offset);
+        }
+        let end = info.compressed_offset.checked_add(stored_len);
         if end.is_none_or(|end| end > file.len) {
             return Err(self.blob_error(
                 blob,
@@ -90,20 +95,14 @@ impl Image {
             ));
         }
         let Some((window, at)) = self
-            .stored_bytes(
-                blob,
-                file,
-                info.compressed_offset,
-                info.compressed_size as u64,
-                cached_only,
-            )
+            .stored_bytes(blob, file, info.compressed_offset, stored_len, cached_only)
             .map_err(|e| {
                 self.blob_error(blob, format!("cannot read chunk {}: {e}", addr.chunk_index))
             })?
         else {
             return Ok(None);
         };
-        let stored = &window[at..at + info.compressed_size as usize];
+        let stored = &window[at..at + stored_len as usize];
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
         let data = if compressed {
             let mut out = vec![0u8; info.uncompressed_size as usize];

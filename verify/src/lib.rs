@@ -308,9 +308,22 @@ fn link_groups(facts: &BTreeMap<Vec<u8>, Facts>) -> BTreeMap<Vec<u8>, Vec<Vec<u8
     out
 }
 
+/// How strictly to compare.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Compare modification times to the second: the source's rounded to the nearest
+    /// second (as the eStargz writer rounds them into its TOC), the image's exactly.
+    pub mtime_seconds: bool,
+}
+
 /// Compares `image` with `source`. An error means the comparison could not be made (the
 /// source could not be read, say); read errors on the image side are differences.
 pub fn compare(source: &dyn Tree, image: &dyn Tree) -> Result<Report, String> {
+    compare_with(source, image, Options::default())
+}
+
+/// [`compare`] with options.
+pub fn compare_with(source: &dyn Tree, image: &dyn Tree, opts: Options) -> Result<Report, String> {
     let src = source.scan()?;
     let img = image
         .scan()
@@ -371,7 +384,12 @@ pub fn compare(source: &dyn Tree, image: &dyn Tree) -> Result<Report, String> {
         if s.size != i.size {
             diff(path, "size", s.size.to_string(), i.size.to_string());
         }
-        if (s.mtime, s.mtime_nsec) != (i.mtime, i.mtime_nsec) {
+        let s_mtime = if opts.mtime_seconds {
+            (s.mtime + (s.mtime_nsec >= 500_000_000) as i64, 0)
+        } else {
+            (s.mtime, s.mtime_nsec)
+        };
+        if s_mtime != (i.mtime, i.mtime_nsec) {
             diff(
                 path,
                 "mtime",
