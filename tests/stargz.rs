@@ -269,6 +269,31 @@ fn default_chunk_size_and_big_files() {
     assert_eq!(image.super_block().chunk_size, 4 << 20);
     let o = verify(&boot, &blobs, "fuse", &[&src]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // A --blob-data-size that understates the layer leaves the last chunk's recorded
+    // size too small to inflate it: the reader reads on and still serves the data.
+    let one = scratch.path().join("one");
+    fs::create_dir_all(&one).unwrap();
+    write_file(&one.join("random"), &data(300_000, 4));
+    let layer = make_layer(&one, &scratch.path().join("work"), "one", None);
+    stage(&layer, &blobs);
+    let toc: serde_json::Value = serde_json::from_slice(&fs::read(&layer.toc).unwrap()).unwrap();
+    let last = entry_named(&mut toc.clone(), "./random")["offset"]
+        .as_u64()
+        .unwrap();
+    let short = format!("{:x}", last + 40);
+    let boot = scratch.path().join("boot-short");
+    let o = build_seed(&layer, &boot, &["--blob-data-size", &short]);
+    assert!(o.status.success(), "{}", text(&o));
+    let image = Image::open(&boot, BlobSource::Dir(blobs.clone())).unwrap();
+    let nid = image.resolve(b"/random").unwrap().unwrap();
+    let addr = image.chunk_addrs(nid).unwrap()[0].unwrap();
+    let info = image
+        .chunk_info(addr.blob_index as u32, addr.chunk_index)
+        .unwrap();
+    assert_eq!(info.compressed_size, 40);
+    let o = verify(&boot, &blobs, "library", &[&one]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
 #[test]

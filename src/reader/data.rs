@@ -106,7 +106,23 @@ impl Image {
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
         let data = if compressed {
             let mut out = vec![0u8; info.uncompressed_size as usize];
-            compress::decompress(self.blobs[blob].compressor, stored, &mut out).map_err(|e| {
+            let mut result = compress::decompress(self.blobs[blob].compressor, stored, &mut out);
+            let rest = file.len - info.compressed_offset;
+            if result.is_err() && gzip_layer && stored_len < rest && !cached_only {
+                // The recorded size is only a bound, and this member needs more: read on
+                // (at most twice the chunk plus 1 MiB) and try once more.
+                let len = rest.min(2 * info.uncompressed_size as u64 + (1 << 20));
+                let mut more = vec![0u8; len as usize];
+                file.read_exact_at(&mut more, info.compressed_offset)
+                    .map_err(|e| {
+                        self.blob_error(
+                            blob,
+                            format!("cannot read chunk {}: {e}", addr.chunk_index),
+                        )
+                    })?;
+                result = compress::decompress(self.blobs[blob].compressor, &more, &mut out);
+            }
+            result.map_err(|e| {
                 self.blob_error(
                     blob,
                     format!(
