@@ -178,7 +178,12 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     }
     let err = || format!("modtime {s:?} is not an RFC 3339 time");
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    if !s.is_ascii()
+        || b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+    {
         return Err(err());
     }
     if b[13] != b':' || b[16] != b':' {
@@ -284,8 +289,9 @@ fn walk_to<'a>(
     Ok(at)
 }
 
-/// Reads the TOC at `path` into a tree. `layer` keys hard links; `chunk_size`, when
-/// given (a parent image's), is the chunk size the layer must use.
+/// Reads the TOC at `path` into a tree. `layer` keys hard links; the layer's chunks get
+/// `blob_index`; `chunk_size`, when given, is the chunk size the layer must use;
+/// `data_size` is the layer's size, if known.
 pub fn load(
     path: &Path,
     layer: u32,
@@ -294,7 +300,19 @@ pub fn load(
     data_size: Option<u64>,
 ) -> Result<StargzLayer, BuildError> {
     let text = std::fs::read(path).map_err(|e| BuildError::io(path, "cannot read TOC", e))?;
-    let toc: TocJson = serde_json::from_slice(&text)
+    parse(path, &text, layer, blob_index, chunk_size, data_size)
+}
+
+/// [`load`] from the TOC's bytes; `path` names it in errors.
+pub fn parse(
+    path: &Path,
+    text: &[u8],
+    layer: u32,
+    blob_index: u32,
+    chunk_size: Option<u32>,
+    data_size: Option<u64>,
+) -> Result<StargzLayer, BuildError> {
+    let toc: TocJson = serde_json::from_slice(text)
         .map_err(|e| bad(path, None, "", format!("not an eStargz TOC: {e}")))?;
     if toc.version != 1 {
         return Err(bad(
@@ -844,6 +862,102 @@ pub fn check_layer(blob: &Path, layer: &StargzLayer, toc: &Path) -> Result<u64, 
     Ok(file.len)
 }
 
+/// A layer's bootstrap, with what went into it.
+pub struct Described {
+    /// The bootstrap's bytes.
+    pub bootstrap: Vec<u8>,
+    /// The merged tree it describes.
+    pub tree: super::tree::Tree,
+    /// Its blob table: the parent's blobs, then the layer.
+    pub blobs: Vec<crate::format::v6::tables::BlobEntry>,
+    /// Chunk references to the layer that survive upper whiteouts.
+    pub used_chunks: u64,
+}
+
+/// Lays out the bootstrap of `layer` applied over the parent (or nothing).
+pub fn describe(
+    layer: StargzLayer,
+    parent_tree: Option<Entry>,
+    parent_blobs: Vec<crate::format::v6::tables::BlobEntry>,
+    blob_id: &str,
+) -> Described {
+    use super::{assemble_chunks, bootstrap, overlay};
+    use crate::format::v6::tables::{blob_features, BlobEntry};
+    use crate::format::{Compressor, Digester};
+
+    let blob_index = parent_blobs.len() as u32;
+    let StargzLayer {
+        root,
+        chunk_size,
+        chunks: layer_chunks,
+        ..
+    } = layer;
+    let mut merged = parent_tree.unwrap_or_else(|| overlay::empty_root(&root.node));
+    overlay::apply(&mut merged, root, overlay::WhiteoutSpec::Oci);
+    let tree = overlay::flatten(merged);
+
+    let used = {
+        // Chunks of this layer that survive the whiteouts of upper entries.
+        let mut n = 0u64;
+        for node in &tree.nodes {
+            if let (FileData::Chunks(list), None) = (&node.data, node.hardlink_of) {
+                n += list.iter().filter(|c| c.blob_index == blob_index).count() as u64;
+            }
+        }
+        n
+    };
+    let uncompressed_size = layer_chunks
+        .last()
+        .map(|c| c.uncompressed_offset + (c.uncompressed_size as u64).div_ceil(0x1000) * 0x1000)
+        .unwrap_or(0);
+    let entry = BlobEntry {
+        blob_id: blob_id.to_string(),
+        chunk_size: chunk_size,
+        chunk_count: layer_chunks.len() as u32,
+        compressor: Compressor::Gzip,
+        digester: Digester::Sha256,
+        features: blob_features::ALIGNED | blob_features::CAP_TAR_TOC,
+        compressed_size: layer_chunks
+            .iter()
+            .map(|c| c.compressed_offset + c.compressed_size as u64)
+            .max()
+            .unwrap_or(0),
+        uncompressed_size,
+        toc_size: 0,
+        ci_compressor: Compressor::None,
+        ci_offset: 0,
+        // No chunk-info array exists (the chunk table in the bootstrap has everything),
+        // but upstream's loader insists on this size; a stored size of 0 says "none".
+        ci_compressed_size: 0,
+        ci_uncompressed_size: 16 * layer_chunks.len() as u64,
+        toc_digest: [0; 32],
+    };
+    let no_new = vec![Vec::new(); tree.nodes.len()];
+    let (blobs, chunks, file_chunks) =
+        assemble_chunks(&tree, &no_new, &[], parent_blobs, &[], None);
+    let mut blobs = blobs;
+    blobs.push(entry);
+    let image = bootstrap::v6::write(
+        &bootstrap::v6::BootstrapInput {
+            tree: &tree,
+            file_chunks: &file_chunks,
+            chunks: &chunks,
+            blobs: &blobs,
+        },
+        bootstrap::v6::BootstrapOptions {
+            chunk_size: chunk_size,
+            compressor: Compressor::Gzip,
+            digester: Digester::Sha256,
+        },
+    );
+    Described {
+        bootstrap: image,
+        tree,
+        blobs,
+        used_chunks: used,
+    }
+}
+
 /// Builds a RAFS v6 bootstrap describing the eStargz layer whose TOC is at `toc`,
 /// optionally over `opts.parent_bootstrap`. The layer itself is the image's data blob,
 /// recorded under `opts.blob_id` (its sha256 digest). When `layer_file` is given, every
@@ -854,8 +968,7 @@ pub fn build(
     sopts: &StargzOptions,
     opts: &super::BuildOptions,
 ) -> Result<super::BuildSummary, BuildError> {
-    use super::{assemble_chunks, bootstrap, overlay, BuildSummary};
-    use crate::format::v6::tables::{blob_features, BlobEntry};
+    use super::BuildSummary;
     use crate::format::{Compressor, Digester};
     use std::io::Write;
 
@@ -912,68 +1025,15 @@ pub fn build(
     };
 
     let (mut boot_pending, boot_file) = super::output::PendingFile::create(bootstrap_path)?;
-    let mut merged = parent_tree.unwrap_or_else(|| overlay::empty_root(&layer.root.node));
-    overlay::apply(&mut merged, layer.root, overlay::WhiteoutSpec::Oci);
-    let tree = overlay::flatten(merged);
-
-    let used = {
-        // Chunks of this layer that survive the whiteouts of upper entries.
-        let mut n = 0u64;
-        for node in &tree.nodes {
-            if let (FileData::Chunks(list), None) = (&node.data, node.hardlink_of) {
-                n += list.iter().filter(|c| c.blob_index == blob_index).count() as u64;
-            }
-        }
-        n
-    };
-    let uncompressed_size = layer
-        .chunks
-        .last()
-        .map(|c| c.uncompressed_offset + (c.uncompressed_size as u64).div_ceil(0x1000) * 0x1000)
-        .unwrap_or(0);
-    let entry = BlobEntry {
-        blob_id: blob_id.clone(),
-        chunk_size: layer.chunk_size,
-        chunk_count: layer.chunks.len() as u32,
-        compressor: Compressor::Gzip,
-        digester: Digester::Sha256,
-        features: blob_features::ALIGNED | blob_features::CAP_TAR_TOC,
-        compressed_size: layer
-            .chunks
-            .iter()
-            .map(|c| c.compressed_offset + c.compressed_size as u64)
-            .max()
-            .unwrap_or(0),
-        uncompressed_size,
-        toc_size: 0,
-        ci_compressor: Compressor::None,
-        ci_offset: 0,
-        // No chunk-info array exists (the chunk table in the bootstrap has everything),
-        // but upstream's loader insists on this size; a stored size of 0 says "none".
-        ci_compressed_size: 0,
-        ci_uncompressed_size: 16 * layer.chunks.len() as u64,
-        toc_digest: [0; 32],
-    };
-    let no_new = vec![Vec::new(); tree.nodes.len()];
-    let (blobs, chunks, file_chunks) =
-        assemble_chunks(&tree, &no_new, &[], parent_blobs, &[], None);
-    let mut blobs = blobs;
-    blobs.push(entry);
-    let image = bootstrap::v6::write(
-        &bootstrap::v6::BootstrapInput {
-            tree: &tree,
-            file_chunks: &file_chunks,
-            chunks: &chunks,
-            blobs: &blobs,
-        },
-        bootstrap::v6::BootstrapOptions {
-            chunk_size: layer.chunk_size,
-            compressor: Compressor::Gzip,
-            digester: Digester::Sha256,
-        },
+    let (data_bytes, unique_chunks, chunk_size) = (
+        layer.data_bytes,
+        layer.chunks.len() as u64,
+        layer.chunk_size,
     );
+    let described = describe(layer, parent_tree, parent_blobs, &blob_id);
+    let image = &described.bootstrap;
     let mut out = std::io::BufWriter::new(boot_file);
-    out.write_all(&image)
+    out.write_all(image)
         .and_then(|_| out.flush())
         .map_err(|e| BuildError::output(bootstrap_path, "cannot write bootstrap", e))?;
     drop(out);
@@ -985,17 +1045,17 @@ pub fn build(
         blob_id: Some(blob_id),
         blob_size: layer_size.unwrap_or(0),
         bootstrap_size: image.len() as u64,
-        entries: tree.nodes.len() as u64,
-        inodes: tree.inode_count() as u64,
-        total_chunks: used,
-        unique_chunks: layer.chunks.len() as u64,
-        data_bytes: layer.data_bytes,
+        entries: described.tree.nodes.len() as u64,
+        inodes: described.tree.inode_count() as u64,
+        total_chunks: described.used_chunks,
+        unique_chunks,
+        data_bytes,
         dict_chunks: 0,
         dict_bytes: 0,
-        blobs: blobs.iter().map(|b| b.blob_id.clone()).collect(),
+        blobs: described.blobs.iter().map(|b| b.blob_id.clone()).collect(),
         compressor: Compressor::Gzip,
         digester: Digester::Sha256,
-        chunk_size: layer.chunk_size,
+        chunk_size,
     })
 }
 
@@ -1020,6 +1080,7 @@ mod tests {
             "yesterday",
             "2026-11-27T20:31:24",
             "2026-11-27T20:31:24.Z",
+            "2026-11-27T10:31:2\u{4a5}Z", // found by fuzzing: a multi-byte character
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }
