@@ -912,7 +912,7 @@ pub fn describe(
         .unwrap_or(0);
     let entry = BlobEntry {
         blob_id: blob_id.to_string(),
-        chunk_size: chunk_size,
+        chunk_size,
         chunk_count: layer_chunks.len() as u32,
         compressor: Compressor::Gzip,
         digester: Digester::Sha256,
@@ -945,7 +945,7 @@ pub fn describe(
             blobs: &blobs,
         },
         bootstrap::v6::BootstrapOptions {
-            chunk_size: chunk_size,
+            chunk_size,
             compressor: Compressor::Gzip,
             digester: Digester::Sha256,
         },
