@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1   # cargo-fuzz's sanitizer flags on the stable toolchain
 seeds=$(mktemp -d)
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds/src/d" corpus/read_image corpus/blob_meta corpus/stargz_toc
+mkdir -p "$seeds/src/d" corpus/read_image corpus/blob_meta corpus/stargz_toc corpus/build_tree
 printf hello > "$seeds/src/a"; ln -s a "$seeds/src/l"; printf x > "$seeds/src/d/b"
 setfattr -n user.k -v v "$seeds/src/a" 2>/dev/null || true
 cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
@@ -21,6 +21,7 @@ if [ -x "$up" ]; then
 fi
 for b in "$seeds"/*; do [ -f "$b" ] && [ ${#b} -gt 60 ] && tail -c 4200 "$b" > corpus/blob_meta/$(basename "$b" | cut -c1-16); done
 cp ../tests/fuzz-seeds/*.toc.json corpus/stargz_toc/
-for t in read_image blob_meta stargz_toc; do
+head -c 600 /dev/urandom > corpus/build_tree/random-seed
+for t in read_image blob_meta stargz_toc build_tree; do
   cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048
 done

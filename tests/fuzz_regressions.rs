@@ -1,0 +1,51 @@
+//! Every input that ever crashed a fuzz target, replayed through the same code the target
+//! runs (`fuzz/checks.rs`). Inputs live in `tests/fuzz-regressions/TARGET/NAME`, named
+//! after what they found:
+//! - `stargz_toc/rfc3339-multibyte-*`: a TOC `modtime` with a multi-byte character where
+//!   a digit belongs panicked the RFC 3339 parser (it sliced inside the character).
+
+#[allow(dead_code)]
+#[path = "../fuzz/checks.rs"]
+mod checks;
+
+use std::path::Path;
+
+/// Runs `check` on every input saved for `target`; returns how many there were.
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions")
+        .join(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        assert!(outcome.is_ok(), "{} crashes again", path.display());
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn stargz_toc_regressions() {
+    assert!(replay("stargz_toc", checks::stargz_toc) >= 3);
+}
+
+#[test]
+fn build_tree_on_fixed_descriptions() {
+    // The builder target on 24 pseudo-random descriptions, so that the suite runs it
+    // even where cargo-fuzz does not.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..24 {
+        let len = 40 + round * 17;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        checks::build_tree(&data);
+    }
+}
