@@ -46,7 +46,7 @@ pub fn blob_meta(data: &[u8]) {
     for entry in data.chunks_exact(CHUNK_INFO_V1_SIZE) {
         let loc = ChunkLocation::decode_v1(entry.try_into().expect("exact chunks"));
         let mut again = Vec::new();
-        if loc.compressed_offset < 1 << 40 && loc.uncompressed_offset % 4096 == 0 {
+        if loc.compressed_offset < 1 << 40 && loc.uncompressed_offset.is_multiple_of(4096) {
             loc.encode_v1(&mut again);
             assert_eq!(
                 ChunkLocation::decode_v1(again.as_slice().try_into().unwrap()),
