@@ -112,9 +112,19 @@ fn files_changing_during_the_build_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
-    for name in ["shrinks", "grows", "vanishes"] {
+    for name in [
+        "shrinks",
+        "grows",
+        "vanishes",
+        "symlinked",
+        "rewritten",
+        "dir-now",
+    ] {
         write_file(&src.join(name), &data(300_000, 3));
     }
+    // A file of the same size a symlink could point at: following it would give a
+    // consistent-looking but wrong image.
+    write_file(&tmp.path().join("decoy"), &data(300_000, 4));
     let opts = ChunkOptions {
         chunk_size: 0x10000,
         compressor: Compressor::Zstd,
@@ -122,10 +132,36 @@ fn files_changing_during_the_build_are_errors() {
         threads: 2,
     };
     type Case = (&'static str, fn(&Path), &'static str);
-    let cases: [Case; 3] = [
+    let cases: [Case; 6] = [
         ("shrinks", |p| fs::write(p, b"short").unwrap(), "shrank"),
         ("grows", |p| write_file(p, &data(400_000, 3)), "grew"),
         ("vanishes", |p| fs::remove_file(p).unwrap(), "No such file"),
+        (
+            "symlinked",
+            |p| {
+                fs::remove_file(p).unwrap();
+                let decoy = p.parent().unwrap().parent().unwrap().join("decoy");
+                std::os::unix::fs::symlink(decoy, p).unwrap();
+            },
+            "replaced by a symlink",
+        ),
+        (
+            "rewritten",
+            |p| {
+                // Same size, other bytes, a later mtime.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                write_file(p, &data(300_000, 5))
+            },
+            "modified during the build",
+        ),
+        (
+            "dir-now",
+            |p| {
+                fs::remove_file(p).unwrap();
+                fs::create_dir(p).unwrap();
+            },
+            "no longer a regular file",
+        ),
     ];
     for (name, change, expect) in cases {
         let only = tmp.path().join(format!("only-{name}"));

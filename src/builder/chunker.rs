@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 use crossbeam_channel::bounded;
@@ -275,7 +276,7 @@ fn read_file(
 ) -> Result<(), BuildError> {
     let node = &tree.nodes[id];
     let path = &node.source;
-    let mut file = File::open(path).map_err(|e| BuildError::io(path, "cannot open", e))?;
+    let mut file = open_unchanged(node)?;
     let mut offset = 0u64;
     while offset < node.size {
         let want = (node.size - offset).min(chunk_size as u64) as usize;
@@ -323,7 +324,65 @@ fn read_file(
             ),
         });
     }
+    let meta = file
+        .metadata()
+        .map_err(|e| BuildError::io(path, "cannot stat", e))?;
+    if (meta.mtime(), meta.mtime_nsec() as u32) != (node.mtime, node.mtime_nsec) {
+        return Err(BuildError::Source {
+            path: path.clone(),
+            what: "file was modified while it was being read (its mtime changed)".into(),
+        });
+    }
     Ok(())
+}
+
+/// Opens a regular file of the tree, refusing what changed since the tree was read: a
+/// symlink put in its place (never followed), another type, another size, another mtime.
+fn open_unchanged(node: &super::tree::Node) -> Result<File, BuildError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = &node.source;
+    let changed = |what: String| BuildError::Source {
+        path: path.clone(),
+        what,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                changed("was replaced by a symlink during the build".into())
+            } else {
+                BuildError::io(path, "cannot open", e)
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| BuildError::io(path, "cannot stat", e))?;
+    if !meta.is_file() {
+        return Err(changed(
+            "is no longer a regular file (replaced during the build)".into(),
+        ));
+    }
+    if meta.len() < node.size {
+        return Err(changed(format!(
+            "file shrank during the build: {} bytes at stat time, {} now",
+            node.size,
+            meta.len()
+        )));
+    }
+    if meta.len() > node.size {
+        return Err(changed(format!(
+            "file grew during the build beyond its {} bytes at stat time",
+            node.size
+        )));
+    }
+    if (meta.mtime(), meta.mtime_nsec() as u32) != (node.mtime, node.mtime_nsec) {
+        return Err(changed(
+            "file was modified during the build (its mtime changed since it was listed)".into(),
+        ));
+    }
+    Ok(file)
 }
 
 /// Whether `[offset, offset + len)` of `file` lies wholly in a hole (`SEEK_DATA` finds no
