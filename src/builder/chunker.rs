@@ -6,8 +6,9 @@
 //!
 //! A pipeline bounded in memory: one thread reads files in that order, `threads` workers
 //! hash and compress, and the calling thread puts results back in order, deduplicates by
-//! digest and appends new chunks to the blob. At most `window` chunks are in flight, so
-//! memory stays near `window x chunk_size` whatever the file or blob size.
+//! digest and appends new chunks to the blob. Chunk data in flight is bounded in bytes
+//! (`threads x chunk_size`), so memory stays flat whatever the file or blob size, while
+//! small files still keep every worker busy.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -118,11 +119,15 @@ pub fn chunk_files<W: Write>(
         }
     }
     let threads = opts.threads.max(1);
-    let window = threads * 4;
+    // The memory budget: chunk data in flight (read, not yet written) is at most
+    // `threads` chunks' worth of bytes, in tokens of TOKEN_BYTES; small files have many
+    // chunks in flight at once, big ones few.
+    let budget = (threads as u64 * opts.chunk_size as u64).div_ceil(TOKEN_BYTES) as usize;
+    let window = threads * 16;
     let (job_tx, job_rx) = bounded::<Job>(window);
     let (done_tx, done_rx) = bounded::<Done>(window);
-    let (token_tx, token_rx) = bounded::<()>(window);
-    for _ in 0..window {
+    let (token_tx, token_rx) = bounded::<()>(budget);
+    for _ in 0..budget {
         token_tx.send(()).expect("fresh channel has room");
     }
     let reader_error: Mutex<Option<BuildError>> = Mutex::new(None);
@@ -191,7 +196,9 @@ pub fn chunk_files<W: Write>(
             pending.insert(done.seq, done);
             while let Some(done) = pending.remove(&next) {
                 next += 1;
-                let _ = token_tx.send(());
+                for _ in 0..tokens_for(done.data.len()) {
+                    let _ = token_tx.send(());
+                }
                 if write_error.is_some() {
                     continue;
                 }
@@ -257,6 +264,14 @@ pub fn chunk_files<W: Write>(
     Ok(out)
 }
 
+/// Bytes of chunk data one memory-budget token stands for.
+const TOKEN_BYTES: u64 = 16 << 10;
+
+/// Tokens a chunk of `len` bytes holds while in flight.
+fn tokens_for(len: usize) -> usize {
+    (len as u64).div_ceil(TOKEN_BYTES).max(1) as usize
+}
+
 /// Whether a node's data is read from the source into the new blob.
 fn needs_chunking(node: &super::tree::Node) -> bool {
     node.kind == Kind::File
@@ -299,8 +314,10 @@ fn read_file(
                 ),
             });
         }
-        if tokens.recv().is_err() {
-            return Ok(()); // the writer stopped; it reports why
+        for _ in 0..tokens_for(want) {
+            if tokens.recv().is_err() {
+                return Ok(()); // the writer stopped; it reports why
+            }
         }
         let job = Job {
             seq: *seq,
