@@ -120,8 +120,9 @@ struct MountArgs {
     /// Threads serving reads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Bound of the decompressed chunk cache, in MiB.
-    #[arg(long = "cache-mib", default_value_t = 64)]
+    /// Bound of the decompressed chunk cache, in MiB. The kernel's page cache keeps file
+    /// data; this cache only serves reads that cover part of a chunk.
+    #[arg(long = "cache-mib", default_value_t = 4)]
     cache_mib: usize,
     /// Log to this file (with --daemon, the daemon's only output).
     #[arg(short = 'L', long = "log-file")]

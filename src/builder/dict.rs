@@ -70,7 +70,7 @@ impl ChunkDict {
         let mut chunks = HashMap::new();
         for c in image.chunk_table() {
             if usable.get(c.blob_index as usize).copied().unwrap_or(false) {
-                chunks.entry(c.digest).or_insert_with(|| c.clone());
+                chunks.entry(c.digest).or_insert(c);
             }
         }
         for (why, n) in &skipped {

@@ -87,7 +87,7 @@ fn load_entry(
                             shown.display()
                         ),
                     })?;
-                chunks.push(info.clone());
+                chunks.push(info);
             }
             data = FileData::Chunks(chunks);
             Kind::File

@@ -8,7 +8,7 @@ const READ_WINDOW: u64 = 1 << 20;
 /// Largest chunk decompressed on the quick (cached-only) path.
 const QUICK_CHUNK: u64 = 128 << 10;
 /// Windows kept (per image, all threads).
-const KEPT_WINDOWS: usize = 8;
+const KEPT_WINDOWS: usize = 4;
 
 use super::{Image, ReadError};
 use crate::format::v6::inode::ChunkAddr;
@@ -50,7 +50,7 @@ impl Image {
                 what: format!("chunk index names blob {blob} of {}", self.blobs.len()),
             }));
         }
-        let info = self.chunks.get(&key).ok_or_else(|| {
+        let info = self.chunk_info(key.0, key.1).ok_or_else(|| {
             self.blob_error(
                 blob,
                 format!(

@@ -19,7 +19,6 @@ mod data;
 
 pub use cache::ChunkCache;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -34,7 +33,7 @@ use crate::storage::blobs::{BlobFile, BlobSource};
 /// Largest bootstrap we load (upstream's metadata limit is 2 GiB too).
 const MAX_BOOTSTRAP: u64 = 1 << 31;
 /// Default bound of the decompressed chunk cache.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
 /// Deepest directory nesting a walk accepts.
 pub const MAX_DEPTH: usize = 4096;
 
@@ -145,7 +144,10 @@ pub struct Image {
     sb: SuperBlock,
     blobs: Vec<BlobEntry>,
     devices: Vec<DeviceSlot>,
-    chunks: HashMap<(u32, u32), ChunkInfo>,
+    /// The chunk table as (blob index, chunk index, byte offset of the entry), sorted:
+    /// entries are decoded from `meta` when asked for (12 bytes per chunk instead of a
+    /// decoded copy of every entry).
+    chunks: Vec<(u32, u32, u64)>,
     blob_files: Vec<Result<BlobFile, String>>,
     blob_paths: Vec<Option<PathBuf>>,
     cache: ChunkCache,
@@ -244,7 +246,7 @@ impl Image {
             table.push(entry);
         }
         let chunk_count = sb.chunk_table_size / CHUNK_INFO_SIZE as u64;
-        let mut chunks = HashMap::with_capacity(chunk_count as usize);
+        let mut chunks = Vec::with_capacity(chunk_count.min(1 << 24) as usize);
         for i in 0..chunk_count {
             let at = sb.chunk_table_offset + i * CHUNK_INFO_SIZE as u64;
             let bytes = slice(&meta, at, CHUNK_INFO_SIZE as u64).map_err(fmt)?;
@@ -255,8 +257,10 @@ impl Image {
                     what: format!("chunk {i} names blob {} of {blob_count}", info.blob_index),
                 }));
             }
-            chunks.insert((info.blob_index, info.index), info);
+            chunks.push((info.blob_index, info.index, at));
         }
+        chunks.sort_unstable();
+        chunks.dedup_by_key(|c| (c.0, c.1)); // a repeated key: the first entry serves
         let ids: Vec<String> = table.iter().map(|b| b.blob_id.clone()).collect();
         let blob_paths = blobs.resolve(&ids);
         let blob_files = blob_paths
@@ -310,9 +314,15 @@ impl Image {
         &self.devices
     }
 
-    /// The chunk table, in no particular order.
-    pub fn chunk_table(&self) -> impl Iterator<Item = &ChunkInfo> {
-        self.chunks.values()
+    /// The chunk table, by blob and chunk index.
+    pub fn chunk_table(&self) -> impl Iterator<Item = ChunkInfo> + '_ {
+        self.chunks.iter().map(|c| self.decode_chunk(c.2))
+    }
+
+    /// Decodes the chunk table entry at `at` (checked when the image was opened).
+    fn decode_chunk(&self, at: u64) -> ChunkInfo {
+        let bytes = &self.meta[at as usize..at as usize + CHUNK_INFO_SIZE];
+        ChunkInfo::decode(bytes, at).expect("chunk entries were decoded at open")
     }
 
     /// Blobs whose file could not be opened: (blob id, why).
@@ -325,8 +335,12 @@ impl Image {
     }
 
     /// The chunk table entry for chunk `index` of blob `blob`.
-    pub fn chunk_info(&self, blob: u32, index: u32) -> Option<&ChunkInfo> {
-        self.chunks.get(&(blob, index))
+    pub fn chunk_info(&self, blob: u32, index: u32) -> Option<ChunkInfo> {
+        let at = self
+            .chunks
+            .binary_search_by(|c| (c.0, c.1).cmp(&(blob, index)))
+            .ok()?;
+        Some(self.decode_chunk(self.chunks[at].2))
     }
 
     /// Whether the bootstrap carries a chunk table.
