@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use nydus_image::builder::compact::CompactConfig;
 use nydus_image::builder::{self, chunker::Progress, BlobTarget, BuildOptions};
 use nydus_image::check;
 use nydus_image::format::{Compressor, Digester};
@@ -78,6 +79,92 @@ enum Command {
     /// Compare an image with its source directory, entry by entry and byte by byte.
     /// Exit status: 0 identical, 1 differences found, 2 could not compare.
     Verify(VerifyArgs),
+    /// Rewrite an image's unused, sparsely used and small blobs into fewer, fuller ones.
+    Compact(Box<CompactArgs>),
+}
+
+/// Where blobs are read from: a backend configuration, as upstream takes it.
+#[derive(clap::Args, Clone)]
+struct BackendArgs {
+    /// Storage backend type: localfs (registry and oss are not available yet).
+    #[arg(long = "backend-type")]
+    backend_type: Option<String>,
+    /// Backend configuration file (upstream's shape, e.g. {"dir": "/blobs"} for localfs).
+    #[arg(long = "backend-config-file", conflicts_with = "backend_config")]
+    backend_config_file: Option<PathBuf>,
+    /// Backend configuration as a JSON string.
+    #[arg(long = "backend-config")]
+    backend_config: Option<String>,
+}
+
+impl BackendArgs {
+    /// The backend, or None when no type was given.
+    fn backend(&self) -> Result<Option<Box<dyn nydus_image::storage::backend::Backend>>> {
+        let Some(kind) = &self.backend_type else {
+            if self.backend_config_file.is_some() || self.backend_config.is_some() {
+                bail!("a backend configuration needs --backend-type");
+            }
+            return Ok(None);
+        };
+        let file = match (&self.backend_config_file, &self.backend_config) {
+            (Some(f), _) => f.clone(),
+            (None, Some(json)) => {
+                let tmp = tempfile::NamedTempFile::new()?;
+                std::fs::write(tmp.path(), json)?;
+                let (_, path) = tmp.keep()?;
+                path
+            }
+            (None, None) => bail!("--backend-type {kind} needs --backend-config-file FILE"),
+        };
+        let backend =
+            nydus_image::storage::backend::from_config_file(kind, &file).map_err(|e| anyhow!(e));
+        if self.backend_config_file.is_none() {
+            let _ = std::fs::remove_file(&file);
+        }
+        Ok(Some(backend?))
+    }
+}
+
+#[derive(clap::Args)]
+struct CompactArgs {
+    /// Bootstrap of the image to compact.
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    /// compact.json (keys: min_used_ratio, compact_blob_size, max_compact_size,
+    /// layers_to_compact, blobs_dir); flags below override it.
+    #[arg(short = 'C', long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Blob directory: where blobs are read (without --backend-type) and new blobs are
+    /// written (without blobs_dir in the config).
+    #[arg(short = 'D', long = "blob-dir")]
+    blob_dir: Option<PathBuf>,
+    /// Rebuild blobs whose used ratio is below this percentage (0-99; 0 disables).
+    #[arg(long = "min-used-ratio")]
+    min_used_ratio: Option<u64>,
+    /// Merge blobs smaller than this many bytes.
+    #[arg(long = "compact-blob-size")]
+    compact_blob_size: Option<u64>,
+    /// Largest merged blob, in bytes of chunk data.
+    #[arg(long = "max-compact-size")]
+    max_compact_size: Option<u64>,
+    /// Compact only when the image references at least this many blobs (0: always).
+    #[arg(long = "layers-to-compact")]
+    layers_to_compact: Option<u64>,
+    /// Chunk dictionary (not supported by compact yet).
+    #[arg(long = "chunk-dict")]
+    chunk_dict: Option<String>,
+    /// Where to write the new bootstrap (default: BOOTSTRAP with extension
+    /// .bootstrap.compact, as upstream).
+    #[arg(short = 'O', long = "output-bootstrap")]
+    output_bootstrap: Option<PathBuf>,
+    /// Write a JSON report here.
+    #[arg(short = 'J', long = "output-json")]
+    output_json: Option<PathBuf>,
+    /// Log level.
+    #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
+    log_level: LogLevel,
 }
 
 /// Where an image's blobs are, as the mount and verify commands take them.
@@ -262,6 +349,12 @@ struct CreateArgs {
     /// required with stargz_index: the directory the layer was made from).
     #[arg(long = "verify-against")]
     verify_against: Option<PathBuf>,
+    /// compact.json: after building, compact the image (upstream's documented form, with
+    /// --chunk-dict and a backend holding the dictionary's blobs).
+    #[arg(short = 'C', long = "config")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Produce identical output for identical input (always true here; accepted for upstream scripts).
     #[arg(long)]
     repeatable: bool,
@@ -332,6 +425,7 @@ fn main() -> ExitCode {
         Command::Mount(a) => a.log_level,
         Command::Umount(_) => LogLevel::Info,
         Command::Merge(a) => a.log_level,
+        Command::Compact(a) => a.log_level,
         Command::Verify(a) => a.log_level,
     };
     let mut logger = env_logger::Builder::new();
@@ -368,6 +462,7 @@ fn main() -> ExitCode {
             .map(|_| ExitCode::SUCCESS),
         Command::Verify(args) => return verify_cmd(args),
         Command::Merge(args) => merge_cmd(args).map(|_| ExitCode::SUCCESS),
+        Command::Compact(args) => compact_cmd(*args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -409,6 +504,15 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     if stargz {
         return create_stargz(args);
     }
+    // Compaction settings and the backend are checked before any work.
+    let compaction = match &args.config {
+        Some(p) => Some(CompactConfig::load(p).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    if compaction.is_none() && args.backend.backend_type.is_some() {
+        bail!("--backend-type is used by compaction: give --config compact.json too");
+    }
+    args.backend.backend()?;
     let target = match (&args.blob, &args.blob_dir) {
         (Some(b), None) => BlobTarget::File(b.clone()),
         (None, Some(d)) => BlobTarget::Dir(d.clone()),
@@ -455,6 +559,20 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     .with_context(|| format!("cannot build an image of {}", args.source.display()))?;
     meter.finish();
     report_build(&args, &summary, started)?;
+    if let Some(cfg) = &compaction {
+        let blob_dir = match &target {
+            BlobTarget::Dir(d) => Some(d.as_path()),
+            BlobTarget::File(_) => None,
+        };
+        run_compaction(
+            &summary.bootstrap,
+            &args.backend,
+            blob_dir,
+            &summary.bootstrap,
+            cfg,
+            None,
+        )?;
+    }
     let Some(how) = args.verify else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -1018,4 +1136,106 @@ impl ProgressMeter {
             eprintln!();
         }
     }
+}
+
+fn compact_cmd(args: CompactArgs) -> Result<()> {
+    if args.chunk_dict.is_some() {
+        bail!("--chunk-dict is not supported by compact yet");
+    }
+    let mut cfg = match &args.config {
+        Some(p) => CompactConfig::load(p).map_err(|e| anyhow!(e))?,
+        None => CompactConfig::default(),
+    };
+    if let Some(v) = args.min_used_ratio {
+        cfg.min_used_ratio = v;
+    }
+    if let Some(v) = args.compact_blob_size {
+        cfg.compact_blob_size = v;
+    }
+    if let Some(v) = args.max_compact_size {
+        cfg.max_compact_size = v;
+    }
+    if let Some(v) = args.layers_to_compact {
+        cfg.layers_to_compact = v;
+    }
+    cfg.validate()
+        .map_err(|e| anyhow!("compaction settings: {e}"))?;
+    let output = args
+        .output_bootstrap
+        .clone()
+        .unwrap_or_else(|| nydus_image::builder::compact::default_output(&args.bootstrap));
+    run_compaction(
+        &args.bootstrap,
+        &args.backend,
+        args.blob_dir.as_deref(),
+        &output,
+        &cfg,
+        args.output_json.as_deref(),
+    )
+}
+
+/// Compacts `bootstrap` into `output`; prints and optionally writes the summary.
+fn run_compaction(
+    bootstrap: &std::path::Path,
+    backend_args: &BackendArgs,
+    blob_dir: Option<&std::path::Path>,
+    output: &std::path::Path,
+    cfg: &CompactConfig,
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    let out_dir = cfg
+        .blobs_dir
+        .clone()
+        .or_else(|| blob_dir.map(|d| d.to_path_buf()))
+        .ok_or_else(|| anyhow!("say where new blobs go: blobs_dir in the config or --blob-dir"))?;
+    let backend: Box<dyn nydus_image::storage::backend::Backend> = match backend_args.backend()? {
+        Some(b) => b,
+        None => Box::new(nydus_image::storage::backend::LocalFs::dir(
+            blob_dir.unwrap_or(&out_dir),
+        )),
+    };
+    let started = Instant::now();
+    let summary =
+        nydus_image::builder::compact::compact(bootstrap, backend.as_ref(), &out_dir, output, cfg)
+            .with_context(|| format!("cannot compact {}", bootstrap.display()))?;
+    match &summary.unchanged_because {
+        Some(why) => println!("nothing to compact: {why}; no bootstrap written"),
+        None => {
+            println!(
+                "compacted bootstrap: {}",
+                summary.bootstrap.as_ref().expect("written").display()
+            );
+            println!(
+                "blobs: {} -> {} ({} unused dropped, {} rewritten into {} new)",
+                summary.blobs_before.len(),
+                summary.blobs_after.len(),
+                summary.unused_blobs.len(),
+                summary.rewritten_blobs.len(),
+                summary.new_blobs.len()
+            );
+            println!(
+                "bytes read {}, written {}, reclaimed {}",
+                summary.bytes_read, summary.bytes_written, summary.bytes_reclaimed
+            );
+        }
+    }
+    if let Some(path) = json {
+        let value = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "bootstrap": summary.bootstrap,
+            "blobs": summary.blobs_after,
+            "blobs_before": summary.blobs_before,
+            "unused_blobs": summary.unused_blobs,
+            "rewritten_blobs": summary.rewritten_blobs,
+            "new_blobs": summary.new_blobs,
+            "bytes_read": summary.bytes_read,
+            "bytes_written": summary.bytes_written,
+            "bytes_reclaimed": summary.bytes_reclaimed,
+            "unchanged_because": summary.unchanged_because,
+            "config": cfg,
+            "trace": {"consumed_time": {"total_compact": started.elapsed().as_secs_f64()}},
+        });
+        write_json(&path.to_path_buf(), &value)?;
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@
 pub mod blob;
 pub mod bootstrap;
 pub mod chunker;
+pub mod compact;
 pub mod dict;
 pub mod merge;
 pub mod output;

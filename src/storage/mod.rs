@@ -1,4 +1,5 @@
 //! Where blob data comes from, and the codecs applied to it.
 
+pub mod backend;
 pub mod blobs;
 pub mod compress;
