@@ -1,0 +1,536 @@
+//! Compaction: layered and deduplicated images whose blobs are unused, sparsely used or
+//! small, compacted by the `compact` subcommand and by `create --config`, then verified
+//! against the layer stack, mounted by upstream nydusd, and checked for what must not
+//! change (the original bootstrap and blobs).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use sha2::Digest;
+
+fn ours(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(our_bin())
+        .args(args)
+        .output()
+        .expect("run nydus-image")
+}
+
+fn run(args: &[&str]) -> Output {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    ours(&args)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every file in `dir` with its sha256.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.insert(
+                p.clone(),
+                hex::encode(sha2::Sha256::digest(fs::read(&p).unwrap())),
+            );
+        }
+    }
+    out
+}
+
+/// Three layers: a big base whose files the second layer mostly deletes (sparse), a
+/// small second layer, a small third one. Returns (layers, final bootstrap).
+fn layered_image(root: &Path, blobs: &Path) -> (Vec<PathBuf>, PathBuf) {
+    fs::create_dir_all(blobs).unwrap();
+    let layers: Vec<PathBuf> = (1..=3).map(|i| root.join(format!("l{i}"))).collect();
+    for l in &layers {
+        fs::create_dir_all(l).unwrap();
+    }
+    for i in 0..20 {
+        write_file(&layers[0].join(format!("f{i:02}")), &data(100_000, i));
+    }
+    fs::create_dir(layers[0].join("dir")).unwrap();
+    write_file(&layers[0].join("dir/kept"), &data(300_000, 99));
+    for i in 0..15 {
+        write_file(&layers[1].join(format!(".wh.f{i:02}")), b"");
+    }
+    write_file(&layers[1].join("upper"), b"second layer");
+    write_file(&layers[2].join("third"), &data(50_000, 7));
+    // The same bytes as a base file: one copy in a merged blob.
+    write_file(&layers[2].join("copy-of-f19"), &data(100_000, 19));
+    let mut parent: Option<PathBuf> = None;
+    for (i, l) in layers.iter().enumerate() {
+        let boot = root.join(format!("b{}", i + 1));
+        let mut args = vec!["create", "-l", "warn", "-B", s(&boot), "-D", s(blobs)];
+        let p;
+        if let Some(pb) = &parent {
+            p = pb.clone();
+            args.extend(["--parent-bootstrap", s(&p)]);
+        }
+        args.push(s(l));
+        let o = run(&args);
+        assert!(o.status.success(), "build layer {i}: {}", text(&o));
+        parent = Some(boot);
+    }
+    (layers, parent.unwrap())
+}
+
+fn verify_stack(boot: &Path, blobs: &Path, layers: &[PathBuf], via: &str) -> Output {
+    let mut args = vec!["verify", "--via", via, "-B", s(boot), "-D", s(blobs)];
+    args.extend(layers.iter().map(|l| s(l)));
+    run(&args)
+}
+
+#[test]
+fn compact_rebuilds_sparse_and_merges_small_blobs() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (layers, boot) = layered_image(root, &blobs);
+    let before = snapshot(&blobs);
+    let boot_before = fs::read(&boot).unwrap();
+    assert_eq!(before.len(), 3);
+
+    let new = root.join("new");
+    fs::create_dir(&new).unwrap();
+    let cfg = root.join("compact.json");
+    fs::write(
+        &cfg,
+        serde_json::json!({
+            "min_used_ratio": 50,
+            "compact_blob_size": 10_485_760,
+            "max_compact_size": 104_857_600,
+            "layers_to_compact": 2,
+            "blobs_dir": new,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let json = root.join("out.json");
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot),
+        "-C",
+        s(&cfg),
+        "-D",
+        s(&blobs),
+        "-J",
+        s(&json),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = PathBuf::from(format!("{}.bootstrap.compact", boot.display()));
+    assert!(out.is_file(), "default output path, as upstream");
+
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["blobs_before"].as_array().unwrap().len(), 3);
+    assert_eq!(report["blobs"].as_array().unwrap().len(), 1, "{report}");
+    let total_before: u64 = before.keys().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let written = report["bytes_written"].as_u64().unwrap();
+    assert!(
+        written * 2 < total_before,
+        "{written} of {total_before}: {report}"
+    );
+    assert!(report["bytes_reclaimed"].as_i64().unwrap() > 0, "{report}");
+    // The new blob is named by its sha256 and holds the used data once.
+    let made = snapshot(&new);
+    assert_eq!(made.len(), 1);
+    let (path, digest) = made.iter().next().unwrap();
+    assert_eq!(path.file_name().unwrap().to_str().unwrap(), digest);
+    let used = 5 * 100_000 + 300_000 + "second layer".len() + 50_000;
+    let size = fs::metadata(path).unwrap().len() as usize;
+    assert!(
+        size < used + 8192,
+        "new blob {size} bytes for {used} bytes of used data"
+    );
+
+    // Nothing of the original changed.
+    assert_eq!(snapshot(&blobs), before);
+    assert_eq!(fs::read(&boot).unwrap(), boot_before);
+
+    // The compacted image shows the same tree, through FUSE and through nydusd.
+    let o = verify_stack(&out, &new, &layers, "fuse");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let original = nydus_image::reader::Image::open(
+        &boot,
+        nydus_image::storage::blobs::BlobSource::Dir(blobs.clone()),
+    )
+    .unwrap();
+    let daemon = Nydusd::mount(&out, &new, &root.join("nydusd"));
+    let reference = scan_image(&original);
+    let mounted = scan_fs(&daemon.mnt);
+    assert_eq!(
+        reference.0.keys().collect::<Vec<_>>(),
+        mounted.0.keys().collect::<Vec<_>>()
+    );
+    for path in regular_files(&reference.0) {
+        let rel = std::ffi::OsStr::new(std::str::from_utf8(&path[1..]).unwrap());
+        let got = fs::read(daemon.mnt.join(rel)).unwrap();
+        let want = original
+            .read_all(original.resolve(&path).unwrap().unwrap())
+            .unwrap();
+        assert!(
+            got == want,
+            "{}: nydusd reads other bytes",
+            String::from_utf8_lossy(&path)
+        );
+    }
+}
+
+#[test]
+fn flags_thresholds_and_unused_blobs() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (layers, boot) = layered_image(root, &blobs);
+
+    // layers_to_compact above the blob count: nothing done, nothing written.
+    let out = root.join("out.boot");
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--layers-to-compact",
+        "4",
+        "-O",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to compact"));
+    assert!(!out.exists());
+
+    // Merging off (compact_blob_size 0), rebuild at 50%: only the sparse base is rebuilt;
+    // the two upper blobs stay referenced as they are.
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--min-used-ratio",
+        "50",
+        "--compact-blob-size",
+        "0",
+        "-O",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let image =
+        nydus_image::reader::Image::open(&out, nydus_image::storage::blobs::BlobSource::None)
+            .unwrap();
+    let original =
+        nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
+            .unwrap();
+    let ids: Vec<&str> = image.blobs().iter().map(|b| b.blob_id.as_str()).collect();
+    let old: Vec<&str> = original
+        .blobs()
+        .iter()
+        .map(|b| b.blob_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(&ids[..2], &old[1..], "kept blobs first, in order");
+    assert!(!old.contains(&ids[2]));
+    let o = verify_stack(&out, &blobs, &layers, "library");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // A layer that deletes everything of the layer below leaves that blob unused: it is
+    // dropped without rewriting anything.
+    let top = root.join("top");
+    fs::create_dir(&top).unwrap();
+    write_file(&top.join(".wh.third"), b"");
+    write_file(&top.join(".wh.copy-of-f19"), b"");
+    write_file(&top.join("new"), b"top layer");
+    let boot4 = root.join("b4");
+    let o = run(&[
+        "create",
+        "-l",
+        "warn",
+        "-B",
+        s(&boot4),
+        "-D",
+        s(&blobs),
+        "--parent-bootstrap",
+        s(&boot),
+        s(&top),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out4 = root.join("out4.boot");
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot4),
+        "-D",
+        s(&blobs),
+        "--compact-blob-size",
+        "0",
+        "-O",
+        s(&out4),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 unused dropped"),
+        "{}",
+        text(&o)
+    );
+    let image =
+        nydus_image::reader::Image::open(&out4, nydus_image::storage::blobs::BlobSource::None)
+            .unwrap();
+    assert_eq!(image.blobs().len(), 3);
+    let mut stack = layers.clone();
+    stack.push(top);
+    let o = verify_stack(&out4, &blobs, &stack, "library");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn create_with_chunk_dict_and_compact_config() {
+    // Upstream's documented form: build against a chunk dictionary, then compact with a
+    // backend that holds the dictionary's blobs.
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let dict_src = root.join("dict-src");
+    fs::create_dir(&dict_src).unwrap();
+    for i in 0..10 {
+        write_file(&dict_src.join(format!("d{i}")), &data(200_000, i));
+    }
+    let blobs = root.join("blobs");
+    fs::create_dir(&blobs).unwrap();
+    let dict = root.join("dict.boot");
+    assert!(run(&[
+        "create",
+        "-l",
+        "warn",
+        "-B",
+        s(&dict),
+        "-D",
+        s(&blobs),
+        s(&dict_src)
+    ])
+    .status
+    .success());
+    let src = root.join("src");
+    fs::create_dir(&src).unwrap();
+    write_file(&src.join("reused"), &data(200_000, 3));
+    write_file(&src.join("fresh"), &data(20_000, 77));
+    let backend = root.join("backend.json");
+    fs::write(&backend, serde_json::json!({"dir": blobs}).to_string()).unwrap();
+    let cfg = root.join("compact.json");
+    fs::write(
+        &cfg,
+        serde_json::json!({"min_used_ratio": 30, "compact_blob_size": 10_485_760,
+            "max_compact_size": 104_857_600, "layers_to_compact": 0, "blobs_dir": blobs,
+            "version": 2})
+        .to_string(),
+    )
+    .unwrap();
+    let boot = root.join("image.boot");
+    let o = run(&[
+        "create",
+        "-l",
+        "warn",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--chunk-dict",
+        &format!("bootstrap={}", dict.display()),
+        "--config",
+        s(&cfg),
+        "--backend-type",
+        "localfs",
+        "--backend-config-file",
+        s(&backend),
+        s(&src),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The dictionary blob (10% used) and the new blob merged into one.
+    let image =
+        nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
+            .unwrap();
+    assert_eq!(image.blobs().len(), 1, "{}", text(&o));
+    let o = run(&["verify", "-B", s(&boot), "-D", s(&blobs), s(&src)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn bad_settings_and_bad_blobs_are_refused_cleanly() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (_, boot) = layered_image(root, &blobs);
+    let out = root.join("out.boot");
+
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        (
+            "unknown",
+            serde_json::json!({"min_used_ratio": 10, "min_use_ratio": 5}),
+            "unknown field `min_use_ratio`",
+        ),
+        (
+            "ratio",
+            serde_json::json!({"min_used_ratio": 100}),
+            "min_used_ratio 100 is out of range",
+        ),
+        (
+            "sizes",
+            serde_json::json!({"compact_blob_size": 10, "max_compact_size": 5}),
+            "exceeds max_compact_size",
+        ),
+        (
+            "negative",
+            serde_json::json!({"max_compact_size": -1}),
+            "invalid compaction config",
+        ),
+    ];
+    for (name, cfg, expect) in cases {
+        let path = root.join(format!("{name}.json"));
+        fs::write(&path, cfg.to_string()).unwrap();
+        let o = run(&[
+            "compact",
+            "-B",
+            s(&boot),
+            "-C",
+            s(&path),
+            "-D",
+            s(&blobs),
+            "-O",
+            s(&out),
+        ]);
+        assert!(!o.status.success(), "{name}: accepted");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(expect),
+            "{name}: {}",
+            text(&o)
+        );
+        assert!(!out.exists());
+    }
+    // The same settings checks run before `create` does any work.
+    let path = root.join("ratio.json");
+    let fresh = root.join("fresh.boot");
+    let o = run(&[
+        "create",
+        "-B",
+        s(&fresh),
+        "-D",
+        s(&blobs),
+        "--config",
+        s(&path),
+        s(&root.join("l1")),
+    ]);
+    assert!(!o.status.success());
+    assert!(!fresh.exists());
+
+    // A blob shorter than the bootstrap says, then a corrupt one: clear errors, and
+    // nothing new left behind.
+    let before = snapshot(&blobs);
+    let base = {
+        let image =
+            nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
+                .unwrap();
+        image.blobs()[0].blob_id.clone()
+    };
+    let work = root.join("work");
+    fs::create_dir(&work).unwrap();
+    for (name, damage, expect) in [
+        ("short", 0usize, "shorter than the bootstrap says"),
+        ("corrupt", 1usize, "does not match its digest"),
+    ] {
+        let copy = work.join(name);
+        fs::create_dir(&copy).unwrap();
+        for p in before.keys() {
+            fs::copy(p, copy.join(p.file_name().unwrap())).unwrap();
+        }
+        let victim = copy.join(&base);
+        let mut bytes = fs::read(&victim).unwrap();
+        if damage == 0 {
+            bytes.truncate(bytes.len() / 2);
+        } else {
+            let at = bytes.len() - 4096 - 1000; // inside the last chunk's data
+            bytes[at] ^= 0x55;
+        }
+        fs::write(&victim, &bytes).unwrap();
+        let snap = snapshot(&copy);
+        let o = run(&[
+            "compact",
+            "-B",
+            s(&boot),
+            "-D",
+            s(&copy),
+            "--min-used-ratio",
+            "90",
+            "-O",
+            s(&out),
+        ]);
+        assert!(!o.status.success(), "{name}: accepted\n{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expect) && err.contains(&base), "{name}: {err}");
+        assert!(!out.exists(), "{name}: bootstrap written");
+        assert_eq!(snapshot(&copy), snap, "{name}: blob directory changed");
+    }
+
+    // Backends: an unknown type, a missing directory.
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--backend-type",
+        "ftp",
+        "--backend-config",
+        "{}",
+        "-O",
+        s(&out),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown backend type"),
+        "{}",
+        text(&o)
+    );
+    let cfg = root.join("missing.json");
+    fs::write(
+        &cfg,
+        serde_json::json!({"dir": root.join("nowhere")}).to_string(),
+    )
+    .unwrap();
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--min-used-ratio",
+        "90",
+        "--backend-type",
+        "localfs",
+        "--backend-config-file",
+        s(&cfg),
+        "-O",
+        s(&out),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("nowhere"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    assert_eq!(snapshot(&blobs), before);
+}
