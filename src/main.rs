@@ -176,14 +176,24 @@ struct BlobArgs {
     /// A blob file (repeat for several).
     #[arg(short = 'b', long = "blob")]
     blobs: Vec<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 impl BlobArgs {
     fn source(&self) -> Result<BlobSource> {
+        if let Some(b) = self.backend.backend()? {
+            if self.blob_dir.is_some() || !self.blobs.is_empty() {
+                bail!("give either a backend or --blob-dir/--blob, not both");
+            }
+            return Ok(BlobSource::Backend(std::sync::Arc::from(b)));
+        }
         match (&self.blob_dir, self.blobs.is_empty()) {
             (Some(d), true) => Ok(BlobSource::Dir(d.clone())),
             (None, false) => Ok(BlobSource::Files(self.blobs.clone())),
-            (None, true) => bail!("give the blobs: --blob-dir DIR or --blob PATH"),
+            (None, true) => bail!(
+                "give the blobs: --blob-dir DIR, --blob PATH, or --backend-type with --backend-config-file"
+            ),
             (Some(_), false) => bail!("give either --blob-dir or --blob, not both"),
         }
     }

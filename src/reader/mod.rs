@@ -263,15 +263,21 @@ impl Image {
         chunks.dedup_by_key(|c| (c.0, c.1)); // a repeated key: the first entry serves
         let ids: Vec<String> = table.iter().map(|b| b.blob_id.clone()).collect();
         let blob_paths = blobs.resolve(&ids);
-        let blob_files = blob_paths
-            .iter()
-            .map(|p| match p {
-                Some(p) => {
-                    BlobFile::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
-                }
-                None => Err("no blob file given".to_string()),
-            })
-            .collect();
+        let blob_files = match &blobs {
+            BlobSource::Backend(b) => ids
+                .iter()
+                .map(|id| BlobFile::remote(b.clone(), id))
+                .collect(),
+            _ => blob_paths
+                .iter()
+                .map(|p| match p {
+                    Some(p) => {
+                        BlobFile::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+                    }
+                    None => Err("no blob file given".to_string()),
+                })
+                .collect(),
+        };
         let image = Image {
             path: path.to_path_buf(),
             meta,

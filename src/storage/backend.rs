@@ -1,7 +1,8 @@
 //! Where blob data lives: one trait for every storage backend, configured from upstream's
 //! backend configuration files (`--backend-type TYPE --backend-config-file FILE`).
 //!
-//! `localfs` is `{"dir": DIR}` (blobs named by id) or `{"blob_file": FILE}` (one blob).
+//! `localfs` is `{"dir": DIR}` (blobs named by id) or `{"blob_file": FILE}` (one blob);
+//! `registry` is an OCI distribution registry (see [`super::registry`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -22,7 +23,7 @@ pub struct BackendError {
 }
 
 /// Read access to blobs by id.
-pub trait Backend: Send + Sync {
+pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A short description for messages (`localfs DIR`).
     fn describe(&self) -> String;
     /// The blob's size in bytes.
@@ -161,9 +162,14 @@ pub fn from_config_file(kind: &str, config: &Path) -> Result<Box<dyn Backend>, S
             }
             Ok(Box::new(LocalFs { config: c }))
         }
-        "registry" | "oss" => Err(format!(
-            "the {kind} backend is not available yet; use localfs (a directory of blobs)"
-        )),
+        "registry" => {
+            let c: super::registry::RegistryConfig = serde_json::from_value(value)
+                .map_err(|e| format!("{}: registry configuration: {e}", config.display()))?;
+            let r = super::registry::Registry::new(c)
+                .map_err(|e| format!("{}: {e}", config.display()))?;
+            Ok(Box::new(r))
+        }
+        "oss" => Err("the oss backend is not available yet; use localfs or registry".to_string()),
         other => Err(format!(
             "unknown backend type {other:?}: use localfs, registry or oss"
         )),

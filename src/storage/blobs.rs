@@ -16,16 +16,24 @@ pub enum BlobSource {
     /// Explicit blob files. A file whose name is a blob id serves that blob; the others
     /// serve the remaining blobs in blob table order.
     Files(Vec<PathBuf>),
+    /// A storage backend serving blobs by id.
+    Backend(std::sync::Arc<dyn super::backend::Backend>),
 }
 
-/// An open blob file.
+/// An open blob: a local file or a blob of a storage backend.
 #[derive(Debug)]
 pub struct BlobFile {
-    /// Path it was opened from.
+    /// Path it was opened from (for a backend: a description with the blob id).
     pub path: PathBuf,
-    file: File,
+    source: Source,
     /// Its length when opened.
     pub len: u64,
+}
+
+#[derive(Debug)]
+enum Source {
+    File(File),
+    Backend(std::sync::Arc<dyn super::backend::Backend>, String),
 }
 
 impl BlobFile {
@@ -35,14 +43,32 @@ impl BlobFile {
         let len = file.metadata()?.len();
         Ok(BlobFile {
             path: path.to_path_buf(),
-            file,
+            source: Source::File(file),
+            len,
+        })
+    }
+
+    /// Opens blob `id` of a backend (asks for its size).
+    pub fn remote(
+        backend: std::sync::Arc<dyn super::backend::Backend>,
+        id: &str,
+    ) -> Result<Self, String> {
+        let len = backend.size(id).map_err(|e| e.to_string())?;
+        Ok(BlobFile {
+            path: PathBuf::from(format!("{}/{id}", backend.describe())),
+            source: Source::Backend(backend, id.to_string()),
             len,
         })
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.source {
+            Source::File(f) => f.read_exact_at(buf, offset),
+            Source::Backend(b, id) => b
+                .read_at(id, offset, buf)
+                .map_err(|e| std::io::Error::other(e.what)),
+        }
     }
 }
 
@@ -50,7 +76,7 @@ impl BlobSource {
     /// Resolves a path for each blob id (in table order); `None` where no file is known.
     pub fn resolve(&self, ids: &[String]) -> Vec<Option<PathBuf>> {
         match self {
-            BlobSource::None => vec![None; ids.len()],
+            BlobSource::None | BlobSource::Backend(_) => vec![None; ids.len()],
             BlobSource::Dir(dir) => ids.iter().map(|id| Some(dir.join(id))).collect(),
             BlobSource::Files(files) => {
                 let mut out: Vec<Option<PathBuf>> = vec![None; ids.len()];

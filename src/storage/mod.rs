@@ -3,3 +3,4 @@
 pub mod backend;
 pub mod blobs;
 pub mod compress;
+pub mod registry;

@@ -1,0 +1,500 @@
+//! The `registry` backend: blobs of an OCI distribution registry, fetched by digest with
+//! HTTP Range requests (`GET /v2/REPO/blobs/sha256:ID`).
+//!
+//! Authentication follows the registry's challenge: anonymous first; on 401 with
+//! `WWW-Authenticate: Basic` the configured credentials are sent; with `Bearer realm=...,
+//! service=..., scope=...` a token is fetched from the realm (with the credentials, if
+//! any) and sent as `Authorization: Bearer`. The accepted header is reused. Connections
+//! are pooled; transient failures (5xx, resets, timeouts) are retried with exponential
+//! backoff up to `retry_limit` times. Redirects (blob storage behind the registry) are
+//! followed without the registry's credentials.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::backend::{Backend, BackendError};
+
+/// Upstream's registry configuration (fields this backend does not use are accepted).
+#[derive(Clone, Debug, Deserialize)]
+pub struct RegistryConfig {
+    /// `https` (default) or `http`.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// Registry host, with port if any.
+    pub host: String,
+    /// Repository, e.g. `library/ubuntu`.
+    pub repo: String,
+    /// base64 of `user:password`.
+    #[serde(default)]
+    pub auth: Option<String>,
+    /// A bearer token to start with.
+    #[serde(default)]
+    pub registry_token: Option<String>,
+    /// Accept any TLS certificate.
+    #[serde(default)]
+    pub skip_verify: bool,
+    /// Seconds per request (0: none).
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// Seconds to connect (0: none).
+    #[serde(default = "default_timeout")]
+    pub connect_timeout: u64,
+    /// Retries of a failed request.
+    #[serde(default)]
+    pub retry_limit: u8,
+    /// HTTP proxy.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+/// Proxy settings (upstream's shape; `url` empty means none).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ProxyConfig {
+    /// Proxy URL, e.g. `http://127.0.0.1:3128`.
+    #[serde(default)]
+    pub url: String,
+}
+
+fn default_scheme() -> String {
+    "https".into()
+}
+
+fn default_timeout() -> u64 {
+    5
+}
+
+/// An OCI registry.
+#[derive(Debug)]
+pub struct Registry {
+    config: RegistryConfig,
+    agent: ureq::Agent,
+    credentials: Option<(String, String)>,
+    /// The Authorization header the registry last accepted.
+    authorization: Mutex<Option<String>>,
+    sizes: Mutex<HashMap<String, u64>>,
+}
+
+/// How long to wait before retry `n` (0-based).
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis((100u64 << n.min(5)).min(3000))
+}
+
+impl Registry {
+    /// A registry client for `config`.
+    pub fn new(config: RegistryConfig) -> Result<Self, String> {
+        if config.host.trim().is_empty() || config.repo.trim().is_empty() {
+            return Err("registry needs \"host\" and \"repo\"".into());
+        }
+        if !matches!(config.scheme.as_str(), "http" | "https") {
+            return Err(format!(
+                "registry scheme {:?}: use http or https",
+                config.scheme
+            ));
+        }
+        let credentials = match config.auth.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(a)
+                    .map_err(|_| "registry \"auth\" is not base64 of user:password".to_string())?;
+                let text = String::from_utf8(raw)
+                    .map_err(|_| "registry \"auth\" is not UTF-8 user:password".to_string())?;
+                let (u, p) = text
+                    .split_once(':')
+                    .ok_or("registry \"auth\" must encode user:password")?;
+                Some((u.to_string(), p.to_string()))
+            }
+        };
+        let mut builder = ureq::AgentBuilder::new()
+            .redirects(5)
+            .redirect_auth_headers(ureq::RedirectAuthHeaders::Never)
+            .max_idle_connections_per_host(8);
+        if config.timeout > 0 {
+            builder = builder.timeout(Duration::from_secs(config.timeout));
+        }
+        if config.connect_timeout > 0 {
+            builder = builder.timeout_connect(Duration::from_secs(config.connect_timeout));
+        }
+        if !config.proxy.url.is_empty() {
+            let proxy = ureq::Proxy::new(&config.proxy.url)
+                .map_err(|e| format!("proxy {:?}: {e}", config.proxy.url))?;
+            builder = builder.proxy(proxy);
+        }
+        if config.skip_verify {
+            builder = builder.tls_config(Arc::new(insecure_tls()));
+        }
+        let authorization = config
+            .registry_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("Bearer {t}"));
+        Ok(Registry {
+            agent: builder.build(),
+            credentials,
+            authorization: Mutex::new(authorization),
+            sizes: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    fn url(&self, blob_id: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/blobs/sha256:{blob_id}",
+            self.config.scheme, self.config.host, self.config.repo
+        )
+    }
+
+    fn err(&self, blob_id: &str, what: String) -> BackendError {
+        BackendError {
+            blob_id: blob_id.to_string(),
+            backend: self.describe(),
+            what,
+        }
+    }
+
+    /// Sends `method` for the blob, authenticating on demand and retrying transient
+    /// failures; returns the successful response.
+    fn send(
+        &self,
+        method: &str,
+        blob_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<ureq::Response, BackendError> {
+        if blob_id.len() != 64 || !blob_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.err(
+                blob_id,
+                "a registry blob id must be a sha256 digest (64 hex digits)".into(),
+            ));
+        }
+        let url = self.url(blob_id);
+        let mut authenticated = false;
+        let mut attempt = 0u32;
+        loop {
+            let mut req = self.agent.request(method, &url);
+            if let Some(a) = self.authorization.lock().expect("auth lock").clone() {
+                req = req.set("Authorization", &a);
+            }
+            if let Some((start, end)) = range {
+                req = req.set("Range", &format!("bytes={start}-{end}"));
+            }
+            let transient = match req.call() {
+                Ok(resp) => return Ok(resp),
+                Err(ureq::Error::Status(401, resp)) if !authenticated => {
+                    authenticated = true;
+                    let challenge = resp.header("WWW-Authenticate").unwrap_or("").to_string();
+                    let header = self.answer(blob_id, &challenge)?;
+                    *self.authorization.lock().expect("auth lock") = Some(header);
+                    continue;
+                }
+                Err(ureq::Error::Status(code @ (401 | 403), _)) => {
+                    return Err(self.err(
+                        blob_id,
+                        format!(
+                            "authentication failed (HTTP {code}){}",
+                            if self.credentials.is_none() {
+                                ": the registry wants credentials (\"auth\")"
+                            } else {
+                                ": check the credentials in \"auth\""
+                            }
+                        ),
+                    ))
+                }
+                Err(ureq::Error::Status(404, _)) => {
+                    return Err(self.err(blob_id, format!("not found in the registry ({url})")))
+                }
+                Err(ureq::Error::Status(code, resp)) if code >= 500 || code == 429 => {
+                    format!("HTTP {code} {}", resp.status_text())
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    return Err(self.err(
+                        blob_id,
+                        format!("HTTP {code} {} from {url}", resp.status_text()),
+                    ))
+                }
+                Err(ureq::Error::Transport(t)) => t.to_string(),
+            };
+            if attempt >= self.config.retry_limit as u32 {
+                return Err(self.err(
+                    blob_id,
+                    format!(
+                        "{transient} (after {} attempt(s); is the registry reachable?)",
+                        attempt + 1
+                    ),
+                ));
+            }
+            log::warn!("registry {}: {transient}; retrying", self.config.host);
+            std::thread::sleep(backoff(attempt));
+            attempt += 1;
+        }
+    }
+
+    /// The Authorization header answering a 401 challenge.
+    fn answer(&self, blob_id: &str, challenge: &str) -> Result<String, BackendError> {
+        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        let params = parse_challenge(params);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => {
+                let (u, p) = self.credentials.as_ref().ok_or_else(|| {
+                    self.err(
+                        blob_id,
+                        "authentication failed (HTTP 401): the registry wants credentials (\"auth\")"
+                            .into(),
+                    )
+                })?;
+                Ok(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ))
+            }
+            "bearer" => {
+                let realm = params.get("realm").ok_or_else(|| {
+                    self.err(
+                        blob_id,
+                        format!("bearer challenge without a realm: {challenge:?}"),
+                    )
+                })?;
+                let mut req = self.agent.get(realm);
+                for key in ["service", "scope"] {
+                    if let Some(v) = params.get(key) {
+                        req = req.query(key, v);
+                    }
+                }
+                if let Some((u, p)) = &self.credentials {
+                    req = req.set(
+                        "Authorization",
+                        &format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                        ),
+                    );
+                }
+                let resp = req.call().map_err(|e| match e {
+                    ureq::Error::Status(code, _) => self.err(
+                        blob_id,
+                        format!(
+                            "authentication failed: token service {realm} answered HTTP {code}"
+                        ),
+                    ),
+                    ureq::Error::Transport(t) => {
+                        self.err(blob_id, format!("token service {realm}: {t}"))
+                    }
+                })?;
+                let body: serde_json::Value = resp.into_json().map_err(|e| {
+                    self.err(blob_id, format!("token service {realm}: not JSON: {e}"))
+                })?;
+                let token = body
+                    .get("token")
+                    .or_else(|| body.get("access_token"))
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| {
+                        self.err(
+                            blob_id,
+                            format!("token service {realm}: no token in its answer"),
+                        )
+                    })?;
+                Ok(format!("Bearer {token}"))
+            }
+            _ => Err(self.err(
+                blob_id,
+                format!("authentication failed: unknown challenge {challenge:?}"),
+            )),
+        }
+    }
+}
+
+/// `realm="https://auth",service="registry",scope="repository:x:pull"` as a map.
+fn parse_challenge(params: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        out.insert(key, value.to_string());
+        rest = tail.trim_start().trim_start_matches(',').trim_start();
+    }
+    out
+}
+
+impl Backend for Registry {
+    fn describe(&self) -> String {
+        format!(
+            "registry {}://{}/{}",
+            self.config.scheme, self.config.host, self.config.repo
+        )
+    }
+
+    fn size(&self, blob_id: &str) -> Result<u64, BackendError> {
+        if let Some(&s) = self.sizes.lock().expect("sizes lock").get(blob_id) {
+            return Ok(s);
+        }
+        let resp = self.send("HEAD", blob_id, None)?;
+        let size = resp
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| self.err(blob_id, "the registry gave no Content-Length".into()))?;
+        self.sizes
+            .lock()
+            .expect("sizes lock")
+            .insert(blob_id.to_string(), size);
+        Ok(size)
+    }
+
+    fn read_at(&self, blob_id: &str, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64 - 1;
+        let resp = self.send("GET", blob_id, Some((offset, end)))?;
+        // A server that ignores Range sends the whole blob (200): skip to the offset.
+        let whole = resp.status() == 200;
+        let mut body = resp.into_reader();
+        if whole && offset > 0 {
+            let skipped = std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
+                .map_err(|e| self.err(blob_id, format!("reading the response: {e}")))?;
+            if skipped < offset {
+                return Err(self.err(
+                    blob_id,
+                    format!("the blob ends at 0x{skipped:x}, before 0x{offset:x}: it is shorter than the bootstrap says"),
+                ));
+            }
+        }
+        let mut got = 0;
+        while got < buf.len() {
+            match body.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err(blob_id, format!("reading the response: {e}"))),
+            }
+        }
+        if got < buf.len() {
+            return Err(self.err(
+                blob_id,
+                format!(
+                    "the registry sent {got} of {} bytes at 0x{offset:x}: the blob is shorter than the bootstrap says",
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// TLS that accepts any certificate (`skip_verify`).
+fn insecure_tls() -> rustls::ClientConfig {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AcceptAll(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AcceptAll {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAll(provider)))
+        .with_no_client_auth()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let p = parse_challenge(
+            r#"realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        );
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:a/b:pull");
+        let p = parse_challenge(r#"realm="x", error="insufficient_scope""#);
+        assert_eq!(p["realm"], "x");
+        assert_eq!(p["error"], "insufficient_scope");
+    }
+
+    #[test]
+    fn auth_must_be_base64_user_password() {
+        let cfg = |auth: &str| RegistryConfig {
+            scheme: "http".into(),
+            host: "h".into(),
+            repo: "r".into(),
+            auth: Some(auth.into()),
+            registry_token: None,
+            skip_verify: false,
+            timeout: 5,
+            connect_timeout: 5,
+            retry_limit: 0,
+            proxy: ProxyConfig::default(),
+        };
+        assert!(Registry::new(cfg("dXNlcjpwYXNz")).is_ok()); // user:pass
+        assert!(Registry::new(cfg("not base64!")).is_err());
+        assert!(Registry::new(cfg("dXNlcg==")).is_err()); // "user", no colon
+    }
+}

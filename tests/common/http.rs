@@ -1,0 +1,275 @@
+//! Test-side HTTP servers: a real OCI registry (Debian's docker-registry, distribution
+//! 2.8) under a temporary directory, and a small scripted server for what a registry
+//! cannot be asked to do (bearer token challenges, transient failures).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running docker-registry, killed on drop.
+pub struct RealRegistry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    /// `user:password` it accepts, if it wants any.
+    pub credentials: Option<(String, String)>,
+}
+
+impl RealRegistry {
+    /// Starts a registry storing under `dir`; with `credentials`, htpasswd (bcrypt) basic
+    /// auth is required.
+    pub fn start(dir: &Path, credentials: Option<(&str, &str)>) -> Self {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+            dir.join("data").display()
+        );
+        if let Some((u, p)) = credentials {
+            let o = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("htpasswd (package apache2-utils)");
+            assert!(o.status.success());
+            std::fs::write(dir.join("htpasswd"), o.stdout).unwrap();
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test-registry\n    path: {}\n",
+                dir.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.join("config.yml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry (package docker-registry; scripts/setup installs it)");
+        let me = RealRegistry {
+            child,
+            host,
+            credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&me.host).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        me
+    }
+
+    fn auth(&self, req: ureq::Request) -> ureq::Request {
+        match &self.credentials {
+            Some((u, p)) => {
+                use base64::Engine;
+                let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                req.set("Authorization", &format!("Basic {b}"))
+            }
+            None => req,
+        }
+    }
+
+    /// Pushes `file` as a blob of `repo` through the distribution API; returns its id.
+    pub fn push(&self, repo: &str, file: &Path) -> String {
+        use sha2::Digest;
+        let data = std::fs::read(file).unwrap();
+        let id = hex::encode(sha2::Sha256::digest(&data));
+        let start = self
+            .auth(ureq::post(&format!(
+                "http://{}/v2/{repo}/blobs/uploads/",
+                self.host
+            )))
+            .call()
+            .expect("start upload");
+        let location = start
+            .header("Location")
+            .expect("upload location")
+            .to_string();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = if location.starts_with("http") {
+            location.clone()
+        } else {
+            format!("http://{}{location}", self.host)
+        };
+        let put = self
+            .auth(ureq::put(&format!("{url}{sep}digest=sha256:{id}")))
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(&data)
+            .expect("finish upload");
+        assert_eq!(put.status(), 201);
+        id
+    }
+
+    /// The backend configuration for `repo` (with `auth` as given).
+    pub fn config(&self, repo: &str, auth: Option<(&str, &str)>) -> serde_json::Value {
+        use base64::Engine;
+        let mut v = serde_json::json!({"scheme": "http", "host": self.host, "repo": repo,
+            "timeout": 10, "retry_limit": 2});
+        if let Some((u, p)) = auth {
+            v["auth"] = base64::engine::general_purpose::STANDARD
+                .encode(format!("{u}:{p}"))
+                .into();
+        }
+        v
+    }
+}
+
+impl Drop for RealRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One parsed request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// What a scripted server answers: status, headers, body.
+pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 answering with `handler`; keeps connections
+/// alive and counts requests and connections.
+pub struct ScriptedServer {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<Request>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl ScriptedServer {
+    pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        let (reqs, conns) = (requests.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (handler, reqs) = (handler.clone(), reqs.clone());
+                std::thread::spawn(move || serve(stream, &*handler, &reqs));
+            }
+        });
+        ScriptedServer {
+            port,
+            requests,
+            connections,
+        }
+    }
+}
+
+fn serve(stream: TcpStream, handler: &dyn Fn(&Request) -> Reply, log: &Mutex<Vec<Request>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        if let Some(len) = headers
+            .get("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+        {
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let req = Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            headers,
+        };
+        log.lock().unwrap().push(req.clone());
+        let (status, extra, body) = handler(&req);
+        if status == 0 {
+            return; // drop the connection: a reset
+        }
+        let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        if out.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        if req.method != "HEAD" && out.write_all(&body).is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `bytes` for a GET with an optional `Range: bytes=A-B` header.
+pub fn ranged(req: &Request, bytes: &[u8]) -> Reply {
+    match req
+        .headers
+        .get("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+    {
+        Some(r) => {
+            let (a, b) = r.split_once('-').unwrap();
+            let a: usize = a.parse().unwrap();
+            let b: usize = b
+                .parse::<usize>()
+                .unwrap()
+                .min(bytes.len().saturating_sub(1));
+            if a >= bytes.len() {
+                return (416, vec![], vec![]);
+            }
+            (206, vec![], bytes[a..=b].to_vec())
+        }
+        None => (200, vec![], bytes.to_vec()),
+    }
+}
+
+/// A blob directory's files as (id, bytes).
+pub fn blobs_of(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.file_name().unwrap().to_str().unwrap().to_string(), p))
+        .collect();
+    out.sort();
+    out
+}
