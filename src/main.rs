@@ -86,7 +86,7 @@ enum Command {
 /// Where blobs are read from: a backend configuration, as upstream takes it.
 #[derive(clap::Args, Clone)]
 struct BackendArgs {
-    /// Storage backend type: localfs (registry and oss are not available yet).
+    /// Storage backend type: localfs, registry or oss.
     #[arg(long = "backend-type")]
     backend_type: Option<String>,
     /// Backend configuration file (upstream's shape, e.g. {"dir": "/blobs"} for localfs).

@@ -2,7 +2,8 @@
 //! backend configuration files (`--backend-type TYPE --backend-config-file FILE`).
 //!
 //! `localfs` is `{"dir": DIR}` (blobs named by id) or `{"blob_file": FILE}` (one blob);
-//! `registry` is an OCI distribution registry (see [`super::registry`]).
+//! `registry` is an OCI distribution registry (see [`super::registry`]); `oss` an Alibaba
+//! Cloud OSS bucket (see [`super::oss`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -169,7 +170,12 @@ pub fn from_config_file(kind: &str, config: &Path) -> Result<Box<dyn Backend>, S
                 .map_err(|e| format!("{}: {e}", config.display()))?;
             Ok(Box::new(r))
         }
-        "oss" => Err("the oss backend is not available yet; use localfs or registry".to_string()),
+        "oss" => {
+            let c: super::oss::OssConfig = serde_json::from_value(value)
+                .map_err(|e| format!("{}: oss configuration: {e}", config.display()))?;
+            let o = super::oss::Oss::new(c).map_err(|e| format!("{}: {e}", config.display()))?;
+            Ok(Box::new(o))
+        }
         other => Err(format!(
             "unknown backend type {other:?}: use localfs, registry or oss"
         )),

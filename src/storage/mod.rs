@@ -3,4 +3,5 @@
 pub mod backend;
 pub mod blobs;
 pub mod compress;
+pub mod oss;
 pub mod registry;

@@ -405,7 +405,7 @@ impl Backend for Registry {
 }
 
 /// TLS that accepts any certificate (`skip_verify`).
-fn insecure_tls() -> rustls::ClientConfig {
+pub(crate) fn insecure_tls() -> rustls::ClientConfig {
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{DigitallySignedStruct, SignatureScheme};
