@@ -152,7 +152,8 @@ struct CompactArgs {
     /// Compact only when the image references at least this many blobs (0: always).
     #[arg(long = "layers-to-compact")]
     layers_to_compact: Option<u64>,
-    /// Chunk dictionary (not supported by compact yet).
+    /// Chunk dictionary (`bootstrap=PATH`): chunks it holds are referenced from its blobs,
+    /// which are kept as they are.
     #[arg(long = "chunk-dict")]
     chunk_dict: Option<String>,
     /// Where to write the new bootstrap (default: BOOTSTRAP with extension
@@ -581,6 +582,7 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
             &summary.bootstrap,
             cfg,
             None,
+            opts.chunk_dict.as_deref(),
         )?;
     }
     let Some(how) = args.verify else {
@@ -1149,9 +1151,11 @@ impl ProgressMeter {
 }
 
 fn compact_cmd(args: CompactArgs) -> Result<()> {
-    if args.chunk_dict.is_some() {
-        bail!("--chunk-dict is not supported by compact yet");
-    }
+    let chunk_dict = args
+        .chunk_dict
+        .as_deref()
+        .map(nydus_image::builder::dict::parse_arg)
+        .transpose()?;
     let mut cfg = match &args.config {
         Some(p) => CompactConfig::load(p).map_err(|e| anyhow!(e))?,
         None => CompactConfig::default(),
@@ -1181,6 +1185,7 @@ fn compact_cmd(args: CompactArgs) -> Result<()> {
         &output,
         &cfg,
         args.output_json.as_deref(),
+        chunk_dict.as_deref(),
     )
 }
 
@@ -1192,6 +1197,7 @@ fn run_compaction(
     output: &std::path::Path,
     cfg: &CompactConfig,
     json: Option<&std::path::Path>,
+    chunk_dict: Option<&std::path::Path>,
 ) -> Result<()> {
     let out_dir = cfg
         .blobs_dir
@@ -1205,9 +1211,15 @@ fn run_compaction(
         )),
     };
     let started = Instant::now();
-    let summary =
-        nydus_image::builder::compact::compact(bootstrap, backend.as_ref(), &out_dir, output, cfg)
-            .with_context(|| format!("cannot compact {}", bootstrap.display()))?;
+    let summary = nydus_image::builder::compact::compact(
+        bootstrap,
+        backend.as_ref(),
+        &out_dir,
+        output,
+        cfg,
+        chunk_dict,
+    )
+    .with_context(|| format!("cannot compact {}", bootstrap.display()))?;
     match &summary.unchanged_because {
         Some(why) => println!("nothing to compact: {why}; no bootstrap written"),
         None => {

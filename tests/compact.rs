@@ -300,9 +300,9 @@ fn flags_thresholds_and_unused_blobs() {
 }
 
 #[test]
-fn create_with_chunk_dict_and_compact_config() {
-    // Upstream's documented form: build against a chunk dictionary, then compact with a
-    // backend that holds the dictionary's blobs.
+fn chunk_dictionaries_in_compaction() {
+    // A dictionary image; its blobs are shared with other images, so compaction
+    // references them but never rewrites them.
     let scratch = Scratch::new();
     let root = scratch.path();
     let dict_src = root.join("dict-src");
@@ -325,23 +325,23 @@ fn create_with_chunk_dict_and_compact_config() {
     ])
     .status
     .success());
+    let dict_blob = {
+        let image =
+            nydus_image::reader::Image::open(&dict, nydus_image::storage::blobs::BlobSource::None)
+                .unwrap();
+        image.blobs()[0].blob_id.clone()
+    };
+    let dict_arg = format!("bootstrap={}", dict.display());
+
+    // 1. `compact --chunk-dict`: an image built without the dictionary holds a copy of a
+    // dictionary file; that copy's chunks move to the dictionary blob, which leaves the
+    // image's own blob sparse enough to rebuild with only what the dictionary lacks.
     let src = root.join("src");
     fs::create_dir(&src).unwrap();
-    write_file(&src.join("reused"), &data(200_000, 3));
-    write_file(&src.join("fresh"), &data(20_000, 77));
-    let backend = root.join("backend.json");
-    fs::write(&backend, serde_json::json!({"dir": blobs}).to_string()).unwrap();
-    let cfg = root.join("compact.json");
-    fs::write(
-        &cfg,
-        serde_json::json!({"min_used_ratio": 30, "compact_blob_size": 10_485_760,
-            "max_compact_size": 104_857_600, "layers_to_compact": 0, "blobs_dir": blobs,
-            "version": 2})
-        .to_string(),
-    )
-    .unwrap();
+    write_file(&src.join("in-dict"), &data(200_000, 3));
+    write_file(&src.join("own"), &data(60_000, 77));
     let boot = root.join("image.boot");
-    let o = run(&[
+    assert!(run(&[
         "create",
         "-l",
         "warn",
@@ -349,23 +349,105 @@ fn create_with_chunk_dict_and_compact_config() {
         s(&boot),
         "-D",
         s(&blobs),
+        s(&src)
+    ])
+    .status
+    .success());
+    let out = root.join("out.boot");
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
         "--chunk-dict",
-        &format!("bootstrap={}", dict.display()),
+        &dict_arg,
+        "--min-used-ratio",
+        "60",
+        "-O",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let image =
+        nydus_image::reader::Image::open(&out, nydus_image::storage::blobs::BlobSource::None)
+            .unwrap();
+    let ids: Vec<String> = image.blobs().iter().map(|b| b.blob_id.clone()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&dict_blob), "{ids:?}");
+    let o = run(&["verify", "-B", s(&out), "-D", s(&blobs), s(&src)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // 2. Upstream's documented form: `create --chunk-dict ... --config compact.json
+    // --backend-type localfs --backend-config-file ...` over a sparse parent layer.
+    let l1 = root.join("l1");
+    fs::create_dir(&l1).unwrap();
+    for i in 0..10 {
+        write_file(&l1.join(format!("f{i}")), &data(100_000, 100 + i));
+    }
+    let b1 = root.join("b1");
+    assert!(run(&[
+        "create",
+        "-l",
+        "warn",
+        "-B",
+        s(&b1),
+        "-D",
+        s(&blobs),
+        s(&l1)
+    ])
+    .status
+    .success());
+    let l2 = root.join("l2");
+    fs::create_dir(&l2).unwrap();
+    for i in 0..8 {
+        write_file(&l2.join(format!(".wh.f{i}")), b"");
+    }
+    write_file(&l2.join("reused"), &data(200_000, 4));
+    write_file(&l2.join("fresh"), &data(20_000, 55));
+    let backend = root.join("backend.json");
+    fs::write(&backend, serde_json::json!({"dir": blobs}).to_string()).unwrap();
+    let cfg = root.join("compact.json");
+    fs::write(
+        &cfg,
+        serde_json::json!({"min_used_ratio": 50, "compact_blob_size": 10_485_760,
+            "max_compact_size": 104_857_600, "layers_to_compact": 0, "blobs_dir": blobs,
+            "version": 2})
+        .to_string(),
+    )
+    .unwrap();
+    let dict_file = fs::read(blobs.join(&dict_blob)).unwrap();
+    let b2 = root.join("b2");
+    let o = run(&[
+        "create",
+        "-l",
+        "warn",
+        "-B",
+        s(&b2),
+        "-D",
+        s(&blobs),
+        "--parent-bootstrap",
+        s(&b1),
+        "--chunk-dict",
+        &dict_arg,
         "--config",
         s(&cfg),
         "--backend-type",
         "localfs",
         "--backend-config-file",
         s(&backend),
-        s(&src),
+        s(&l2),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    // The dictionary blob (10% used) and the new blob merged into one.
+    // The sparse parent blob and the new layer blob became one; the dictionary blob is
+    // referenced as it was.
     let image =
-        nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
+        nydus_image::reader::Image::open(&b2, nydus_image::storage::blobs::BlobSource::None)
             .unwrap();
-    assert_eq!(image.blobs().len(), 1, "{}", text(&o));
-    let o = run(&["verify", "-B", s(&boot), "-D", s(&blobs), s(&src)]);
+    let ids: Vec<String> = image.blobs().iter().map(|b| b.blob_id.clone()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}\n{}", text(&o));
+    assert!(ids.contains(&dict_blob));
+    assert_eq!(fs::read(blobs.join(&dict_blob)).unwrap(), dict_file);
+    let o = run(&["verify", "-B", s(&b2), "-D", s(&blobs), s(&l1), s(&l2)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 

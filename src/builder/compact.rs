@@ -161,13 +161,16 @@ fn blob_data_size(b: &BlobEntry) -> u64 {
 }
 
 /// Compacts the image at `bootstrap`, reading blobs from `backend`, writing new blobs to
-/// `blobs_dir` and the new bootstrap to `output`.
+/// `blobs_dir` and the new bootstrap to `output`. With a chunk dictionary, chunks the
+/// dictionary holds are referenced from its blobs first (those blobs are shared with
+/// other images: they are kept as they are, never rewritten).
 pub fn compact(
     bootstrap: &Path,
     backend: &dyn Backend,
     blobs_dir: &Path,
     output: &Path,
     cfg: &CompactConfig,
+    chunk_dict: Option<&Path>,
 ) -> Result<CompactSummary, BuildError> {
     cfg.validate().map_err(BuildError::Options)?;
     if !blobs_dir.is_dir() {
@@ -183,7 +186,7 @@ pub fn compact(
             what: e.to_string(),
         }
     })?;
-    let blobs = image.blobs().to_vec();
+    let mut blobs = image.blobs().to_vec();
     let mut summary = CompactSummary {
         blobs_before: blobs.iter().map(|b| b.blob_id.clone()).collect(),
         ..CompactSummary::default()
@@ -198,7 +201,19 @@ pub fn compact(
         return Ok(summary);
     }
     let root = parent::load(&image, 0)?;
-    let tree = overlay::flatten(root);
+    let mut tree = overlay::flatten(root);
+    let mut shared = vec![false; blobs.len()];
+    if let Some(path) = chunk_dict {
+        let sb = image.super_block();
+        let opts = super::BuildOptions {
+            chunk_size: sb.chunk_size,
+            digester: sb.digester,
+            compressor: sb.compressor,
+            ..super::BuildOptions::default()
+        };
+        let dict = super::dict::ChunkDict::load(path, &opts)?;
+        use_dictionary(&mut tree, &mut blobs, &mut shared, &dict);
+    }
 
     // Which chunks of which blob the tree uses.
     let mut usage: Vec<Usage> = blobs.iter().map(|_| Usage::default()).collect();
@@ -232,6 +247,8 @@ pub fn compact(
         let p = if u.chunks.is_empty() {
             summary.unused_blobs.push(b.blob_id.clone());
             Plan::Drop
+        } else if shared[i] {
+            Plan::Keep
         } else if writable(b) && size > 0 && u.used_bytes * 100 < cfg.min_used_ratio * size {
             Plan::Rebuild
         } else {
@@ -252,6 +269,7 @@ pub fn compact(
     let mut candidates: BTreeMap<(u32, u32, u32), Vec<(u64, usize)>> = BTreeMap::new();
     for (i, b) in blobs.iter().enumerate() {
         let small = match plan[i] {
+            Plan::Keep if shared[i] => false,
             Plan::Keep => writable(b) && blob_data_size(b) < cfg.compact_blob_size,
             Plan::Rebuild => usage[i].used_bytes < cfg.compact_blob_size,
             Plan::Drop => false,
@@ -411,6 +429,56 @@ pub fn compact(
     summary.blobs_after = blobs_out.iter().map(|b| b.blob_id.clone()).collect();
     summary.bootstrap = Some(path);
     Ok(summary)
+}
+
+/// Points chunks the dictionary holds at the dictionary's blobs (added to `blobs`, marked
+/// `shared`), unless they already are in one of them.
+fn use_dictionary(
+    tree: &mut Tree,
+    blobs: &mut Vec<BlobEntry>,
+    shared: &mut Vec<bool>,
+    dict: &super::dict::ChunkDict,
+) {
+    let mut index_of: HashMap<String, u32> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.blob_id.clone(), i as u32))
+        .collect();
+    for b in &dict.blobs {
+        if let Some(&i) = index_of.get(&b.blob_id) {
+            shared[i as usize] = true;
+        }
+    }
+    let mut moved = 0u64;
+    for node in &mut tree.nodes {
+        let FileData::Chunks(list) = &mut node.data else {
+            continue;
+        };
+        for c in list.iter_mut() {
+            if shared[c.blob_index as usize] {
+                continue;
+            }
+            let Some(d) = dict.get(&c.digest) else {
+                continue;
+            };
+            if d.uncompressed_size != c.uncompressed_size {
+                continue;
+            }
+            let entry = &dict.blobs[d.blob_index as usize];
+            let at = *index_of.entry(entry.blob_id.clone()).or_insert_with(|| {
+                blobs.push(entry.clone());
+                shared.push(true);
+                blobs.len() as u32 - 1
+            });
+            *c = ChunkInfo {
+                blob_index: at,
+                file_offset: c.file_offset,
+                ..d
+            };
+            moved += 1;
+        }
+    }
+    log::info!("chunk dictionary: {moved} chunk reference(s) now point at its blobs");
 }
 
 /// The new blob of one group: its entry, the chunk moves, and its size.
