@@ -8,34 +8,19 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use sha2::Digest;
 
-fn ours(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(our_bin())
-        .args(args)
-        .output()
-        .expect("run nydus-image")
-}
-
-fn run(args: &[&str]) -> Output {
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    ours(&args)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// The blob table of the image at `boot`, as blob ids.
+fn blob_ids(boot: &Path) -> Vec<String> {
+    nydus_image::reader::Image::open(boot, nydus_image::storage::blobs::BlobSource::None)
+        .unwrap_or_else(|e| panic!("{}: {e}", boot.display()))
+        .blobs()
+        .iter()
+        .map(|b| b.blob_id.clone())
+        .collect()
 }
 
 /// Every file in `dir` with its sha256.
@@ -76,14 +61,10 @@ fn layered_image(root: &Path, blobs: &Path) -> (Vec<PathBuf>, PathBuf) {
     let mut parent: Option<PathBuf> = None;
     for (i, l) in layers.iter().enumerate() {
         let boot = root.join(format!("b{}", i + 1));
-        let mut args = vec!["create", "-l", "warn", "-B", s(&boot), "-D", s(blobs)];
-        let p;
-        if let Some(pb) = &parent {
-            p = pb.clone();
-            args.extend(["--parent-bootstrap", s(&p)]);
-        }
-        args.push(s(l));
-        let o = run(&args);
+        let o = match &parent {
+            Some(p) => build(l, &boot, blobs, &["--parent-bootstrap", s(p)]),
+            None => build(l, &boot, blobs, &[]),
+        };
         assert!(o.status.success(), "build layer {i}: {}", text(&o));
         parent = Some(boot);
     }
@@ -232,18 +213,8 @@ fn flags_thresholds_and_unused_blobs() {
         s(&out),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let image =
-        nydus_image::reader::Image::open(&out, nydus_image::storage::blobs::BlobSource::None)
-            .unwrap();
-    let original =
-        nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
-            .unwrap();
-    let ids: Vec<&str> = image.blobs().iter().map(|b| b.blob_id.as_str()).collect();
-    let old: Vec<&str> = original
-        .blobs()
-        .iter()
-        .map(|b| b.blob_id.as_str())
-        .collect();
+    let ids = blob_ids(&out);
+    let old = blob_ids(&boot);
     assert_eq!(ids.len(), 3);
     assert_eq!(&ids[..2], &old[1..], "kept blobs first, in order");
     assert!(!old.contains(&ids[2]));
@@ -258,18 +229,7 @@ fn flags_thresholds_and_unused_blobs() {
     write_file(&top.join(".wh.copy-of-f19"), b"");
     write_file(&top.join("new"), b"top layer");
     let boot4 = root.join("b4");
-    let o = run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&boot4),
-        "-D",
-        s(&blobs),
-        "--parent-bootstrap",
-        s(&boot),
-        s(&top),
-    ]);
+    let o = build(&top, &boot4, &blobs, &["--parent-bootstrap", s(&boot)]);
     assert!(o.status.success(), "{}", text(&o));
     let out4 = root.join("out4.boot");
     let o = run(&[
@@ -289,10 +249,7 @@ fn flags_thresholds_and_unused_blobs() {
         "{}",
         text(&o)
     );
-    let image =
-        nydus_image::reader::Image::open(&out4, nydus_image::storage::blobs::BlobSource::None)
-            .unwrap();
-    assert_eq!(image.blobs().len(), 3);
+    assert_eq!(blob_ids(&out4).len(), 3);
     let mut stack = layers.clone();
     stack.push(top);
     let o = verify_stack(&out4, &blobs, &stack, "library");
@@ -313,24 +270,8 @@ fn chunk_dictionaries_in_compaction() {
     let blobs = root.join("blobs");
     fs::create_dir(&blobs).unwrap();
     let dict = root.join("dict.boot");
-    assert!(run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&dict),
-        "-D",
-        s(&blobs),
-        s(&dict_src)
-    ])
-    .status
-    .success());
-    let dict_blob = {
-        let image =
-            nydus_image::reader::Image::open(&dict, nydus_image::storage::blobs::BlobSource::None)
-                .unwrap();
-        image.blobs()[0].blob_id.clone()
-    };
+    assert!(build(&dict_src, &dict, &blobs, &[]).status.success());
+    let dict_blob = blob_ids(&dict)[0].clone();
     let dict_arg = format!("bootstrap={}", dict.display());
 
     // 1. `compact --chunk-dict`: an image built without the dictionary holds a copy of a
@@ -341,18 +282,7 @@ fn chunk_dictionaries_in_compaction() {
     write_file(&src.join("in-dict"), &data(200_000, 3));
     write_file(&src.join("own"), &data(60_000, 77));
     let boot = root.join("image.boot");
-    assert!(run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        s(&src)
-    ])
-    .status
-    .success());
+    assert!(build(&src, &boot, &blobs, &[]).status.success());
     let out = root.join("out.boot");
     let o = run(&[
         "compact",
@@ -368,10 +298,7 @@ fn chunk_dictionaries_in_compaction() {
         s(&out),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let image =
-        nydus_image::reader::Image::open(&out, nydus_image::storage::blobs::BlobSource::None)
-            .unwrap();
-    let ids: Vec<String> = image.blobs().iter().map(|b| b.blob_id.clone()).collect();
+    let ids = blob_ids(&out);
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.contains(&dict_blob), "{ids:?}");
     let o = run(&["verify", "-B", s(&out), "-D", s(&blobs), s(&src)]);
@@ -385,18 +312,7 @@ fn chunk_dictionaries_in_compaction() {
         write_file(&l1.join(format!("f{i}")), &data(100_000, 100 + i));
     }
     let b1 = root.join("b1");
-    assert!(run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&b1),
-        "-D",
-        s(&blobs),
-        s(&l1)
-    ])
-    .status
-    .success());
+    assert!(build(&l1, &b1, &blobs, &[]).status.success());
     let l2 = root.join("l2");
     fs::create_dir(&l2).unwrap();
     for i in 0..8 {
@@ -417,33 +333,27 @@ fn chunk_dictionaries_in_compaction() {
     .unwrap();
     let dict_file = fs::read(blobs.join(&dict_blob)).unwrap();
     let b2 = root.join("b2");
-    let o = run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&b2),
-        "-D",
-        s(&blobs),
-        "--parent-bootstrap",
-        s(&b1),
-        "--chunk-dict",
-        &dict_arg,
-        "--config",
-        s(&cfg),
-        "--backend-type",
-        "localfs",
-        "--backend-config-file",
-        s(&backend),
-        s(&l2),
-    ]);
+    let o = build(
+        &l2,
+        &b2,
+        &blobs,
+        &[
+            "--parent-bootstrap",
+            s(&b1),
+            "--chunk-dict",
+            &dict_arg,
+            "--config",
+            s(&cfg),
+            "--backend-type",
+            "localfs",
+            "--backend-config-file",
+            s(&backend),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     // The sparse parent blob and the new layer blob became one; the dictionary blob is
     // referenced as it was.
-    let image =
-        nydus_image::reader::Image::open(&b2, nydus_image::storage::blobs::BlobSource::None)
-            .unwrap();
-    let ids: Vec<String> = image.blobs().iter().map(|b| b.blob_id.clone()).collect();
+    let ids = blob_ids(&b2);
     assert_eq!(ids.len(), 2, "{ids:?}\n{}", text(&o));
     assert!(ids.contains(&dict_blob));
     assert_eq!(fs::read(blobs.join(&dict_blob)).unwrap(), dict_file);
@@ -522,12 +432,7 @@ fn bad_settings_and_bad_blobs_are_refused_cleanly() {
     // A blob shorter than the bootstrap says, then a corrupt one: clear errors, and
     // nothing new left behind.
     let before = snapshot(&blobs);
-    let base = {
-        let image =
-            nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
-                .unwrap();
-        image.blobs()[0].blob_id.clone()
-    };
+    let base = blob_ids(&boot)[0].clone();
     let work = root.join("work");
     fs::create_dir(&work).unwrap();
     for (name, damage, expect) in [

@@ -11,8 +11,6 @@ mod http;
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -23,26 +21,6 @@ use http::*;
 
 const KEY_ID: &str = "test-key-id";
 const SECRET: &str = "test-key-secret";
-
-fn run(args: &[&str]) -> Output {
-    Command::new(our_bin())
-        .args(args)
-        .output()
-        .expect("run nydus-image")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// An OSS bucket `bucket` at endpoint `oss.test`, objects by key; counts rejections.
 fn start_oss(objects: HashMap<String, Vec<u8>>, rejected: Arc<AtomicUsize>) -> ScriptedServer {
@@ -98,16 +76,7 @@ fn oss_serves_verify_mount_and_compaction_and_refuses_bad_keys() {
     let blobs = root.join("blobs");
     fs::create_dir(&blobs).unwrap();
     let boot = root.join("boot");
-    let o = run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        s(&src),
-    ]);
+    let o = build(&src, &boot, &blobs, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let objects: HashMap<String, Vec<u8>> = blobs_of(&blobs)
         .into_iter()

@@ -10,32 +10,12 @@ mod http;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
 use http::*;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(our_bin())
-        .args(args)
-        .output()
-        .expect("run nydus-image")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Two layers, the lower one mostly deleted by the upper: (layers, bootstrap, blob dir).
 fn two_layers(root: &Path) -> (Vec<PathBuf>, PathBuf, PathBuf) {
@@ -57,31 +37,28 @@ fn two_layers(root: &Path) -> (Vec<PathBuf>, PathBuf, PathBuf) {
     write_file(&l2.join("upper"), &data(40_000, 5));
     let b1 = root.join("b1");
     let b2 = root.join("b2");
-    let o = run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&b1),
-        "-D",
-        s(&blobs),
-        s(&l1),
-    ]);
+    let o = build(&l1, &b1, &blobs, &[]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(&[
-        "create",
-        "-l",
-        "warn",
-        "-B",
-        s(&b2),
-        "-D",
-        s(&blobs),
-        "--parent-bootstrap",
-        s(&b1),
-        s(&l2),
-    ]);
+    let o = build(&l2, &b2, &blobs, &["--parent-bootstrap", s(&b1)]);
     assert!(o.status.success(), "{}", text(&o));
     (vec![l1, l2], b2, blobs)
+}
+
+/// `verify` of `boot` against `layers`, reading blobs from the registry described in `cfg`.
+fn verify_from(boot: &Path, cfg: &Path, via: &str, layers: &[&PathBuf]) -> std::process::Output {
+    let mut args = vec![
+        "verify",
+        "--via",
+        via,
+        "-B",
+        s(boot),
+        "--backend-type",
+        "registry",
+        "--backend-config-file",
+        s(cfg),
+    ];
+    args.extend(layers.iter().map(|l| s(l)));
+    run(&args)
 }
 
 fn write_cfg(path: &Path, v: &serde_json::Value) -> PathBuf {
@@ -111,10 +88,7 @@ fn real_registry_with_basic_auth_serves_mount_verify_and_compaction() {
 
     // Through FUSE (what a user sees) and through the library.
     for via in ["fuse", "library"] {
-        let mut args = vec!["verify", "--via", via, "-B", s(&boot)];
-        args.extend(backend);
-        args.extend(layers.iter().map(|l| s(l)));
-        let o = run(&args);
+        let o = verify_from(&boot, &cfg, via, &[&layers[0], &layers[1]]);
         assert_eq!(o.status.code(), Some(0), "verify via {via}: {}", text(&o));
     }
     // A mount daemon serving from the registry.
@@ -188,18 +162,7 @@ fn real_registry_with_basic_auth_serves_mount_verify_and_compaction() {
     ];
     for (name, c, expect) in cases {
         let cfg = write_cfg(&root.join(format!("{name}.json")), &c);
-        let o = run(&[
-            "verify",
-            "--via",
-            "library",
-            "-B",
-            s(&boot),
-            "--backend-type",
-            "registry",
-            "--backend-config-file",
-            s(&cfg),
-            s(&layers[0]),
-        ]);
+        let o = verify_from(&boot, &cfg, "library", &[&layers[0]]);
         assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
         assert!(
             String::from_utf8_lossy(&o.stderr).contains(expect),
@@ -240,19 +203,7 @@ fn anonymous_registry() {
         registry.push("open/image", &path);
     }
     let cfg = write_cfg(&root.join("r.json"), &registry.config("open/image", None));
-    let o = run(&[
-        "verify",
-        "--via",
-        "library",
-        "-B",
-        s(&boot),
-        "--backend-type",
-        "registry",
-        "--backend-config-file",
-        s(&cfg),
-        s(&layers[0]),
-        s(&layers[1]),
-    ]);
+    let o = verify_from(&boot, &cfg, "library", &[&layers[0], &layers[1]]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
@@ -273,19 +224,7 @@ fn bearer_tokens_retries_and_connection_reuse() {
         &serde_json::json!({"scheme": "http", "host": format!("127.0.0.1:{}", server.port),
             "repo": "proj/img", "auth": "Ym9iOnB3", "retry_limit": 4, "timeout": 10}),
     );
-    let o = run(&[
-        "verify",
-        "--via",
-        "library",
-        "-B",
-        s(&boot),
-        "--backend-type",
-        "registry",
-        "--backend-config-file",
-        s(&cfg),
-        s(&layers[0]),
-        s(&layers[1]),
-    ]);
+    let o = verify_from(&boot, &cfg, "library", &[&layers[0], &layers[1]]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(
         token_calls.load(Ordering::SeqCst),

@@ -111,15 +111,6 @@ fn ours(args: &[&std::ffi::OsStr]) -> Output {
         .expect("run nydus-image")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The seed command: TOC and blob id, nothing else.
 fn build_seed(layer: &Layer, boot: &Path, extra: &[&str]) -> Output {
     let mut args: Vec<&std::ffi::OsStr> =

@@ -20,7 +20,7 @@
 //! another compressor or chunk size than the merge group are left alone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -402,17 +402,7 @@ pub fn compact(
             digester: sb.digester,
         },
     );
-    let written = (|| {
-        let (mut pending, file) = PendingFile::create(output)?;
-        let mut out = BufWriter::new(file);
-        out.write_all(&bytes)
-            .and_then(|_| out.flush())
-            .map_err(|e| BuildError::output(output, "cannot write bootstrap", e))?;
-        drop(out);
-        pending.retarget(output.to_path_buf());
-        pending.commit()
-    })();
-    let path = match written {
+    let path = match PendingFile::write_whole(output, &bytes, "bootstrap") {
         Ok(p) => p,
         Err(e) => {
             cleanup(&written_paths);

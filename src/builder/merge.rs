@@ -3,7 +3,6 @@
 //! written: the result references every layer's blobs.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::output::PendingFile;
@@ -117,13 +116,7 @@ pub fn merge(layers: &[PathBuf], out: &Path) -> Result<MergeSummary, BuildError>
             digester,
         },
     );
-    let (pending, file) = PendingFile::create(out)?;
-    let mut file = std::io::BufWriter::new(file);
-    file.write_all(&bytes)
-        .and_then(|_| file.flush())
-        .map_err(|e| BuildError::output(out, "cannot write bootstrap", e))?;
-    drop(file);
-    let bootstrap = pending.commit()?;
+    let bootstrap = PendingFile::write_whole(out, &bytes, "bootstrap")?;
     Ok(MergeSummary {
         bootstrap,
         blobs: blobs.iter().map(|b| b.blob_id.clone()).collect(),

@@ -61,6 +61,19 @@ impl PendingFile {
         ))
     }
 
+    /// Writes `bytes` to `target` whole: under a temporary name, synced, renamed into
+    /// place; `what` names the file in errors ("bootstrap").
+    pub fn write_whole(target: &Path, bytes: &[u8], what: &str) -> Result<PathBuf, BuildError> {
+        use std::io::Write;
+        let (pending, file) = PendingFile::create(target)?;
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all(bytes)
+            .and_then(|_| out.flush())
+            .map_err(|e| BuildError::output(target, &format!("cannot write {what}"), e))?;
+        drop(out);
+        pending.commit()
+    }
+
     /// Changes the final name (used for blobs named by their digest).
     pub fn retarget(&mut self, target: PathBuf) {
         self.target = target;

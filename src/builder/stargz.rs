@@ -970,7 +970,6 @@ pub fn build(
 ) -> Result<super::BuildSummary, BuildError> {
     use super::BuildSummary;
     use crate::format::{Compressor, Digester};
-    use std::io::Write;
 
     let blob_id = opts.blob_id.clone().ok_or_else(|| {
         BuildError::Options(
@@ -1024,7 +1023,6 @@ pub fn build(
         None => None,
     };
 
-    let (mut boot_pending, boot_file) = super::output::PendingFile::create(bootstrap_path)?;
     let (data_bytes, unique_chunks, chunk_size) = (
         layer.data_bytes,
         layer.chunks.len() as u64,
@@ -1032,13 +1030,7 @@ pub fn build(
     );
     let described = describe(layer, parent_tree, parent_blobs, &blob_id);
     let image = &described.bootstrap;
-    let mut out = std::io::BufWriter::new(boot_file);
-    out.write_all(image)
-        .and_then(|_| out.flush())
-        .map_err(|e| BuildError::output(bootstrap_path, "cannot write bootstrap", e))?;
-    drop(out);
-    boot_pending.retarget(bootstrap_path.to_path_buf());
-    let bootstrap = boot_pending.commit()?;
+    let bootstrap = super::output::PendingFile::write_whole(bootstrap_path, image, "bootstrap")?;
     Ok(BuildSummary {
         bootstrap,
         blob_path: sopts.layer_file.clone(),

@@ -181,3 +181,74 @@ pub fn from_config_file(kind: &str, config: &Path) -> Result<Box<dyn Backend>, S
         )),
     }
 }
+
+/// Waits before retry `attempt` (0-based) of a remote request: 100 ms doubling, at most 3 s.
+pub(crate) fn backoff(attempt: u32) {
+    let ms = (100u64 << attempt.min(5)).min(3000);
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
+/// Reads the answer to a ranged GET of `buf.len()` bytes at `offset` into `buf`. A server
+/// that ignored the Range header (status 200) sent the whole blob: skip to `offset`.
+/// A short answer means the blob is shorter than the bootstrap says.
+pub(crate) fn read_ranged(resp: ureq::Response, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+    use std::io::Read;
+    let whole = resp.status() == 200;
+    let mut body = resp.into_reader();
+    if whole && offset > 0 {
+        let skipped = std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if skipped < offset {
+            return Err(format!(
+                "the blob ends at 0x{skipped:x}, before 0x{offset:x}: it is shorter than the bootstrap says"
+            ));
+        }
+    }
+    let mut got = 0;
+    while got < buf.len() {
+        match body.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the answer: {e}")),
+        }
+    }
+    if got < buf.len() {
+        return Err(format!(
+            "got {got} of {} bytes at 0x{offset:x}: the blob is shorter than the bootstrap says",
+            buf.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Sizes of remote blobs, asked for once each (HEAD, `Content-Length`).
+#[derive(Debug, Default)]
+pub(crate) struct SizeCache(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl SizeCache {
+    /// The size of `blob_id`: remembered, or read from the answer `head` gives.
+    pub(crate) fn get(
+        &self,
+        blob_id: &str,
+        head: impl FnOnce() -> Result<ureq::Response, BackendError>,
+    ) -> Result<u64, BackendError> {
+        if let Some(&s) = self.0.lock().expect("sizes lock").get(blob_id) {
+            return Ok(s);
+        }
+        let resp = head()?;
+        let size = resp
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| BackendError {
+                blob_id: blob_id.to_string(),
+                backend: resp.get_url().to_string(),
+                what: "no Content-Length in the answer to HEAD".into(),
+            })?;
+        self.0
+            .lock()
+            .expect("sizes lock")
+            .insert(blob_id.to_string(), size);
+        Ok(size)
+    }
+}

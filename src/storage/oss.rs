@@ -9,9 +9,7 @@
 //! canonicalized `x-oss-*` headers (lowercase, sorted, `name:value\n` each) and the
 //! canonicalized resource `/{bucket}/{key}`. The Range header is not signed.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -129,7 +127,7 @@ pub fn http_date(t: SystemTime) -> String {
 pub struct Oss {
     config: OssConfig,
     agent: ureq::Agent,
-    sizes: Mutex<HashMap<String, u64>>,
+    sizes: super::backend::SizeCache,
 }
 
 impl Oss {
@@ -160,7 +158,7 @@ impl Oss {
         }
         Ok(Oss {
             agent: builder.build(),
-            sizes: Mutex::new(HashMap::new()),
+            sizes: Default::default(),
             config,
         })
     }
@@ -253,7 +251,7 @@ impl Oss {
                 ));
             }
             log::warn!("oss {}: {transient}; retrying", self.config.endpoint);
-            std::thread::sleep(Duration::from_millis((100u64 << attempt.min(5)).min(3000)));
+            super::backend::backoff(attempt);
             attempt += 1;
         }
     }
@@ -279,19 +277,7 @@ impl Backend for Oss {
     }
 
     fn size(&self, blob_id: &str) -> Result<u64, BackendError> {
-        if let Some(&s) = self.sizes.lock().expect("sizes lock").get(blob_id) {
-            return Ok(s);
-        }
-        let resp = self.send("HEAD", blob_id, None)?;
-        let size = resp
-            .header("Content-Length")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| self.err(blob_id, "no Content-Length in the answer".into()))?;
-        self.sizes
-            .lock()
-            .expect("sizes lock")
-            .insert(blob_id.to_string(), size);
-        Ok(size)
+        self.sizes.get(blob_id, || self.send("HEAD", blob_id, None))
     }
 
     fn read_at(&self, blob_id: &str, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
@@ -303,31 +289,7 @@ impl Backend for Oss {
             blob_id,
             Some((offset, offset + buf.len() as u64 - 1)),
         )?;
-        let whole = resp.status() == 200;
-        let mut body = resp.into_reader();
-        if whole && offset > 0 {
-            std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
-                .map_err(|e| self.err(blob_id, format!("reading the answer: {e}")))?;
-        }
-        let mut got = 0;
-        while got < buf.len() {
-            match body.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err(blob_id, format!("reading the answer: {e}"))),
-            }
-        }
-        if got < buf.len() {
-            return Err(self.err(
-                blob_id,
-                format!(
-                    "got {got} of {} bytes at 0x{offset:x}: the blob is shorter than the bootstrap says",
-                    buf.len()
-                ),
-            ));
-        }
-        Ok(())
+        super::backend::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
     }
 }
 

@@ -10,7 +10,6 @@
 //! followed without the registry's credentials.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,12 +75,7 @@ pub struct Registry {
     credentials: Option<(String, String)>,
     /// The Authorization header the registry last accepted.
     authorization: Mutex<Option<String>>,
-    sizes: Mutex<HashMap<String, u64>>,
-}
-
-/// How long to wait before retry `n` (0-based).
-fn backoff(n: u32) -> Duration {
-    Duration::from_millis((100u64 << n.min(5)).min(3000))
+    sizes: super::backend::SizeCache,
 }
 
 impl Registry {
@@ -138,7 +132,7 @@ impl Registry {
             agent: builder.build(),
             credentials,
             authorization: Mutex::new(authorization),
-            sizes: Mutex::new(HashMap::new()),
+            sizes: Default::default(),
             config,
         })
     }
@@ -229,7 +223,7 @@ impl Registry {
                 ));
             }
             log::warn!("registry {}: {transient}; retrying", self.config.host);
-            std::thread::sleep(backoff(attempt));
+            super::backend::backoff(attempt);
             attempt += 1;
         }
     }
@@ -348,19 +342,7 @@ impl Backend for Registry {
     }
 
     fn size(&self, blob_id: &str) -> Result<u64, BackendError> {
-        if let Some(&s) = self.sizes.lock().expect("sizes lock").get(blob_id) {
-            return Ok(s);
-        }
-        let resp = self.send("HEAD", blob_id, None)?;
-        let size = resp
-            .header("Content-Length")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| self.err(blob_id, "the registry gave no Content-Length".into()))?;
-        self.sizes
-            .lock()
-            .expect("sizes lock")
-            .insert(blob_id.to_string(), size);
-        Ok(size)
+        self.sizes.get(blob_id, || self.send("HEAD", blob_id, None))
     }
 
     fn read_at(&self, blob_id: &str, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
@@ -369,38 +351,7 @@ impl Backend for Registry {
         }
         let end = offset + buf.len() as u64 - 1;
         let resp = self.send("GET", blob_id, Some((offset, end)))?;
-        // A server that ignores Range sends the whole blob (200): skip to the offset.
-        let whole = resp.status() == 200;
-        let mut body = resp.into_reader();
-        if whole && offset > 0 {
-            let skipped = std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
-                .map_err(|e| self.err(blob_id, format!("reading the response: {e}")))?;
-            if skipped < offset {
-                return Err(self.err(
-                    blob_id,
-                    format!("the blob ends at 0x{skipped:x}, before 0x{offset:x}: it is shorter than the bootstrap says"),
-                ));
-            }
-        }
-        let mut got = 0;
-        while got < buf.len() {
-            match body.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err(blob_id, format!("reading the response: {e}"))),
-            }
-        }
-        if got < buf.len() {
-            return Err(self.err(
-                blob_id,
-                format!(
-                    "the registry sent {got} of {} bytes at 0x{offset:x}: the blob is shorter than the bootstrap says",
-                    buf.len()
-                ),
-            ));
-        }
-        Ok(())
+        super::backend::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
     }
 }
 

@@ -570,6 +570,38 @@ pub fn regular_files(scan: &BTreeMap<Vec<u8>, EntryFacts>) -> Vec<Vec<u8>> {
 }
 
 /// Path of our built binary.
+/// Runs our binary with these arguments.
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(our_bin())
+        .args(args)
+        .output()
+        .expect("run nydus-image")
+}
+
+/// A finished command's exit status and output, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `nydus-image create` of `src` into `boot` and the blob directory `blobs`, with
+/// `extra` flags.
+pub fn build(src: &Path, boot: &Path, blobs: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["create", "-l", "warn", "-B", s(boot), "-D", s(blobs)];
+    args.extend_from_slice(extra);
+    args.push(s(src));
+    run(&args)
+}
+
+/// A UTF-8 path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
 pub fn our_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nydus-image"))
 }
