@@ -9,15 +9,14 @@
 //! canonicalized `x-oss-*` headers (lowercase, sorted, `name:value\n` each) and the
 //! canonicalized resource `/{bucket}/{key}`. The Range header is not signed.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 
 use super::backend::{Backend, BackendError};
-use super::registry::ProxyConfig;
+use super::http::HttpOptions;
 
 /// Upstream's OSS configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -38,29 +37,13 @@ pub struct OssConfig {
     /// Access key secret.
     #[serde(default)]
     pub access_key_secret: String,
-    /// Accept any TLS certificate.
-    #[serde(default)]
-    pub skip_verify: bool,
-    /// Seconds per request (0: none).
-    #[serde(default = "default_timeout")]
-    pub timeout: u64,
-    /// Seconds to connect (0: none).
-    #[serde(default = "default_timeout")]
-    pub connect_timeout: u64,
-    /// Retries of a failed request.
-    #[serde(default)]
-    pub retry_limit: u8,
-    /// HTTP proxy.
-    #[serde(default)]
-    pub proxy: ProxyConfig,
+    /// Timeouts, retries, proxy, TLS.
+    #[serde(flatten)]
+    pub http: HttpOptions,
 }
 
 fn default_scheme() -> String {
     "https".into()
-}
-
-fn default_timeout() -> u64 {
-    5
 }
 
 /// The OSS header signature of a request: base64(HMAC-SHA1(secret, string-to-sign)).
@@ -127,7 +110,7 @@ pub fn http_date(t: SystemTime) -> String {
 pub struct Oss {
     config: OssConfig,
     agent: ureq::Agent,
-    sizes: super::backend::SizeCache,
+    sizes: super::http::SizeCache,
 }
 
 impl Oss {
@@ -139,25 +122,9 @@ impl Oss {
         if !matches!(config.scheme.as_str(), "http" | "https") {
             return Err(format!("oss scheme {:?}: use http or https", config.scheme));
         }
-        let mut builder = ureq::AgentBuilder::new()
-            .redirects(0)
-            .max_idle_connections_per_host(8);
-        if config.timeout > 0 {
-            builder = builder.timeout(Duration::from_secs(config.timeout));
-        }
-        if config.connect_timeout > 0 {
-            builder = builder.timeout_connect(Duration::from_secs(config.connect_timeout));
-        }
-        if !config.proxy.url.is_empty() {
-            let proxy = ureq::Proxy::new(&config.proxy.url)
-                .map_err(|e| format!("proxy {:?}: {e}", config.proxy.url))?;
-            builder = builder.proxy(proxy);
-        }
-        if config.skip_verify {
-            builder = builder.tls_config(Arc::new(super::registry::insecure_tls()));
-        }
+        let agent = config.http.agent_builder()?.redirects(0).build();
         Ok(Oss {
-            agent: builder.build(),
+            agent,
             sizes: Default::default(),
             config,
         })
@@ -241,7 +208,7 @@ impl Oss {
                 }
                 Err(ureq::Error::Transport(t)) => t.to_string(),
             };
-            if attempt >= self.config.retry_limit as u32 {
+            if attempt >= self.config.http.retry_limit as u32 {
                 return Err(self.err(
                     blob_id,
                     format!(
@@ -251,7 +218,7 @@ impl Oss {
                 ));
             }
             log::warn!("oss {}: {transient}; retrying", self.config.endpoint);
-            super::backend::backoff(attempt);
+            super::http::backoff(attempt);
             attempt += 1;
         }
     }
@@ -289,7 +256,7 @@ impl Backend for Oss {
             blob_id,
             Some((offset, offset + buf.len() as u64 - 1)),
         )?;
-        super::backend::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
+        super::http::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
     }
 }
 
@@ -355,7 +322,7 @@ mod tests {
 
     #[test]
     fn http_dates() {
-        let at = |s: u64| http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let at = |s: u64| http_date(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s));
         assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(at(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(at(1_132_253_398), "Thu, 17 Nov 2005 18:49:58 GMT");

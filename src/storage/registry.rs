@@ -10,13 +10,13 @@
 //! followed without the registry's credentials.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use base64::Engine;
 use serde::Deserialize;
 
 use super::backend::{Backend, BackendError};
+use super::http::HttpOptions;
 
 /// Upstream's registry configuration (fields this backend does not use are accepted).
 #[derive(Clone, Debug, Deserialize)]
@@ -34,37 +34,13 @@ pub struct RegistryConfig {
     /// A bearer token to start with.
     #[serde(default)]
     pub registry_token: Option<String>,
-    /// Accept any TLS certificate.
-    #[serde(default)]
-    pub skip_verify: bool,
-    /// Seconds per request (0: none).
-    #[serde(default = "default_timeout")]
-    pub timeout: u64,
-    /// Seconds to connect (0: none).
-    #[serde(default = "default_timeout")]
-    pub connect_timeout: u64,
-    /// Retries of a failed request.
-    #[serde(default)]
-    pub retry_limit: u8,
-    /// HTTP proxy.
-    #[serde(default)]
-    pub proxy: ProxyConfig,
-}
-
-/// Proxy settings (upstream's shape; `url` empty means none).
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct ProxyConfig {
-    /// Proxy URL, e.g. `http://127.0.0.1:3128`.
-    #[serde(default)]
-    pub url: String,
+    /// Timeouts, retries, proxy, TLS.
+    #[serde(flatten)]
+    pub http: HttpOptions,
 }
 
 fn default_scheme() -> String {
     "https".into()
-}
-
-fn default_timeout() -> u64 {
-    5
 }
 
 /// An OCI registry.
@@ -75,7 +51,7 @@ pub struct Registry {
     credentials: Option<(String, String)>,
     /// The Authorization header the registry last accepted.
     authorization: Mutex<Option<String>>,
-    sizes: super::backend::SizeCache,
+    sizes: super::http::SizeCache,
 }
 
 impl Registry {
@@ -104,24 +80,11 @@ impl Registry {
                 Some((u.to_string(), p.to_string()))
             }
         };
-        let mut builder = ureq::AgentBuilder::new()
+        let builder = config
+            .http
+            .agent_builder()?
             .redirects(5)
-            .redirect_auth_headers(ureq::RedirectAuthHeaders::Never)
-            .max_idle_connections_per_host(8);
-        if config.timeout > 0 {
-            builder = builder.timeout(Duration::from_secs(config.timeout));
-        }
-        if config.connect_timeout > 0 {
-            builder = builder.timeout_connect(Duration::from_secs(config.connect_timeout));
-        }
-        if !config.proxy.url.is_empty() {
-            let proxy = ureq::Proxy::new(&config.proxy.url)
-                .map_err(|e| format!("proxy {:?}: {e}", config.proxy.url))?;
-            builder = builder.proxy(proxy);
-        }
-        if config.skip_verify {
-            builder = builder.tls_config(Arc::new(insecure_tls()));
-        }
+            .redirect_auth_headers(ureq::RedirectAuthHeaders::Never);
         let authorization = config
             .registry_token
             .as_deref()
@@ -213,7 +176,7 @@ impl Registry {
                 }
                 Err(ureq::Error::Transport(t)) => t.to_string(),
             };
-            if attempt >= self.config.retry_limit as u32 {
+            if attempt >= self.config.http.retry_limit as u32 {
                 return Err(self.err(
                     blob_id,
                     format!(
@@ -223,7 +186,7 @@ impl Registry {
                 ));
             }
             log::warn!("registry {}: {transient}; retrying", self.config.host);
-            super::backend::backoff(attempt);
+            super::http::backoff(attempt);
             attempt += 1;
         }
     }
@@ -351,66 +314,8 @@ impl Backend for Registry {
         }
         let end = offset + buf.len() as u64 - 1;
         let resp = self.send("GET", blob_id, Some((offset, end)))?;
-        super::backend::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
+        super::http::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
     }
-}
-
-/// TLS that accepts any certificate (`skip_verify`).
-pub(crate) fn insecure_tls() -> rustls::ClientConfig {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    #[derive(Debug)]
-    struct AcceptAll(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for AcceptAll {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAll(provider)))
-        .with_no_client_auth()
 }
 
 #[cfg(test)]
@@ -438,11 +343,7 @@ mod tests {
             repo: "r".into(),
             auth: Some(auth.into()),
             registry_token: None,
-            skip_verify: false,
-            timeout: 5,
-            connect_timeout: 5,
-            retry_limit: 0,
-            proxy: ProxyConfig::default(),
+            http: HttpOptions::default(),
         };
         assert!(Registry::new(cfg("dXNlcjpwYXNz")).is_ok()); // user:pass
         assert!(Registry::new(cfg("not base64!")).is_err());
