@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 work=${BENCH_DIR:-/var/tmp/nydus-bench}
 runs=${RUNS:-3}
 mkdir -p "$work"
+. bench/data.sh
 cargo build --release -q
 ours=$PWD/target/release/nydus-image
 upstream="${CARGO_HOME:-$HOME/.cargo}/bin/nydus-image"
@@ -18,24 +19,12 @@ command -v zstd >/dev/null || apt-get install -y -qq zstd
 
 trees=("$@")
 if [ ${#trees[@]} -eq 0 ]; then
-  if [ ! -d "$work/linux-source-6.1" ]; then
-    [ -f /usr/src/linux-source-6.1.tar.xz ] || apt-get install -y -qq linux-source-6.1
-    tar -xf /usr/src/linux-source-6.1.tar.xz -C "$work"
-  fi
+  ensure_linux
   if [ ! -d "$work/rootfs-min" ]; then
     command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
     debootstrap --variant=minbase bookworm "$work/rootfs-min" >/dev/null
   fi
-  if [ ! -f "$work/big4g/mixed" ]; then
-    mkdir -p "$work/big4g"
-    python3 - "$work/big4g/mixed" <<'PY'
-import os, sys
-text = (b"The quick brown fox jumps over the lazy dog; compressible text. " * 16384)[:1 << 20]
-with open(sys.argv[1], "wb") as f:
-    for i in range(4096):
-        f.write(os.urandom(1 << 20) if i % 2 else text)
-PY
-  fi
+  ensure_big4g
   if [ ! -d "$work/small200k" ]; then
     python3 - "$work/small200k" <<'PY'
 import os, sys, random

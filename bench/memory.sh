@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${BENCH_DIR:-/var/tmp/nydus-bench}
 mkdir -p "$work"
+. bench/data.sh
 cargo build --release -q
 ours=$PWD/target/release/nydus-image
 up_image="${CARGO_HOME:-$HOME/.cargo}/bin/nydus-image"
@@ -16,20 +17,8 @@ up_nydusd="${CARGO_HOME:-$HOME/.cargo}/bin/nydusd"
 
 trees=("$@")
 if [ ${#trees[@]} -eq 0 ]; then
-  if [ ! -d "$work/linux-source-6.1" ]; then
-    [ -f /usr/src/linux-source-6.1.tar.xz ] || apt-get install -y -qq linux-source-6.1
-    tar -xf /usr/src/linux-source-6.1.tar.xz -C "$work"
-  fi
-  if [ ! -f "$work/big4g/mixed" ]; then
-    mkdir -p "$work/big4g"
-    python3 - "$work/big4g/mixed" <<'PY'
-import os, sys
-text = (b"The quick brown fox jumps over the lazy dog; compressible text. " * 16384)[:1 << 20]
-with open(sys.argv[1], "wb") as f:
-    for i in range(4096):
-        f.write(os.urandom(1 << 20) if i % 2 else text)
-PY
-  fi
+  ensure_linux
+  ensure_big4g
   trees=("$work/linux-source-6.1" "$work/big4g")
 fi
 
