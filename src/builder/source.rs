@@ -17,6 +17,11 @@ const MAX_XATTR_VALUE: usize = 65535;
 
 /// Reads `root` and everything below it into a tree, breadth first with children in name
 /// order. Hard links inside the tree are grouped by (device, inode).
+///
+/// Directories are listed by several threads at once (listing is mostly system calls:
+/// readdir, lstat, listxattr); the tree is then assembled in one pass in breadth-first
+/// order, so node ids, hard-link groups and the first error reported do not depend on
+/// which thread listed what.
 pub fn read_tree(root: &Path) -> Result<Tree, BuildError> {
     let meta =
         fs::symlink_metadata(root).map_err(|e| BuildError::io(root, "cannot stat source", e))?;
@@ -28,50 +33,125 @@ pub fn read_tree(root: &Path) -> Result<Tree, BuildError> {
     }
     let mut tree = Tree::default();
     tree.nodes.push(node_from(root, Vec::new(), 0, &meta)?);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    let mut listings = list_all(root, threads);
     let mut seen: HashMap<(u64, u64), NodeId> = HashMap::new();
     let mut queue = VecDeque::from([0usize]);
     while let Some(dir) = queue.pop_front() {
-        let dir_path = tree.nodes[dir].source.clone();
-        let mut names = Vec::new();
-        let entries = fs::read_dir(&dir_path)
-            .map_err(|e| BuildError::io(&dir_path, "cannot read directory", e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| BuildError::io(&dir_path, "cannot read directory", e))?;
-            names.push(entry.file_name().as_bytes().to_vec());
-        }
-        names.sort();
-        let mut children = Vec::with_capacity(names.len());
-        for name in names {
-            let path = dir_path.join(std::ffi::OsStr::from_bytes(&name));
-            let meta =
-                fs::symlink_metadata(&path).map_err(|e| BuildError::io(&path, "cannot stat", e))?;
+        let listing = listings
+            .remove(&tree.nodes[dir].source)
+            .expect("every directory was listed")?;
+        let mut children = Vec::with_capacity(listing.len());
+        let mut subdirs = 0;
+        for entry in listing {
             let id = tree.nodes.len();
-            let mut node = node_from(&path, name, dir, &meta)?;
-            if !meta.is_dir() && meta.nlink() > 1 {
-                match seen.get(&(meta.dev(), meta.ino())) {
+            let mut node = entry.node;
+            node.parent = dir;
+            if entry.linked {
+                match seen.get(&entry.key) {
                     Some(&first) => {
                         node.hardlink_of = Some(first);
                         tree.nodes[first].nlink += 1;
                     }
                     None => {
-                        seen.insert((meta.dev(), meta.ino()), id);
+                        seen.insert(entry.key, id);
                     }
                 }
             }
-            if meta.is_dir() {
+            if matches!(node.kind, Kind::Dir(_)) {
                 queue.push_back(id);
+                subdirs += 1;
             }
             tree.nodes.push(node);
             children.push(id);
         }
-        let subdirs = children
-            .iter()
-            .filter(|&&c| matches!(tree.nodes[c].kind, Kind::Dir(_)))
-            .count();
-        tree.nodes[dir].nlink = 2 + subdirs as u32;
+        tree.nodes[dir].nlink = 2 + subdirs;
         tree.nodes[dir].kind = Kind::Dir(children);
     }
     Ok(tree)
+}
+
+/// One entry of a directory listing.
+struct Listed {
+    node: Node,
+    /// (device, inode).
+    key: (u64, u64),
+    /// A non-directory with more than one link.
+    linked: bool,
+}
+
+/// A directory's entries in name order, or why it could not be listed.
+type Listing = Result<Vec<Listed>, BuildError>;
+
+/// Lists one directory.
+fn list_dir(dir: &Path) -> Listing {
+    let mut names = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| BuildError::io(dir, "cannot read directory", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| BuildError::io(dir, "cannot read directory", e))?;
+        names.push(entry.file_name().as_bytes().to_vec());
+    }
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| BuildError::io(&path, "cannot stat", e))?;
+        let node = node_from(&path, name, 0, &meta)?;
+        out.push(Listed {
+            node,
+            key: (meta.dev(), meta.ino()),
+            linked: !meta.is_dir() && meta.nlink() > 1,
+        });
+    }
+    Ok(out)
+}
+
+/// Lists `root` and every directory below it with `threads` threads: directory path ->
+/// listing. A directory that fails to list has no subdirectories listed.
+fn list_all(root: &Path, threads: usize) -> HashMap<PathBuf, Listing> {
+    use std::sync::{Condvar, Mutex};
+    // Directories waiting to be listed, and how many are being listed now.
+    let work: Mutex<(Vec<PathBuf>, usize)> = Mutex::new((vec![root.to_path_buf()], 0));
+    let changed = Condvar::new();
+    let results: Mutex<HashMap<PathBuf, Listing>> = Mutex::new(HashMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let dir = {
+                    let mut w = work.lock().expect("scan lock");
+                    loop {
+                        if let Some(d) = w.0.pop() {
+                            w.1 += 1;
+                            break d;
+                        }
+                        if w.1 == 0 {
+                            return;
+                        }
+                        w = changed.wait(w).expect("scan lock");
+                    }
+                };
+                let listing = list_dir(&dir);
+                let subdirs: Vec<PathBuf> = match &listing {
+                    Ok(entries) => entries
+                        .iter()
+                        .filter(|e| matches!(e.node.kind, Kind::Dir(_)))
+                        .map(|e| e.node.source.clone())
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                results.lock().expect("results lock").insert(dir, listing);
+                let mut w = work.lock().expect("scan lock");
+                w.0.extend(subdirs);
+                w.1 -= 1;
+                changed.notify_all();
+            });
+        }
+    });
+    results.into_inner().expect("results lock")
 }
 
 fn node_from(
