@@ -305,3 +305,31 @@ fn start_token_registry(
     port_cell.set(server.port).unwrap();
     server
 }
+
+#[test]
+fn https_registry_with_a_self_signed_certificate_needs_skip_verify() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let (layers, boot, blobs) = two_layers(root);
+    let store = root.join("registry");
+    // Push over plain HTTP, then serve the same storage over HTTPS.
+    let plain = RealRegistry::start(&store, None);
+    for (_, path) in blobs_of(&blobs) {
+        plain.push("tls/image", &path);
+    }
+    drop(plain);
+    let registry = RealRegistry::start_with(&store, None, true);
+    let mut c = registry.config("tls/image", None);
+    c["scheme"] = "https".into();
+    c["retry_limit"] = 0.into();
+    let strict = write_cfg(&root.join("strict.json"), &c);
+    c["skip_verify"] = true.into();
+    let lax = write_cfg(&root.join("lax.json"), &c);
+
+    let o = verify_from(&boot, &lax, "library", &[&layers[0], &layers[1]]);
+    assert_eq!(o.status.code(), Some(0), "skip_verify: {}", text(&o));
+    let o = verify_from(&boot, &strict, "library", &[&layers[0], &layers[1]]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{}", text(&o));
+}

@@ -33,6 +33,11 @@ impl RealRegistry {
     /// Starts a registry storing under `dir`; with `credentials`, htpasswd (bcrypt) basic
     /// auth is required.
     pub fn start(dir: &Path, credentials: Option<(&str, &str)>) -> Self {
+        Self::start_with(dir, credentials, false)
+    }
+
+    /// Like `start`; with `tls`, it serves HTTPS with a fresh self-signed certificate.
+    pub fn start_with(dir: &Path, credentials: Option<(&str, &str)>, tls: bool) -> Self {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
@@ -51,6 +56,26 @@ impl RealRegistry {
                 "auth:\n  htpasswd:\n    realm: test-registry\n    path: {}\n",
                 dir.join("htpasswd").display()
             ));
+        }
+        if tls {
+            let o = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=nydus-test-registry", "-keyout"])
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .output()
+                .expect("openssl");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let addr = format!("  addr: {host}\n");
+            let with_tls = format!(
+                "{addr}  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            );
+            cfg = cfg.replacen(&addr, &with_tls, 1);
         }
         std::fs::write(dir.join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
