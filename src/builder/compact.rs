@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::blob::BlobWriter;
 use super::output::PendingFile;
 use super::tree::{FileData, Tree};
-use super::{assemble_chunks, bootstrap, overlay, parent, BuildError};
+use super::{bootstrap, overlay, parent, BuildError};
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::format::Compressor;
 use crate::reader::Image;
@@ -386,16 +386,10 @@ pub fn compact(
     table.extend(new_entries);
     let tree = remap(tree, &kept_index, &moved, new_base);
 
-    let no_new = vec![Vec::new(); tree.nodes.len()];
-    let (blobs_out, chunks, file_chunks) = assemble_chunks(&tree, &no_new, &[], table, &[], None);
     let sb = image.super_block();
-    let bytes = bootstrap::v6::write(
-        &bootstrap::v6::BootstrapInput {
-            tree: &tree,
-            file_chunks: &file_chunks,
-            chunks: &chunks,
-            blobs: &blobs_out,
-        },
+    let (bytes, blobs_out) = super::stored_tree_bootstrap(
+        &tree,
+        table,
         bootstrap::v6::BootstrapOptions {
             chunk_size: sb.chunk_size,
             compressor: sb.compressor,

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::output::PendingFile;
 use super::overlay::{self, Entry, WhiteoutSpec};
-use super::tree::{FileData, Kind};
-use super::{assemble_chunks, bootstrap, parent, BuildError};
+use super::tree::FileData;
+use super::{bootstrap, parent, BuildError};
 use crate::format::v6::tables::BlobEntry;
 use crate::reader::Image;
 use crate::storage::blobs::BlobSource;
@@ -97,19 +97,9 @@ pub fn merge(layers: &[PathBuf], out: &Path) -> Result<MergeSummary, BuildError>
     }
     let tree = overlay::flatten(merged.expect("at least one layer"));
     let (chunk_size, digester, compressor) = settings.expect("at least one layer");
-    let no_new = vec![Vec::new(); tree.nodes.len()];
-    let (blobs, chunks, file_chunks) = assemble_chunks(&tree, &no_new, &[], blobs, &[], None);
-    debug_assert!(tree
-        .nodes
-        .iter()
-        .all(|n| n.kind != Kind::File || n.data != FileData::Source));
-    let bytes = bootstrap::v6::write(
-        &bootstrap::v6::BootstrapInput {
-            tree: &tree,
-            file_chunks: &file_chunks,
-            chunks: &chunks,
-            blobs: &blobs,
-        },
+    let (bytes, blobs) = super::stored_tree_bootstrap(
+        &tree,
+        blobs,
         bootstrap::v6::BootstrapOptions {
             chunk_size,
             compressor,

@@ -365,6 +365,32 @@ fn assemble_chunks(
     (blobs, table, files)
 }
 
+/// The bootstrap of a tree whose files all reference chunks already stored in `blobs`
+/// (parent layers, merges, compaction, eStargz layers): its bytes and the blob table it
+/// holds.
+fn stored_tree_bootstrap(
+    tree: &tree::Tree,
+    blobs: Vec<BlobEntry>,
+    opts: bootstrap::v6::BootstrapOptions,
+) -> (Vec<u8>, Vec<BlobEntry>) {
+    debug_assert!(tree
+        .nodes
+        .iter()
+        .all(|n| n.kind != tree::Kind::File || n.data != tree::FileData::Source));
+    let no_new = vec![Vec::new(); tree.nodes.len()];
+    let (blobs, chunks, file_chunks) = assemble_chunks(tree, &no_new, &[], blobs, &[], None);
+    let bytes = bootstrap::v6::write(
+        &bootstrap::v6::BootstrapInput {
+            tree,
+            file_chunks: &file_chunks,
+            chunks: &chunks,
+            blobs: &blobs,
+        },
+        opts,
+    );
+    (bytes, blobs)
+}
+
 /// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when both
 /// are complete. `progress` hears as files are done.
 pub fn build(

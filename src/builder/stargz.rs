@@ -881,7 +881,7 @@ pub fn describe(
     parent_blobs: Vec<crate::format::v6::tables::BlobEntry>,
     blob_id: &str,
 ) -> Described {
-    use super::{assemble_chunks, bootstrap, overlay};
+    use super::{bootstrap, overlay};
     use crate::format::v6::tables::{blob_features, BlobEntry};
     use crate::format::{Compressor, Digester};
 
@@ -932,18 +932,11 @@ pub fn describe(
         ci_uncompressed_size: 16 * layer_chunks.len() as u64,
         toc_digest: [0; 32],
     };
-    let no_new = vec![Vec::new(); tree.nodes.len()];
-    let (blobs, chunks, file_chunks) =
-        assemble_chunks(&tree, &no_new, &[], parent_blobs, &[], None);
-    let mut blobs = blobs;
+    let mut blobs = parent_blobs;
     blobs.push(entry);
-    let image = bootstrap::v6::write(
-        &bootstrap::v6::BootstrapInput {
-            tree: &tree,
-            file_chunks: &file_chunks,
-            chunks: &chunks,
-            blobs: &blobs,
-        },
+    let (image, blobs) = super::stored_tree_bootstrap(
+        &tree,
+        blobs,
         bootstrap::v6::BootstrapOptions {
             chunk_size,
             compressor: Compressor::Gzip,
