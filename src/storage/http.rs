@@ -75,6 +75,48 @@ impl HttpOptions {
     }
 }
 
+/// What to do about an HTTP status that is not a transient failure.
+pub(crate) enum Refusal {
+    /// Send again at once, not counted as a retry (after fixing authentication).
+    Again,
+    /// Give up with this message.
+    Fail(String),
+}
+
+/// Sends a request with `send` until it succeeds: transient failures (5xx, 429, resets,
+/// timeouts) are retried up to `retry_limit` times with backoff; other statuses go to
+/// `refused`. `who` names the server in messages ("the registry").
+pub(crate) fn send_with_retries(
+    retry_limit: u8,
+    who: &str,
+    mut send: impl FnMut() -> Result<ureq::Response, Box<ureq::Error>>,
+    mut refused: impl FnMut(u16, ureq::Response) -> Refusal,
+) -> Result<ureq::Response, String> {
+    let mut attempt = 0u32;
+    loop {
+        let transient = match send().map_err(|e| *e) {
+            Ok(resp) => return Ok(resp),
+            Err(ureq::Error::Status(code, resp)) if code >= 500 || code == 429 => {
+                format!("HTTP {code} {}", resp.status_text())
+            }
+            Err(ureq::Error::Status(code, resp)) => match refused(code, resp) {
+                Refusal::Again => continue,
+                Refusal::Fail(what) => return Err(what),
+            },
+            Err(ureq::Error::Transport(t)) => t.to_string(),
+        };
+        if attempt >= retry_limit as u32 {
+            return Err(format!(
+                "{transient} (after {} attempt(s); is {who} reachable?)",
+                attempt + 1
+            ));
+        }
+        log::warn!("{who}: {transient}; retrying");
+        backoff(attempt);
+        attempt += 1;
+    }
+}
+
 /// Waits before retry `attempt` (0-based) of a remote request: 100 ms doubling, at most 3 s.
 pub(crate) fn backoff(attempt: u32) {
     let ms = (100u64 << attempt.min(5)).min(3000);

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 
 use super::backend::{Backend, BackendError};
-use super::http::HttpOptions;
+use super::http::{send_with_retries, HttpOptions, Refusal};
 
 /// Upstream's OSS configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -157,8 +157,8 @@ impl Oss {
             self.config.scheme, self.config.bucket_name, self.config.endpoint
         );
         let resource = format!("/{}/{key}", self.config.bucket_name);
-        let mut attempt = 0u32;
-        loop {
+        // Each attempt is signed afresh: the signature covers the Date header.
+        let send = || {
             let date = http_date(SystemTime::now());
             let sig = signature(
                 &self.config.access_key_secret,
@@ -176,51 +176,24 @@ impl Oss {
             if let Some((a, b)) = range {
                 req = req.set("Range", &format!("bytes={a}-{b}"));
             }
-            let transient = match req.call() {
-                Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    let body = resp.into_string().unwrap_or_default();
-                    let code_name = xml_field(&body, "Code")
-                        .map(|c| format!(" {c}"))
-                        .unwrap_or_default();
-                    return Err(self.err(
-                        blob_id,
-                        format!(
-                            "authentication failed (HTTP {code}{code_name}): check access_key_id and access_key_secret"
-                        ),
-                    ));
-                }
-                Err(ureq::Error::Status(404, _)) => {
-                    return Err(self.err(blob_id, format!("no object {key} in the bucket")))
-                }
-                Err(ureq::Error::Status(code, resp)) if code >= 500 || code == 429 => {
-                    format!("HTTP {code} {}", resp.status_text())
-                }
-                Err(ureq::Error::Status(code, resp)) => {
-                    let body = resp.into_string().unwrap_or_default();
-                    return Err(self.err(
-                        blob_id,
-                        format!(
-                            "HTTP {code} {} from {url}",
-                            xml_field(&body, "Message").unwrap_or_default()
-                        ),
-                    ));
-                }
-                Err(ureq::Error::Transport(t)) => t.to_string(),
-            };
-            if attempt >= self.config.http.retry_limit as u32 {
-                return Err(self.err(
-                    blob_id,
-                    format!(
-                        "{transient} (after {} attempt(s); is the endpoint reachable?)",
-                        attempt + 1
-                    ),
-                ));
-            }
-            log::warn!("oss {}: {transient}; retrying", self.config.endpoint);
-            super::http::backoff(attempt);
-            attempt += 1;
-        }
+            req.call().map_err(Box::new)
+        };
+        let refused = |code: u16, resp: ureq::Response| {
+            let body = resp.into_string().unwrap_or_default();
+            Refusal::Fail(match code {
+                401 | 403 => format!(
+                    "authentication failed (HTTP {code}{}): check access_key_id and access_key_secret",
+                    xml_field(&body, "Code").map(|c| format!(" {c}")).unwrap_or_default()
+                ),
+                404 => format!("no object {key} in the bucket"),
+                _ => format!(
+                    "HTTP {code} {} from {url}",
+                    xml_field(&body, "Message").unwrap_or_default()
+                ),
+            })
+        };
+        send_with_retries(self.config.http.retry_limit, "the endpoint", send, refused)
+            .map_err(|what| self.err(blob_id, what))
     }
 }
 

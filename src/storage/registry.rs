@@ -16,7 +16,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::backend::{Backend, BackendError};
-use super::http::HttpOptions;
+use super::http::{send_with_retries, HttpOptions, Refusal};
 
 /// Upstream's registry configuration (fields this backend does not use are accepted).
 #[derive(Clone, Debug, Deserialize)]
@@ -131,8 +131,7 @@ impl Registry {
         }
         let url = self.url(blob_id);
         let mut authenticated = false;
-        let mut attempt = 0u32;
-        loop {
+        let send = || {
             let mut req = self.agent.request(method, &url);
             if let Some(a) = self.authorization.lock().expect("auth lock").clone() {
                 req = req.set("Authorization", &a);
@@ -140,55 +139,33 @@ impl Registry {
             if let Some((start, end)) = range {
                 req = req.set("Range", &format!("bytes={start}-{end}"));
             }
-            let transient = match req.call() {
-                Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(401, resp)) if !authenticated => {
-                    authenticated = true;
-                    let challenge = resp.header("WWW-Authenticate").unwrap_or("").to_string();
-                    let header = self.answer(blob_id, &challenge)?;
-                    *self.authorization.lock().expect("auth lock") = Some(header);
-                    continue;
+            req.call().map_err(Box::new)
+        };
+        let refused = |code: u16, resp: ureq::Response| match code {
+            401 if !authenticated => {
+                authenticated = true;
+                let challenge = resp.header("WWW-Authenticate").unwrap_or("").to_string();
+                match self.answer(blob_id, &challenge) {
+                    Ok(header) => {
+                        *self.authorization.lock().expect("auth lock") = Some(header);
+                        Refusal::Again
+                    }
+                    Err(e) => Refusal::Fail(e.what),
                 }
-                Err(ureq::Error::Status(code @ (401 | 403), _)) => {
-                    return Err(self.err(
-                        blob_id,
-                        format!(
-                            "authentication failed (HTTP {code}){}",
-                            if self.credentials.is_none() {
-                                ": the registry wants credentials (\"auth\")"
-                            } else {
-                                ": check the credentials in \"auth\""
-                            }
-                        ),
-                    ))
-                }
-                Err(ureq::Error::Status(404, _)) => {
-                    return Err(self.err(blob_id, format!("not found in the registry ({url})")))
-                }
-                Err(ureq::Error::Status(code, resp)) if code >= 500 || code == 429 => {
-                    format!("HTTP {code} {}", resp.status_text())
-                }
-                Err(ureq::Error::Status(code, resp)) => {
-                    return Err(self.err(
-                        blob_id,
-                        format!("HTTP {code} {} from {url}", resp.status_text()),
-                    ))
-                }
-                Err(ureq::Error::Transport(t)) => t.to_string(),
-            };
-            if attempt >= self.config.http.retry_limit as u32 {
-                return Err(self.err(
-                    blob_id,
-                    format!(
-                        "{transient} (after {} attempt(s); is the registry reachable?)",
-                        attempt + 1
-                    ),
-                ));
             }
-            log::warn!("registry {}: {transient}; retrying", self.config.host);
-            super::http::backoff(attempt);
-            attempt += 1;
-        }
+            401 | 403 => Refusal::Fail(format!(
+                "authentication failed (HTTP {code}){}",
+                if self.credentials.is_none() {
+                    ": the registry wants credentials (\"auth\")"
+                } else {
+                    ": check the credentials in \"auth\""
+                }
+            )),
+            404 => Refusal::Fail(format!("not found in the registry ({url})")),
+            _ => Refusal::Fail(format!("HTTP {code} {} from {url}", resp.status_text())),
+        };
+        send_with_retries(self.config.http.retry_limit, "the registry", send, refused)
+            .map_err(|what| self.err(blob_id, what))
     }
 
     /// The Authorization header answering a 401 challenge.
