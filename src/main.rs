@@ -951,7 +951,7 @@ fn mount_cmd(args: MountArgs) -> Result<()> {
             args.mountpoint.display()
         )
     })?;
-    let mut unmounter = mounted.unmounter();
+    let unmounter = mounted.unmounter();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -959,8 +959,27 @@ fn mount_cmd(args: MountArgs) -> Result<()> {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             log::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmount: {e}");
+            match unmounter.unmount() {
+                Ok(nydus_fuse::Unmounted::Cleanly) => {
+                    // The session sees the unmount and `run` returns; if it has not
+                    // within a few seconds, stop anyway.
+                    std::thread::sleep(Duration::from_secs(5));
+                    log::warn!("the FUSE session did not end after unmounting: exiting");
+                    std::process::exit(0);
+                }
+                Ok(nydus_fuse::Unmounted::Detached) => {
+                    // Busy: detached from its path. Exiting closes /dev/fuse, which ends
+                    // the file system for whoever still holds it (they see ENOTCONN).
+                    log::warn!(
+                        "{} was busy: detached it, exiting",
+                        unmounter.mountpoint().display()
+                    );
+                    std::process::exit(0);
+                }
+                Err(e) => {
+                    log::error!("cannot unmount {}: {e}", unmounter.mountpoint().display());
+                    std::process::exit(1);
+                }
             }
         }
     });

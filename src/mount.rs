@@ -17,38 +17,62 @@ use crate::reader::{Image, ReadError};
 /// An image served over FUSE.
 pub struct ImageFs {
     image: Image,
-    /// nid -> (parent nid, name), learned from lookups and listings, for log messages.
-    names: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+    /// Paths already found for inodes named in log messages (only failures look).
+    paths: Mutex<HashMap<u64, String>>,
 }
+
+/// Directories searched, at most, to name an inode in a log message.
+const PATH_SEARCH_LIMIT: usize = 1 << 20;
 
 impl ImageFs {
     /// Wraps an open image.
     pub fn new(image: Image) -> Self {
         ImageFs {
             image,
-            names: Mutex::new(HashMap::new()),
+            paths: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The path of `nid` as far as known.
+    /// The path of `nid` for a log message: found by walking the tree from the root, on
+    /// failures only, so serving keeps no name table in memory.
     fn path_of(&self, nid: u64) -> String {
-        let names = self.names.lock().expect("names lock");
-        let mut parts = Vec::new();
-        let mut cur = nid;
-        while cur != self.image.root() && parts.len() < 4096 {
-            match names.get(&cur) {
-                Some((parent, name)) => {
-                    parts.push(String::from_utf8_lossy(name).into_owned());
-                    cur = *parent;
+        if let Some(p) = self.paths.lock().expect("paths lock").get(&nid) {
+            return p.clone();
+        }
+        let path = self.search(nid).unwrap_or_else(|| format!("<inode {nid}>"));
+        let mut paths = self.paths.lock().expect("paths lock");
+        if paths.len() < 4096 {
+            paths.insert(nid, path.clone());
+        }
+        path
+    }
+
+    /// Breadth-first search for an entry naming `nid`; `None` if not found (or damaged).
+    fn search(&self, nid: u64) -> Option<String> {
+        let root = self.image.root();
+        if nid == root {
+            return Some("/".into());
+        }
+        let mut queue = std::collections::VecDeque::from([(root, String::new())]);
+        let mut seen = std::collections::HashSet::from([root]);
+        while let Some((dir, path)) = queue.pop_front() {
+            if seen.len() > PATH_SEARCH_LIMIT {
+                return None;
+            }
+            let Ok(entries) = self.image.read_dir(dir) else {
+                continue;
+            };
+            for e in entries {
+                let child = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                if e.nid == nid {
+                    return Some(child);
                 }
-                None => {
-                    parts.push(format!("<inode {cur}>"));
-                    break;
+                if e.file_type == 2 && seen.insert(e.nid) {
+                    queue.push_back((e.nid, child));
                 }
             }
         }
-        parts.reverse();
-        format!("/{}", parts.join("/"))
+        None
     }
 
     fn fail(&self, nid: u64, what: &str, e: ReadError) -> i32 {
@@ -89,14 +113,7 @@ impl ReadOnlyFs for ImageFs {
 
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, i32> {
         match self.image.lookup(parent, name) {
-            Ok(Some(nid)) => {
-                self.names
-                    .lock()
-                    .expect("names lock")
-                    .entry(nid)
-                    .or_insert_with(|| (parent, name.to_vec()));
-                self.attr(nid)
-            }
+            Ok(Some(nid)) => self.attr(nid),
             Ok(None) => Err(libc::ENOENT),
             Err(e) => Err(self.fail(parent, "lookup", e)),
         }
@@ -107,11 +124,9 @@ impl ReadOnlyFs for ImageFs {
             .image
             .read_dir(id)
             .map_err(|e| self.fail(id, "readdir", e))?;
-        let mut names = self.names.lock().expect("names lock");
         Ok(entries
             .into_iter()
             .map(|e| {
-                names.entry(e.nid).or_insert_with(|| (id, e.name.clone()));
                 let kind = match e.file_type {
                     1 => libc::S_IFREG,
                     2 => libc::S_IFDIR,
@@ -269,7 +284,7 @@ impl Read for ImageFile<'_> {
 
 /// A FUSE mount served by background threads; unmounted when dropped.
 pub struct BackgroundMount {
-    unmounter: nydus_fuse::SessionUnmounter,
+    unmounter: nydus_fuse::Unmounter,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// Where it is mounted.
     pub mountpoint: std::path::PathBuf,
@@ -311,7 +326,10 @@ impl BackgroundMount {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        self.unmounter.unmount()?;
+        if self.unmounter.unmount()? == nydus_fuse::Unmounted::Detached {
+            // Its session ends when the last user lets go; do not wait for that here.
+            return Ok(());
+        }
         thread
             .join()
             .map_err(|_| std::io::Error::other("FUSE session thread panicked"))?
@@ -326,31 +344,25 @@ impl Drop for BackgroundMount {
     }
 }
 
-/// Unmounts a mount point: umount(2), or `fusermount3 -u` for unprivileged users.
-pub fn unmount(mountpoint: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c =
-        std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: c is a NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EPERM) {
-        let status = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg(mountpoint)
-            .status()?;
-        if status.success() {
-            return Ok(());
-        }
-    }
-    Err(err)
+/// Unmounts a mount point: umount(2) (retried while briefly busy, then detached), or
+/// `fusermount3 -u` for unprivileged users.
+pub fn unmount(mountpoint: &std::path::Path) -> std::io::Result<nydus_fuse::Unmounted> {
+    nydus_fuse::unmount(mountpoint)
 }
 
 /// Whether `mountpoint` is currently a mount point (per /proc/self/mountinfo).
 pub fn is_mounted(mountpoint: &std::path::Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(mountpoint) else {
+    // Resolve the parent only: a stat of the mount point itself would wait on its
+    // server, which may not be serving yet (or ever).
+    let (Some(parent), Some(name)) = (mountpoint.parent(), mountpoint.file_name()) else {
+        return false;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(canon) = std::fs::canonicalize(parent).map(|p| p.join(name)) else {
         return false;
     };
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -105,16 +105,37 @@ impl OurMount {
         me
     }
 
+    /// SIGTERM, then the exit status; SIGKILL and a panic if it has not exited in 20 s.
     fn terminate(&mut self) -> std::process::ExitStatus {
+        self.stop().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn stop(&mut self) -> Result<std::process::ExitStatus, String> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let log = fs::read_to_string(&self.log).unwrap_or_default();
+                return Err(format!(
+                    "the mount did not exit within 20 s of SIGTERM; its log:\n{log}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 impl Drop for OurMount {
     fn drop(&mut self) {
         if self.child.try_wait().unwrap().is_none() {
-            self.terminate();
+            if let Err(e) = self.stop() {
+                eprintln!("{e}");
+            }
         }
         let _ = Command::new("umount")
             .arg(&self.mnt)
@@ -125,6 +146,7 @@ impl Drop for OurMount {
 
 #[test]
 fn every_entry_kind_survives_build_mount_verify() {
+    let _watchdog = common::watchdog("every_entry_kind_survives_build_mount_verify", 300);
     let scratch = Scratch::new();
     let src = scratch.path().join("src");
     make_tree(
@@ -166,6 +188,7 @@ fn nix_statfs(p: &Path) -> u64 {
 
 #[test]
 fn create_verify_builds_mounts_and_compares() {
+    let _watchdog = common::watchdog("create_verify_builds_mounts_and_compares", 300);
     let scratch = Scratch::new();
     let src = scratch.path().join("src");
     make_tree(
@@ -206,6 +229,7 @@ fn diff_setup(root: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn verifier_catches_each_kind_of_difference() {
+    let _watchdog = common::watchdog("verifier_catches_each_kind_of_difference", 300);
     type Change = fn(&Path, &Path);
     let cases: Vec<(&str, Change, &str)> = vec![
         (
@@ -297,6 +321,7 @@ fn verifier_catches_each_kind_of_difference() {
 
 #[test]
 fn verify_json_and_exit_codes() {
+    let _watchdog = common::watchdog("verify_json_and_exit_codes", 300);
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = diff_setup(tmp.path());
     set_xattr(&src.join("file"), "user.k", b"changed");
@@ -333,6 +358,7 @@ fn verify_json_and_exit_codes() {
 
 #[test]
 fn our_mount_and_nydusd_show_the_same_tree() {
+    let _watchdog = common::watchdog("our_mount_and_nydusd_show_the_same_tree", 300);
     let scratch = Scratch::new();
     let src = scratch.path().join("src");
     make_tree(
@@ -359,6 +385,7 @@ fn our_mount_and_nydusd_show_the_same_tree() {
 
 #[test]
 fn daemon_survives_corrupt_and_missing_blobs() {
+    let _watchdog = common::watchdog("daemon_survives_corrupt_and_missing_blobs", 300);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
@@ -407,4 +434,36 @@ fn daemon_survives_corrupt_and_missing_blobs() {
         Some(libc::EIO)
     );
     assert_eq!(fs::metadata(mount2.mnt.join("b")).unwrap().len(), 300_000);
+}
+
+#[test]
+fn sigterm_ends_a_busy_mount() {
+    let _watchdog = common::watchdog("sigterm_ends_a_busy_mount", 300);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    write_file(&src.join("a"), &data(100_000, 3));
+    let out = tmp.path().join("out");
+    build_cli(&src, &out, &[]);
+    let mut mount = OurMount::start(&out, &[]);
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(&*mount.mnt.to_string_lossy()))
+        .expect("mount listed");
+    assert!(line.contains(" - fuse.nydus-image rafs ro,"), "{line}");
+    // A file held open keeps the file system busy: SIGTERM must still end the daemon
+    // (after a bounded retry it detaches the mount), exit 0, and free the path.
+    let held = fs::File::open(mount.mnt.join("a")).unwrap();
+    let status = mount.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!nydus_image::mount::is_mounted(&mount.mnt));
+    let log = fs::read_to_string(&mount.log).unwrap();
+    assert!(log.contains("busy"), "log says why it detached: {log}");
+    let mut buf = [0u8; 16];
+    use std::os::unix::fs::FileExt;
+    assert!(
+        held.read_at(&mut buf, 0).is_err(),
+        "reads through the detached mount fail once its server is gone"
+    );
 }

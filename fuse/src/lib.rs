@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,7 +20,7 @@ use fuser::{
     Request, Session,
 };
 
-pub use fuser::SessionUnmounter;
+use fuser::SessionUnmounter;
 
 /// How long the kernel may cache attributes and entries: the image is immutable.
 const TTL: Duration = Duration::from_secs(3600);
@@ -415,12 +416,13 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
 /// A mounted session, ready to run.
 pub struct Mounted<F: ReadOnlyFs> {
     session: Session<Adapter<F>>,
+    unmounter: Unmounter,
 }
 
 impl<F: ReadOnlyFs> Mounted<F> {
     /// Something another thread can call to unmount (and so end `run`).
-    pub fn unmounter(&mut self) -> SessionUnmounter {
-        self.session.unmount_callable()
+    pub fn unmounter(&mut self) -> Unmounter {
+        self.unmounter.clone()
     }
 
     /// Serves requests until the file system is unmounted.
@@ -429,8 +431,109 @@ impl<F: ReadOnlyFs> Mounted<F> {
     }
 }
 
+/// Unmounts a mount made by [`mount`], from any thread.
+#[derive(Clone)]
+pub struct Unmounter {
+    mountpoint: PathBuf,
+    /// Set for mounts made through `fusermount3` (unprivileged): fuser unmounts those.
+    fuser: Option<Arc<Mutex<SessionUnmounter>>>,
+    /// Set once unmounted, so a second call cannot hit a newer mount at the same path.
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Unmounter {
+    /// Unmounts; see [`unmount`]. Unmounting twice is harmless.
+    pub fn unmount(&self) -> std::io::Result<Unmounted> {
+        use std::sync::atomic::Ordering;
+        if self.done.load(Ordering::SeqCst) {
+            return Ok(Unmounted::Cleanly);
+        }
+        let result = match &self.fuser {
+            Some(u) => {
+                u.lock().expect("unmounter lock").unmount()?;
+                Ok(Unmounted::Cleanly)
+            }
+            None => match unmount(&self.mountpoint) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Unmounted::Cleanly),
+                other => other,
+            },
+        };
+        if result.is_ok() {
+            self.done.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Where the file system is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+}
+
+/// How [`unmount`] got a file system off its mount point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    /// It is gone; its session has ended or is ending.
+    Cleanly,
+    /// It was still busy after retrying, so it was detached (`MNT_DETACH`): the path is
+    /// free, but the file system lives on until its last user lets go.
+    Detached,
+}
+
+/// How long [`unmount`] retries a busy file system before detaching it. A file closed
+/// just before is briefly busy until its server answers the release.
+const BUSY_RETRY: Duration = Duration::from_secs(3);
+
+/// Unmounts `mountpoint`: umount(2), retried while the file system is busy for up to
+/// [`BUSY_RETRY`], then detached lazily; `fusermount3 -u` for unprivileged users.
+pub fn unmount(mountpoint: &Path) -> std::io::Result<Unmounted> {
+    let c =
+        std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let deadline = std::time::Instant::now() + BUSY_RETRY;
+    loop {
+        // SAFETY: c is a NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(Unmounted::Cleanly);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some(libc::EBUSY) => {
+                log::warn!(
+                    "{} is still busy after {} s: detaching it",
+                    mountpoint.display(),
+                    BUSY_RETRY.as_secs()
+                );
+                // SAFETY: as above.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+                    return Ok(Unmounted::Detached);
+                }
+                return Err(std::io::Error::last_os_error());
+            }
+            Some(libc::EPERM) => {
+                let status = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg(mountpoint)
+                    .status()?;
+                return if status.success() {
+                    Ok(Unmounted::Cleanly)
+                } else {
+                    Err(err)
+                };
+            }
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Mounts `fs` read-only at `mountpoint`. The mount exists when this returns; call
 /// [`Mounted::run`] (in any thread) to serve it.
+///
+/// As root the mount is made here with mount(2) on our own `/dev/fuse` descriptor, so
+/// only [`Unmounter`] ever unmounts it (fuser's own unmount-on-drop could otherwise hit a
+/// newer mount at the same path); otherwise fuser mounts through `fusermount3`.
 pub fn mount<F: ReadOnlyFs>(
     fs: Arc<F>,
     mountpoint: &Path,
@@ -453,17 +556,87 @@ pub fn mount<F: ReadOnlyFs>(
         dirs: Mutex::new(HashMap::new()),
         next_fh: Mutex::new(0),
     };
-    let mut options = vec![
-        MountOption::RO,
-        MountOption::FSName(config.fs_name.clone()),
-        MountOption::Subtype("nydus-image".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    if config.allow_other {
-        options.push(MountOption::AllowOther);
+    let mountpoint = mountpoint.canonicalize()?;
+    match mount_kernel(&mountpoint, config) {
+        Ok(fd) => {
+            let acl = if config.allow_other {
+                fuser::SessionACL::All
+            } else {
+                fuser::SessionACL::Owner
+            };
+            Ok(Mounted {
+                session: Session::from_fd(adapter, fd, acl),
+                unmounter: Unmounter {
+                    mountpoint,
+                    fuser: None,
+                    done: Default::default(),
+                },
+            })
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let mut options = vec![
+                MountOption::RO,
+                MountOption::FSName(config.fs_name.clone()),
+                MountOption::Subtype("nydus-image".into()),
+                MountOption::DefaultPermissions,
+                MountOption::NoDev,
+                MountOption::NoSuid,
+            ];
+            if config.allow_other {
+                options.push(MountOption::AllowOther);
+            }
+            let mut session = Session::new(adapter, &mountpoint, &options)?;
+            let fuser = Some(Arc::new(Mutex::new(session.unmount_callable())));
+            Ok(Mounted {
+                session,
+                unmounter: Unmounter {
+                    mountpoint,
+                    fuser,
+                    done: Default::default(),
+                },
+            })
+        }
+        Err(e) => Err(e),
     }
-    let session = Session::new(adapter, mountpoint, &options)?;
-    Ok(Mounted { session })
+}
+
+/// mount(2) of a FUSE file system served through a new `/dev/fuse` descriptor.
+fn mount_kernel(mountpoint: &Path, config: &MountConfig) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let dev: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?
+        .into();
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut options = format!(
+        "fd={},rootmode={root_mode:o},user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd()
+    );
+    if config.allow_other {
+        options.push_str(",allow_other");
+    }
+    let cstr = |s: &[u8]| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let source = cstr(config.fs_name.as_bytes())?;
+    let target = cstr(mountpoint.as_os_str().as_bytes())?;
+    let fstype = cstr(b"fuse.nydus-image")?;
+    let data = cstr(options.as_bytes())?;
+    let flags = libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID;
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dev)
 }
