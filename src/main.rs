@@ -220,7 +220,7 @@ struct MountArgs {
     threads: Option<usize>,
     /// Bound of the decompressed chunk cache, in MiB. The kernel's page cache keeps file
     /// data; this cache only serves reads that cover part of a chunk.
-    #[arg(long = "cache-mib", default_value_t = 4)]
+    #[arg(long = "cache-mib", default_value_t = 2)]
     cache_mib: usize,
     /// Log to this file (with --daemon, the daemon's only output).
     #[arg(short = 'L', long = "log-file")]
@@ -928,6 +928,14 @@ const DAEMON_CHILD_ENV: &str = "NYDUS_IMAGE_DAEMON_CHILD";
 fn mount_cmd(args: MountArgs) -> Result<()> {
     if args.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
         return spawn_daemon(&args);
+    }
+    // Buffers of 128 KiB and more (chunks, windows, replies) come from mmap and go back to
+    // the kernel when freed, so a long-running mount's memory follows what it holds rather
+    // than the high-water mark of every serving thread's heap.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before serving starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
     let mut image = Image::open(&args.bootstrap, args.blobs.source()?)?;
     for (id, why) in image.missing_blobs() {

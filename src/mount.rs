@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::Mutex;
 
-use nydus_fuse::{Attr, Entry, FsStats, ReadOnlyFs};
+use nydus_fuse::{Attr, Bytes, Entry, FsStats, ReadOnlyFs};
 use nydus_verify::{Facts, Tree};
 
 use crate::format::v6::BLOCK_SIZE;
@@ -146,25 +146,36 @@ impl ReadOnlyFs for ImageFs {
             .collect())
     }
 
-    fn read(&self, id: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
-        let mut buf = vec![0u8; size as usize];
-        let n = self
+    fn read(&self, id: u64, offset: u64, size: u32) -> Result<Bytes, i32> {
+        let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
+        if let Some((buf, range)) = self
             .image
-            .read(id, offset, &mut buf)
-            .map_err(|e| self.fail(id, &format!("read at offset {offset}"), e))?;
+            .read_shared(id, offset, size as u64, false)
+            .map_err(fail)?
+        {
+            return Ok(Bytes::Shared(buf, range));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = self.image.read(id, offset, &mut buf).map_err(fail)?;
         buf.truncate(n);
-        Ok(buf)
+        Ok(Bytes::Owned(buf))
     }
 
-    fn read_now(&self, id: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>, i32>> {
+    fn read_now(&self, id: u64, offset: u64, size: u32) -> Option<Result<Bytes, i32>> {
+        let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
+        match self.image.read_shared(id, offset, size as u64, true) {
+            Ok(Some((buf, range))) => return Some(Ok(Bytes::Shared(buf, range))),
+            Ok(None) => {}
+            Err(e) => return Some(Err(fail(e))),
+        }
         let mut buf = vec![0u8; size as usize];
         match self.image.read_cached(id, offset, &mut buf) {
             Ok(Some(n)) => {
                 buf.truncate(n);
-                Some(Ok(buf))
+                Some(Ok(Bytes::Owned(buf)))
             }
             Ok(None) => None,
-            Err(e) => Some(Err(self.fail(id, &format!("read at offset {offset}"), e))),
+            Err(e) => Some(Err(fail(e))),
         }
     }
 

@@ -86,10 +86,10 @@ pub trait ReadOnlyFs: Send + Sync + 'static {
     /// Lists directory `id`.
     fn readdir(&self, id: u64) -> Result<Vec<Entry>, i32>;
     /// Reads up to `size` bytes at `offset` of file `id`.
-    fn read(&self, id: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32>;
+    fn read(&self, id: u64, offset: u64, size: u32) -> Result<Bytes, i32>;
     /// The same read if it can be answered from memory at once; `None` sends it to a
     /// worker thread (through `read`). The default always defers.
-    fn read_now(&self, _id: u64, _offset: u64, _size: u32) -> Option<Result<Vec<u8>, i32>> {
+    fn read_now(&self, _id: u64, _offset: u64, _size: u32) -> Option<Result<Bytes, i32>> {
         None
     }
     /// Target of symlink `id`.
@@ -100,6 +100,25 @@ pub trait ReadOnlyFs: Send + Sync + 'static {
     fn getxattr(&self, id: u64, name: &[u8]) -> Result<Vec<u8>, i32>;
     /// Totals for `statfs`.
     fn statfs(&self) -> FsStats;
+}
+
+/// The bytes answering a read: owned, or part of a shared buffer (a cached chunk), which
+/// is sent without a copy.
+pub enum Bytes {
+    /// A buffer of its own.
+    Owned(Vec<u8>),
+    /// `range` of a shared buffer.
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl Bytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(buf, range) => &buf[range.clone()],
+        }
+    }
 }
 
 /// Mount settings.
@@ -254,13 +273,13 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
     ) {
         let id = self.id_of(ino);
         match self.fs.read_now(id, offset.max(0) as u64, size) {
-            Some(Ok(data)) => return reply.data(&data),
+            Some(Ok(data)) => return reply.data(data.as_slice()),
             Some(Err(e)) => return reply.error(e),
             None => {}
         }
         let fs = self.fs.clone();
         let job: Job = Box::new(move || match fs.read(id, offset.max(0) as u64, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.as_slice()),
             Err(e) => reply.error(e),
         });
         if let Err(e) = self.pool.send(job) {

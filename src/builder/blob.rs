@@ -76,29 +76,44 @@ impl<W: Write> BlobWriter<W> {
         stored: Option<&[u8]>,
         file_offset: u64,
     ) -> std::io::Result<u32> {
-        let bytes = stored.unwrap_or(raw);
+        match stored {
+            Some(packed) => self.add_stored(digest, raw.len(), packed, true, file_offset),
+            None => self.add_stored(digest, raw.len(), raw, false, file_offset),
+        }
+    }
+
+    /// Like [`add_chunk`](Self::add_chunk) for a chunk of `raw_len` bytes already in its
+    /// stored form: `bytes`, compressed or not.
+    pub fn add_stored(
+        &mut self,
+        digest: [u8; 32],
+        raw_len: usize,
+        bytes: &[u8],
+        compressed: bool,
+        file_offset: u64,
+    ) -> std::io::Result<u32> {
         if self.compressed_offset + bytes.len() as u64 > MAX_COMPRESSED_OFFSET
-            || self.uncompressed_offset + raw.len() as u64 > MAX_UNCOMPRESSED_OFFSET
+            || self.uncompressed_offset + raw_len as u64 > MAX_UNCOMPRESSED_OFFSET
             || self.chunks.len() >= 0x00ff_ffff
         {
             return Err(std::io::Error::other(
                 "blob exceeds the RAFS v6 limits (1 TiB compressed, 16 TiB uncompressed, 2^24 chunks)",
             ));
         }
-        debug_assert!(raw.len() as u64 <= MAX_CHUNK_BYTES && !raw.is_empty());
+        debug_assert!(raw_len as u64 <= MAX_CHUNK_BYTES && raw_len > 0);
         let info = ChunkInfo {
             digest,
             blob_index: 0,
-            compressed: stored.is_some(),
+            compressed,
             compressed_size: bytes.len() as u32,
-            uncompressed_size: raw.len() as u32,
+            uncompressed_size: raw_len as u32,
             compressed_offset: self.compressed_offset,
             uncompressed_offset: self.uncompressed_offset,
             file_offset,
             index: self.chunks.len() as u32,
         };
         self.write(bytes)?;
-        self.uncompressed_offset += (raw.len() as u64).next_multiple_of(BLOCK_SIZE);
+        self.uncompressed_offset += (raw_len as u64).next_multiple_of(BLOCK_SIZE);
         self.chunks.push(info);
         Ok(self.chunks.len() as u32 - 1)
     }

@@ -78,16 +78,21 @@ struct Done {
     node: NodeId,
     file_offset: u64,
     digest: [u8; 32],
-    data: Vec<u8>,
-    packed: Compressed,
+    /// Bytes of file data in the chunk.
+    len: usize,
+    body: Body,
 }
 
-/// A worker's compression result.
-enum Compressed {
-    /// Compressed form, or `None` when the chunk is stored raw.
-    Done(Option<Vec<u8>>),
-    /// Not compressed: another copy of this chunk claimed the work.
-    Skipped,
+/// A chunk's bytes as a worker hands them to the writer: only one form is kept, so a
+/// compressed chunk does not also hold its raw data while it waits for its turn.
+enum Body {
+    /// Compressed.
+    Packed(Vec<u8>),
+    /// Raw, to be stored raw: compression did not make it smaller.
+    Raw(Vec<u8>),
+    /// Raw and not compressed: another copy of this chunk claimed the work (the writer
+    /// compresses it itself if this copy turns out to be the one stored).
+    Unpacked(Vec<u8>),
 }
 
 /// How far the chunker has come.
@@ -165,18 +170,22 @@ pub fn chunk_files<W: Write>(
                     // itself in the rare case where a later copy claimed the digest first.
                     let first = known(&digest).is_none()
                         && claimed.lock().expect("claims lock").insert(digest);
-                    let packed = if first {
-                        Compressed::Done(compress::compress(opts.compressor, &job.data))
+                    let len = job.data.len();
+                    let body = if first {
+                        match compress::compress(opts.compressor, &job.data) {
+                            Some(packed) => Body::Packed(packed),
+                            None => Body::Raw(job.data),
+                        }
                     } else {
-                        Compressed::Skipped
+                        Body::Unpacked(job.data)
                     };
                     let done = Done {
                         seq: job.seq,
                         node: job.node,
                         file_offset: job.file_offset,
                         digest,
-                        data: job.data,
-                        packed,
+                        len,
+                        body,
                     };
                     if done_tx.send(done).is_err() {
                         return;
@@ -191,39 +200,40 @@ pub fn chunk_files<W: Write>(
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
         let mut next = 0u64;
         let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
-        let mut late: Option<Vec<u8>>;
         for done in done_rx.iter() {
             pending.insert(done.seq, done);
             while let Some(done) = pending.remove(&next) {
                 next += 1;
-                for _ in 0..tokens_for(done.data.len()) {
+                for _ in 0..tokens_for(done.len) {
                     let _ = token_tx.send(());
                 }
                 if write_error.is_some() {
                     continue;
                 }
                 out.total_chunks += 1;
-                out.bytes_read += done.data.len() as u64;
+                out.bytes_read += done.len as u64;
                 let found = known(&done.digest);
                 if found.is_some() {
                     out.known_chunks += 1;
-                    out.known_bytes += done.data.len() as u64;
+                    out.known_bytes += done.len as u64;
                 }
                 let index = match (found, seen.get(&done.digest)) {
                     (Some(info), _) => ChunkRef::Known(info),
                     (None, Some(&i)) => ChunkRef::New(i),
-                    (None, None) => match blob.add_chunk(
-                        done.digest,
-                        &done.data,
-                        match &done.packed {
-                            Compressed::Done(p) => p.as_deref(),
-                            Compressed::Skipped => {
-                                late = compress::compress(opts.compressor, &done.data);
-                                late.as_deref()
-                            }
-                        },
-                        done.file_offset,
-                    ) {
+                    (None, None) => match match &done.body {
+                        Body::Packed(p) => {
+                            blob.add_stored(done.digest, done.len, p, true, done.file_offset)
+                        }
+                        Body::Raw(raw) => {
+                            blob.add_stored(done.digest, done.len, raw, false, done.file_offset)
+                        }
+                        Body::Unpacked(raw) => blob.add_chunk(
+                            done.digest,
+                            raw,
+                            compress::compress(opts.compressor, raw).as_deref(),
+                            done.file_offset,
+                        ),
+                    } {
                         Ok(i) => {
                             seen.insert(done.digest, i);
                             ChunkRef::New(i)
@@ -295,6 +305,12 @@ fn read_file(
     let mut offset = 0u64;
     while offset < node.size {
         let want = (node.size - offset).min(chunk_size as u64) as usize;
+        // Take the chunk's share of the memory budget before its buffer exists.
+        for _ in 0..tokens_for(want) {
+            if tokens.recv().is_err() {
+                return Ok(()); // the writer stopped; it reports why
+            }
+        }
         let mut data = vec![0u8; want];
         let got = if is_hole(&file, offset, want as u64) {
             // Sparse files: a chunk wholly inside a hole is zeros; skip reading it.
@@ -313,11 +329,6 @@ fn read_file(
                     offset + got as u64
                 ),
             });
-        }
-        for _ in 0..tokens_for(want) {
-            if tokens.recv().is_err() {
-                return Ok(()); // the writer stopped; it reports why
-            }
         }
         let job = Job {
             seq: *seq,

@@ -4,13 +4,18 @@
 use std::sync::Arc;
 
 /// Bytes fetched from a blob when a small chunk is needed.
-const READ_WINDOW: u64 = 1 << 20;
+const READ_WINDOW: u64 = 256 << 10;
+/// Chunks stored in fewer bytes than this are read through a window; larger ones alone.
+const SMALL_STORED: u64 = 64 << 10;
 /// Largest chunk decompressed on the quick (cached-only) path.
 const QUICK_CHUNK: u64 = 128 << 10;
 /// Windows kept (per image, all threads).
 const KEPT_WINDOWS: usize = 4;
 
 use super::{Image, ReadError};
+
+/// Part of a shared buffer: the buffer and the range of it meant.
+pub type SharedBytes = (Arc<Vec<u8>>, std::ops::Range<usize>);
 use crate::format::v6::inode::ChunkAddr;
 use crate::storage::compress;
 
@@ -104,7 +109,10 @@ impl Image {
         };
         let stored = &window[at..at + stored_len as usize];
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
-        let data = if compressed {
+        let data: Arc<Vec<u8>> = if !compressed && at == 0 && window.len() as u64 == stored_len {
+            // Read alone and stored raw: the buffer read is the chunk.
+            window
+        } else if compressed {
             let mut out = vec![0u8; info.uncompressed_size as usize];
             let mut result = compress::decompress(self.blobs[blob].compressor, stored, &mut out);
             let rest = file.len - info.compressed_offset;
@@ -131,9 +139,9 @@ impl Image {
                     ),
                 )
             })?;
-            out
+            Arc::new(out)
         } else {
-            stored.to_vec()
+            Arc::new(stored.to_vec())
         };
         if self.validate {
             let got = compress::digest(self.blobs[blob].digester, &data);
@@ -150,15 +158,15 @@ impl Image {
                 ));
             }
         }
-        let data = Arc::new(data);
         self.cache.insert(key, data.clone());
         Ok(Some(data))
     }
 
     /// The stored bytes `[offset, offset + len)` of a blob: a buffer holding them and where
-    /// they start in it. Small reads fetch a whole window (`READ_WINDOW`) and keep the
-    /// last few windows, so reading files in blob order costs few, large reads (the
-    /// builder lays chunks out in the order `tar` and `find` walk a tree).
+    /// they start in it. Small chunks fetch a whole window (`READ_WINDOW`) and keep the
+    /// last few windows, so reading small files in blob order costs few, larger reads
+    /// (the builder lays chunks out in the order `tar` and `find` walk a tree); big
+    /// chunks are read alone, so a window never holds mostly someone else's data.
     fn stored_bytes(
         &self,
         blob: usize,
@@ -178,7 +186,7 @@ impl Image {
         if cached_only {
             return Ok(None);
         }
-        let end = if len < READ_WINDOW {
+        let end = if len < SMALL_STORED {
             (offset + READ_WINDOW).min(file.len).max(offset + len)
         } else {
             offset + len
@@ -186,7 +194,7 @@ impl Image {
         let mut data = vec![0u8; (end - offset) as usize];
         file.read_exact_at(&mut data, offset)?;
         let data = Arc::new(data);
-        if len < READ_WINDOW {
+        if len < SMALL_STORED {
             let mut windows = self.windows.lock().expect("windows lock");
             if windows.len() >= KEPT_WINDOWS {
                 windows.pop_front();
@@ -250,6 +258,40 @@ impl Image {
             done += n;
         }
         Ok(Some(done))
+    }
+
+    /// The bytes of regular file `nid` at `[offset, offset + len)` (cut at its end) when
+    /// they lie within one stored chunk: that chunk's buffer and the range in it, with no
+    /// copy. `Ok(None)` when they span chunks or a hole, lie past the end, or (with
+    /// `cached_only`) would need a blob read; [`read`](Self::read) serves those.
+    pub fn read_shared(
+        &self,
+        nid: u64,
+        offset: u64,
+        len: u64,
+        cached_only: bool,
+    ) -> Result<Option<SharedBytes>, ReadError> {
+        let table = self.chunk_table_of(nid)?;
+        let size = table.size;
+        if offset >= size || len == 0 {
+            return Ok(None);
+        }
+        let chunk_size = self.sb.chunk_size as u64;
+        let index = (offset / chunk_size) as usize;
+        let chunk_start = index as u64 * chunk_size;
+        let chunk_len = (size - chunk_start).min(chunk_size);
+        let end = (offset + len).min(size);
+        if end > chunk_start + chunk_len {
+            return Ok(None);
+        }
+        let Some(addr) = table.get(self, index)? else {
+            return Ok(None);
+        };
+        let Some(data) = self.load_chunk(addr, chunk_len, cached_only)? else {
+            return Ok(None);
+        };
+        let range = (offset - chunk_start) as usize..(end - chunk_start) as usize;
+        Ok(Some((data, range)))
     }
 
     /// Reads all of regular file `nid`.

@@ -33,7 +33,7 @@ use crate::storage::blobs::{BlobFile, BlobSource};
 /// Largest bootstrap we load (upstream's metadata limit is 2 GiB too).
 const MAX_BOOTSTRAP: u64 = 1 << 31;
 /// Default bound of the decompressed chunk cache.
-pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 2 << 20;
 /// Deepest directory nesting a walk accepts.
 pub const MAX_DEPTH: usize = 4096;
 

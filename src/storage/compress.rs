@@ -14,6 +14,8 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static ZSTD_DECODER: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    /// Output buffer of this thread's zstd encoder, reused across chunks.
+    static ZSTD_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Compresses `data`. Returns `None` when the result would not be smaller (or the
@@ -32,7 +34,16 @@ pub fn compress(algo: Compressor, data: &[u8]) -> Option<Vec<u8>> {
             if c.is_none() {
                 *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
             }
-            c.as_mut()?.compress(data).ok()
+            // Compress into a reused buffer no bigger than the input (a larger result is
+            // not kept anyway), then copy out exactly what was produced: a chunk waiting
+            // for the writer holds its compressed size, not the worst case.
+            ZSTD_OUT.with(|out| {
+                let mut out = out.borrow_mut();
+                out.clear();
+                out.reserve(data.len());
+                let n = c.as_mut()?.compress_to_buffer(data, &mut *out).ok()?;
+                Some(out[..n].to_vec())
+            })
         })?,
         Compressor::Gzip => {
             use std::io::Write;
