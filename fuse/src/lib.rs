@@ -149,11 +149,43 @@ type Job = Box<dyn FnOnce() + Send>;
 struct Adapter<F: ReadOnlyFs> {
     fs: Arc<F>,
     pool: crossbeam_channel::Sender<Job>,
+    /// Listings of directories opened through OPENDIR, by handle.
     dirs: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
     next_fh: Mutex<u64>,
+    /// The kernel opens directories without asking us (`FUSE_NO_OPENDIR_SUPPORT`): half
+    /// the requests of a tree walk. Listings are then kept by inode, a few at a time.
+    no_opendir: bool,
+    recent_dirs: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
 }
 
+/// Listings kept by inode when the kernel does not open directories through us.
+const RECENT_DIRS: usize = 64;
+
 impl<F: ReadOnlyFs> Adapter<F> {
+    /// The listing a READDIR(PLUS) continues: its handle's, or (handle 0, no OPENDIR)
+    /// the directory's, listed again if it is not among the recent ones.
+    fn listing(&self, ino: u64, fh: u64) -> Result<Arc<Vec<Entry>>, i32> {
+        if fh != 0 {
+            return self
+                .dirs
+                .lock()
+                .expect("dirs lock")
+                .get(&fh)
+                .cloned()
+                .ok_or(libc::EBADF);
+        }
+        if let Some(entries) = self.recent_dirs.lock().expect("dirs lock").get(&ino) {
+            return Ok(entries.clone());
+        }
+        let entries = Arc::new(self.fs.readdir(self.id_of(ino))?);
+        let mut recent = self.recent_dirs.lock().expect("dirs lock");
+        if recent.len() >= RECENT_DIRS {
+            recent.clear();
+        }
+        recent.insert(ino, entries.clone());
+        Ok(entries)
+    }
+
     fn ino_of(&self, id: u64) -> u64 {
         if id == self.fs.root() {
             fuser::FUSE_ROOT_ID
@@ -218,6 +250,7 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
         const FUSE_DO_READDIRPLUS: u32 = 1 << 13;
         const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
         const FUSE_CACHE_SYMLINKS: u32 = 1 << 23;
+        const FUSE_NO_OPENDIR_SUPPORT: u32 = 1 << 24;
         for cap in [
             FUSE_ASYNC_READ,
             FUSE_DO_READDIRPLUS,
@@ -226,6 +259,7 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
         ] {
             let _ = config.add_capabilities(cap);
         }
+        self.no_opendir = config.add_capabilities(FUSE_NO_OPENDIR_SUPPORT).is_ok();
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         Ok(())
@@ -288,6 +322,11 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        if self.no_opendir {
+            // With FUSE_NO_OPENDIR_SUPPORT granted, ENOSYS tells the kernel to open every
+            // directory itself from now on.
+            return reply.error(libc::ENOSYS);
+        }
         match self.fs.readdir(self.id_of(ino)) {
             Ok(entries) => {
                 let mut next = self.next_fh.lock().expect("fh lock");
@@ -311,8 +350,9 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dirs.lock().expect("dirs lock").get(&fh).cloned() else {
-            return reply.error(libc::EBADF);
+        let entries = match self.listing(ino, fh) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
         };
         let dots = [
             (ino, FileType::Directory, &b"."[..]),
@@ -339,8 +379,9 @@ impl<F: ReadOnlyFs> Filesystem for Adapter<F> {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.dirs.lock().expect("dirs lock").get(&fh).cloned() else {
-            return reply.error(libc::EBADF);
+        let entries = match self.listing(ino, fh) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
         };
         let me = match self.fs.getattr(self.id_of(ino)) {
             Ok(a) => a,
@@ -574,6 +615,8 @@ pub fn mount<F: ReadOnlyFs>(
         pool: tx,
         dirs: Mutex::new(HashMap::new()),
         next_fh: Mutex::new(0),
+        no_opendir: false,
+        recent_dirs: Mutex::new(HashMap::new()),
     };
     let mountpoint = mountpoint.canonicalize()?;
     match mount_kernel(&mountpoint, config) {
