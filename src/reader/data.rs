@@ -9,6 +9,8 @@ const READ_WINDOW: u64 = 256 << 10;
 const SMALL_STORED: u64 = 64 << 10;
 /// Largest chunk decompressed on the quick (cached-only) path.
 const QUICK_CHUNK: u64 = 128 << 10;
+/// Bytes past a window the kernel is asked to read ahead.
+const AHEAD: u64 = 2 << 20;
 /// Windows kept (per image, all threads).
 const KEPT_WINDOWS: usize = 4;
 
@@ -193,6 +195,10 @@ impl Image {
         };
         let mut data = vec![0u8; (end - offset) as usize];
         file.read_exact_at(&mut data, offset)?;
+        if len < SMALL_STORED && end < file.len {
+            // Small files are read in blob order: have the next stretch on its way.
+            file.will_need(end, AHEAD.min(file.len - end));
+        }
         let data = Arc::new(data);
         if len < SMALL_STORED {
             let mut windows = self.windows.lock().expect("windows lock");

@@ -61,6 +61,23 @@ impl BlobFile {
         })
     }
 
+    /// Asks the kernel to start reading `[offset, offset + len)` of a local blob file in
+    /// the background (a hint; remote blobs ignore it).
+    pub fn will_need(&self, offset: u64, len: u64) {
+        if let Source::File(f) = &self.source {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor; the call only schedules readahead.
+            unsafe {
+                libc::posix_fadvise(
+                    f.as_raw_fd(),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match &self.source {
