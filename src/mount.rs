@@ -12,7 +12,7 @@ use nydus_fuse::{Attr, Bytes, Entry, FsStats, ReadOnlyFs};
 use nydus_verify::{Facts, Tree};
 
 use crate::format::v6::BLOCK_SIZE;
-use crate::reader::{Image, ReadError};
+use crate::reader::{Image, ReadError, SharedRead};
 
 /// An image served over FUSE.
 pub struct ImageFs {
@@ -148,7 +148,7 @@ impl ReadOnlyFs for ImageFs {
 
     fn read(&self, id: u64, offset: u64, size: u32) -> Result<Bytes, i32> {
         let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
-        if let Some((buf, range)) = self
+        if let SharedRead::Shared(buf, range) = self
             .image
             .read_shared(id, offset, size as u64, false)
             .map_err(fail)?
@@ -164,8 +164,9 @@ impl ReadOnlyFs for ImageFs {
     fn read_now(&self, id: u64, offset: u64, size: u32) -> Option<Result<Bytes, i32>> {
         let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
         match self.image.read_shared(id, offset, size as u64, true) {
-            Ok(Some((buf, range))) => return Some(Ok(Bytes::Shared(buf, range))),
-            Ok(None) => {}
+            Ok(SharedRead::Shared(buf, range)) => return Some(Ok(Bytes::Shared(buf, range))),
+            Ok(SharedRead::NotCached) => return None,
+            Ok(SharedRead::Copy) => {}
             Err(e) => return Some(Err(fail(e))),
         }
         let mut buf = vec![0u8; size as usize];

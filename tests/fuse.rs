@@ -383,18 +383,25 @@ fn our_mount_and_nydusd_show_the_same_tree() {
     assert_same_scan("our mount vs nydusd", &a, &b);
 }
 
+/// Builds an image of a flat tree of `files` under `root`; returns its output directory.
+fn files_image(root: &Path, files: &[(&str, Vec<u8>)], extra: &[&str]) -> PathBuf {
+    let src = root.join("src");
+    fs::create_dir(&src).unwrap();
+    for (name, bytes) in files {
+        write_file(&src.join(name), bytes);
+    }
+    let out = root.join("out");
+    build_cli(&src, &out, extra);
+    out
+}
+
 #[test]
 fn daemon_survives_corrupt_and_missing_blobs() {
     let _watchdog = common::watchdog("daemon_survives_corrupt_and_missing_blobs", 300);
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    write_file(&src.join("a"), &data(300_000, 1));
-    write_file(&src.join("b"), &data(300_000, 2));
-    let out = tmp.path().join("out");
-    build_cli(
-        &src,
-        &out,
+    let out = files_image(
+        tmp.path(),
+        &[("a", data(300_000, 1)), ("b", data(300_000, 2))],
         &["--compressor", "none", "--chunk-size", "0x10000"],
     );
     let blob = fs::read_dir(out.join("blobs"))
@@ -440,11 +447,7 @@ fn daemon_survives_corrupt_and_missing_blobs() {
 fn sigterm_ends_a_busy_mount() {
     let _watchdog = common::watchdog("sigterm_ends_a_busy_mount", 300);
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    write_file(&src.join("a"), &data(100_000, 3));
-    let out = tmp.path().join("out");
-    build_cli(&src, &out, &[]);
+    let out = files_image(tmp.path(), &[("a", data(100_000, 3))], &[]);
     let mut mount = OurMount::start(&out, &[]);
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info

@@ -220,20 +220,7 @@ pub fn chunk_files<W: Write>(
                 let index = match (found, seen.get(&done.digest)) {
                     (Some(info), _) => ChunkRef::Known(info),
                     (None, Some(&i)) => ChunkRef::New(i),
-                    (None, None) => match match &done.body {
-                        Body::Packed(p) => {
-                            blob.add_stored(done.digest, done.len, p, true, done.file_offset)
-                        }
-                        Body::Raw(raw) => {
-                            blob.add_stored(done.digest, done.len, raw, false, done.file_offset)
-                        }
-                        Body::Unpacked(raw) => blob.add_chunk(
-                            done.digest,
-                            raw,
-                            compress::compress(opts.compressor, raw).as_deref(),
-                            done.file_offset,
-                        ),
-                    } {
+                    (None, None) => match store(blob, &done, opts.compressor) {
                         Ok(i) => {
                             seen.insert(done.digest, i);
                             ChunkRef::New(i)
@@ -272,6 +259,25 @@ pub fn chunk_files<W: Write>(
         return Err(e);
     }
     Ok(out)
+}
+
+/// Appends a chunk to the blob in the form its worker left it in.
+fn store<W: Write>(
+    blob: &mut BlobWriter<W>,
+    done: &Done,
+    compressor: Compressor,
+) -> std::io::Result<u32> {
+    let (digest, len, at) = (done.digest, done.len, done.file_offset);
+    match &done.body {
+        Body::Packed(packed) => blob.add_stored(digest, len, packed, true, at),
+        Body::Raw(raw) => blob.add_stored(digest, len, raw, false, at),
+        Body::Unpacked(raw) => blob.add_chunk(
+            digest,
+            raw,
+            compress::compress(compressor, raw).as_deref(),
+            at,
+        ),
+    }
 }
 
 /// Bytes of chunk data one memory-budget token stands for.

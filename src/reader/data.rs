@@ -15,11 +15,25 @@ const AHEAD: u64 = 2 << 20;
 const KEPT_WINDOWS: usize = 4;
 
 use super::{Image, ReadError};
-
-/// Part of a shared buffer: the buffer and the range of it meant.
-pub type SharedBytes = (Arc<Vec<u8>>, std::ops::Range<usize>);
 use crate::format::v6::inode::ChunkAddr;
 use crate::storage::compress;
+
+/// What [`Image::read_shared`] found for a range of a file.
+pub enum SharedRead {
+    /// The range lies in one stored chunk: that chunk's buffer and the range in it.
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    /// The range spans chunks or a hole, or lies past the end: read it with a copy.
+    Copy,
+    /// With `cached_only`: the chunk is not in memory.
+    NotCached,
+}
+
+/// The chunk holding byte `pos` of a file of `size` bytes: its index, first byte, length.
+fn chunk_at(pos: u64, size: u64, chunk_size: u64) -> (usize, u64, u64) {
+    let index = pos / chunk_size;
+    let start = index * chunk_size;
+    (index as usize, start, (size - start).min(chunk_size))
+}
 
 impl Image {
     fn blob_error(&self, blob: usize, what: String) -> ReadError {
@@ -247,9 +261,7 @@ impl Image {
         let mut done = 0usize;
         while done < want {
             let pos = offset + done as u64;
-            let index = (pos / chunk_size) as usize;
-            let chunk_start = index as u64 * chunk_size;
-            let chunk_len = (size - chunk_start).min(chunk_size);
+            let (index, chunk_start, chunk_len) = chunk_at(pos, size, chunk_size);
             let within = (pos - chunk_start) as usize;
             let n = (chunk_len as usize - within).min(want - done);
             match table.get(self, index)? {
@@ -266,38 +278,33 @@ impl Image {
         Ok(Some(done))
     }
 
-    /// The bytes of regular file `nid` at `[offset, offset + len)` (cut at its end) when
-    /// they lie within one stored chunk: that chunk's buffer and the range in it, with no
-    /// copy. `Ok(None)` when they span chunks or a hole, lie past the end, or (with
-    /// `cached_only`) would need a blob read; [`read`](Self::read) serves those.
+    /// The bytes of regular file `nid` at `[offset, offset + len)` (cut at its end), from
+    /// the one stored chunk holding them, with no copy: see [`SharedRead`].
     pub fn read_shared(
         &self,
         nid: u64,
         offset: u64,
         len: u64,
         cached_only: bool,
-    ) -> Result<Option<SharedBytes>, ReadError> {
+    ) -> Result<SharedRead, ReadError> {
         let table = self.chunk_table_of(nid)?;
         let size = table.size;
         if offset >= size || len == 0 {
-            return Ok(None);
+            return Ok(SharedRead::Copy);
         }
-        let chunk_size = self.sb.chunk_size as u64;
-        let index = (offset / chunk_size) as usize;
-        let chunk_start = index as u64 * chunk_size;
-        let chunk_len = (size - chunk_start).min(chunk_size);
+        let (index, chunk_start, chunk_len) = chunk_at(offset, size, self.sb.chunk_size as u64);
         let end = (offset + len).min(size);
         if end > chunk_start + chunk_len {
-            return Ok(None);
+            return Ok(SharedRead::Copy);
         }
         let Some(addr) = table.get(self, index)? else {
-            return Ok(None);
+            return Ok(SharedRead::Copy);
         };
         let Some(data) = self.load_chunk(addr, chunk_len, cached_only)? else {
-            return Ok(None);
+            return Ok(SharedRead::NotCached);
         };
         let range = (offset - chunk_start) as usize..(end - chunk_start) as usize;
-        Ok(Some((data, range)))
+        Ok(SharedRead::Shared(data, range))
     }
 
     /// Reads all of regular file `nid`.

@@ -18,6 +18,7 @@ mod cache;
 mod data;
 
 pub use cache::ChunkCache;
+pub use data::SharedRead;
 
 use std::path::{Path, PathBuf};
 
