@@ -12,6 +12,8 @@ use std::process::Command;
 
 use common::*;
 use nydus_image::builder::{build, BlobTarget, BuildOptions};
+use nydus_image::reader::Image;
+use nydus_image::storage::blobs::BlobSource;
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -103,4 +105,65 @@ fn fsck_erofs_and_the_kernel_accept_our_images() {
             &shown,
         );
     }
+}
+
+/// File inodes are packed without regard to block boundaries, as upstream packs them, so
+/// some 64-byte inodes start in one block and end in the next. The kernel, fsck.erofs,
+/// upstream nydusd and our reader must all read such inodes, xattrs and chunk indexes.
+#[test]
+fn inodes_across_block_boundaries_are_read_by_everyone() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..400u64 {
+        let path = src.join(format!("f{i:03}"));
+        // 0 to 3 chunks of 4 KiB, so records are 64, 72, 80 or 88 bytes long.
+        write_file(
+            &path,
+            &data((i % 4) as usize * 4096 - (i % 4 != 0) as usize, i),
+        );
+        if i % 5 == 0 {
+            set_xattr(&path, "user.tag", format!("value {i}").as_bytes());
+        }
+    }
+    let out = scratch.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let opts = BuildOptions {
+        chunk_size: 0x1000,
+        ..BuildOptions::default()
+    };
+    let summary = build(
+        &src,
+        &out.join("boot"),
+        &BlobTarget::Dir(out.clone()),
+        &opts,
+        &|_| {},
+    )
+    .unwrap();
+    let blob = summary.blob_path.unwrap();
+    run_ok(
+        Command::new("fsck.erofs")
+            .arg(format!("--device={}", blob.display()))
+            .arg(out.join("boot")),
+    );
+    let mount = kernel_mount(&out.join("boot"), &blob, &out.join("mnt"));
+    // The kernel reports an EROFS inode's nid as its number; slots are 32 bytes, so a
+    // 64-byte inode in slot 127 of a block ends in the next one.
+    let crossing = fs::read_dir(&mount.mnt)
+        .unwrap()
+        .map(|e| std::os::unix::fs::MetadataExt::ino(&e.unwrap().metadata().unwrap()))
+        .filter(|nid| nid % 128 == 127)
+        .count();
+    assert!(crossing > 0, "no inode crosses a block boundary");
+    let source = scan_fs(&src);
+    assert_same_scan("kernel EROFS mount", &source, &scan_fs(&mount.mnt));
+    drop(mount);
+
+    let image = Image::open(&out.join("boot"), BlobSource::Dir(out.clone())).unwrap();
+    assert_same_scan("our reader", &source, &scan_image(&image));
+    let files = regular_files(&source.0);
+    assert_same_content(&src, &files, read_via_image(&image));
+    let nydusd = Nydusd::mount(&out.join("boot"), &out, &scratch.path().join("nydusd"));
+    assert_same_scan("upstream nydusd", &source, &scan_fs(&nydusd.mnt));
+    assert_same_content(&src, &files, read_via_mount(&nydusd.mnt));
 }
