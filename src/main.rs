@@ -215,7 +215,7 @@ struct MountArgs {
     /// Verify every chunk's digest when it is read (a mismatch is EIO).
     #[arg(long)]
     validate: bool,
-    /// Threads serving reads (default: all cores).
+    /// Threads serving requests (default: one per core, at least 4).
     #[arg(long)]
     threads: Option<usize>,
     /// Bound of the decompressed chunk cache, in MiB. The kernel's page cache keeps file
@@ -442,7 +442,6 @@ fn main() -> ExitCode {
     let mut logger = env_logger::Builder::new();
     logger
         .filter_level(level.filter())
-        .filter_module("fuser", log::LevelFilter::Warn)
         .format_timestamp_micros();
     if let Command::Mount(MountArgs {
         log_file: Some(path),
@@ -838,9 +837,7 @@ fn run_verify(
         }
         Via::Fuse => {
             let dir = tempfile::Builder::new().prefix("nydus-verify-").tempdir()?;
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2);
+            let threads = nydus_fuse::default_threads();
             let mount = nydus_image::mount::BackgroundMount::start(image, dir.path(), threads)
                 .map_err(|e| anyhow::Error::new(FuseUnavailable(e.to_string())))?;
             let report =
@@ -944,11 +941,7 @@ fn mount_cmd(args: MountArgs) -> Result<()> {
     image.validate = args.validate;
     image.set_cache_bytes(args.cache_mib << 20);
     let config = nydus_fuse::MountConfig {
-        threads: args.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        }),
+        threads: args.threads.unwrap_or_else(nydus_fuse::default_threads),
         ..nydus_fuse::MountConfig::default()
     };
     let fs = std::sync::Arc::new(nydus_image::mount::ImageFs::new(image));

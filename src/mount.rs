@@ -150,7 +150,7 @@ impl ReadOnlyFs for ImageFs {
         let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
         if let SharedRead::Shared(buf, range) = self
             .image
-            .read_shared(id, offset, size as u64, false)
+            .read_shared(id, offset, size as u64)
             .map_err(fail)?
         {
             return Ok(Bytes::Shared(buf, range));
@@ -159,25 +159,6 @@ impl ReadOnlyFs for ImageFs {
         let n = self.image.read(id, offset, &mut buf).map_err(fail)?;
         buf.truncate(n);
         Ok(Bytes::Owned(buf))
-    }
-
-    fn read_now(&self, id: u64, offset: u64, size: u32) -> Option<Result<Bytes, i32>> {
-        let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
-        match self.image.read_shared(id, offset, size as u64, true) {
-            Ok(SharedRead::Shared(buf, range)) => return Some(Ok(Bytes::Shared(buf, range))),
-            Ok(SharedRead::NotCached) => return None,
-            Ok(SharedRead::Copy) => {}
-            Err(e) => return Some(Err(fail(e))),
-        }
-        let mut buf = vec![0u8; size as usize];
-        match self.image.read_cached(id, offset, &mut buf) {
-            Ok(Some(n)) => {
-                buf.truncate(n);
-                Some(Ok(Bytes::Owned(buf)))
-            }
-            Ok(None) => None,
-            Err(e) => Some(Err(fail(e))),
-        }
     }
 
     fn readlink(&self, id: u64) -> Result<Vec<u8>, i32> {

@@ -470,3 +470,87 @@ fn sigterm_ends_a_busy_mount() {
         "reads through the detached mount fail once its server is gone"
     );
 }
+
+/// An unprivileged user mounts through fusermount3 (which opens /dev/fuse, mounts, and
+/// passes the descriptor back over a socket), reads through the mount, and unmounts it
+/// with `nydus-image umount` (fusermount3 -u).
+#[test]
+fn an_unprivileged_user_mounts_through_fusermount3() {
+    use std::os::unix::fs::PermissionsExt;
+    let _watchdog = common::watchdog("an_unprivileged_user_mounts_through_fusermount3", 300);
+    const NOBODY: u32 = 65534;
+    let dev_mode = fs::metadata("/dev/fuse").unwrap().permissions().mode();
+    assert_eq!(
+        dev_mode & 0o006,
+        0o006,
+        "/dev/fuse is {dev_mode:o}: unprivileged mounts need it 0666 (scripts/setup sets it)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let content = data(300_000, 9);
+    let out = files_image(tmp.path(), &[("a", content.clone())], &[]);
+    let home = tmp.path().join("user");
+    let mnt = home.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    for p in [&home, &mnt] {
+        lchown(p, NOBODY, NOBODY);
+    }
+    let as_nobody = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    };
+    let bin = our_bin();
+    let (boot, blobs, log) = (out.join("boot"), out.join("blobs"), home.join("mount.log"));
+    let status = as_nobody(&[
+        bin.as_os_str(),
+        os("mount"),
+        os("--daemon"),
+        os("--log-file"),
+        log.as_os_str(),
+        os("--bootstrap"),
+        boot.as_os_str(),
+        os("--blob-dir"),
+        blobs.as_os_str(),
+        mnt.as_os_str(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .unwrap();
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "mount as nobody: {status}\n{}",
+        log_text()
+    );
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(&*mnt.to_string_lossy()))
+        .expect("mount listed");
+    assert!(line.contains(" - fuse.nydus-image rafs ro,"), "{line}");
+    let cat = as_nobody(&[os("cat"), mnt.join("a").as_os_str()])
+        .output()
+        .unwrap();
+    let read_ok = cat.status.success() && cat.stdout == content;
+    let umount = as_nobody(&[bin.as_os_str(), os("umount"), mnt.as_os_str()])
+        .output()
+        .unwrap();
+    if !umount.status.success() {
+        let _ = Command::new("umount").arg(&mnt).status();
+    }
+    assert!(
+        read_ok,
+        "read through the mount as nobody: {}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert!(
+        umount.status.success(),
+        "umount as nobody: {}",
+        text(&umount)
+    );
+    assert!(!nydus_image::mount::is_mounted(&mnt));
+}

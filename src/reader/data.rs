@@ -7,8 +7,6 @@ use std::sync::Arc;
 const READ_WINDOW: u64 = 256 << 10;
 /// Chunks stored in fewer bytes than this are read through a window; larger ones alone.
 const SMALL_STORED: u64 = 64 << 10;
-/// Largest chunk decompressed on the quick (cached-only) path.
-const QUICK_CHUNK: u64 = 128 << 10;
 /// Bytes past a window the kernel is asked to read ahead.
 const AHEAD: u64 = 2 << 20;
 /// Windows kept (per image, all threads).
@@ -24,8 +22,6 @@ pub enum SharedRead {
     Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
     /// The range spans chunks or a hole, or lies past the end: read it with a copy.
     Copy,
-    /// With `cached_only`: the chunk is not in memory.
-    NotCached,
 }
 
 /// The chunk holding byte `pos` of a file of `size` bytes: its index, first byte, length.
@@ -49,20 +45,14 @@ impl Image {
     }
 
     /// Loads and decompresses one chunk; `expect_len` is the size the file needs from it.
-    /// With `cached_only`, returns `Ok(None)` instead of reading the blob file or
-    /// decompressing a large chunk.
     pub(crate) fn load_chunk(
         &self,
         addr: ChunkAddr,
         expect_len: u64,
-        cached_only: bool,
-    ) -> Result<Option<Arc<Vec<u8>>>, ReadError> {
+    ) -> Result<Arc<Vec<u8>>, ReadError> {
         let key = (addr.blob_index as u32, addr.chunk_index);
         if let Some(data) = self.cache.get(key) {
-            return Ok(Some(data));
-        }
-        if cached_only && expect_len > QUICK_CHUNK {
-            return Ok(None);
+            return Ok(data);
         }
         let blob = addr.blob_index as usize;
         if blob >= self.blobs.len() {
@@ -115,14 +105,11 @@ impl Image {
                 format!("chunk {} is implausibly large", addr.chunk_index),
             ));
         }
-        let Some((window, at)) = self
-            .stored_bytes(blob, file, info.compressed_offset, stored_len, cached_only)
+        let (window, at) = self
+            .stored_bytes(blob, file, info.compressed_offset, stored_len)
             .map_err(|e| {
                 self.blob_error(blob, format!("cannot read chunk {}: {e}", addr.chunk_index))
-            })?
-        else {
-            return Ok(None);
-        };
+            })?;
         let stored = &window[at..at + stored_len as usize];
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
         let data: Arc<Vec<u8>> = if !compressed && at == 0 && window.len() as u64 == stored_len {
@@ -132,7 +119,7 @@ impl Image {
             let mut out = vec![0u8; info.uncompressed_size as usize];
             let mut result = compress::decompress(self.blobs[blob].compressor, stored, &mut out);
             let rest = file.len - info.compressed_offset;
-            if result.is_err() && gzip_layer && stored_len < rest && !cached_only {
+            if result.is_err() && gzip_layer && stored_len < rest {
                 // The recorded size is only a bound, and this member needs more: read on
                 // (at most twice the chunk plus 1 MiB) and try once more.
                 let len = rest.min(2 * info.uncompressed_size as u64 + (1 << 20));
@@ -175,7 +162,7 @@ impl Image {
             }
         }
         self.cache.insert(key, data.clone());
-        Ok(Some(data))
+        Ok(data)
     }
 
     /// The stored bytes `[offset, offset + len)` of a blob: a buffer holding them and where
@@ -189,18 +176,14 @@ impl Image {
         file: &crate::storage::blobs::BlobFile,
         offset: u64,
         len: u64,
-        cached_only: bool,
-    ) -> std::io::Result<Option<(Arc<Vec<u8>>, usize)>> {
+    ) -> std::io::Result<(Arc<Vec<u8>>, usize)> {
         {
             let windows = self.windows.lock().expect("windows lock");
             for (b, start, data) in windows.iter() {
                 if *b == blob && offset >= *start && offset + len <= *start + data.len() as u64 {
-                    return Ok(Some((data.clone(), (offset - start) as usize)));
+                    return Ok((data.clone(), (offset - start) as usize));
                 }
             }
-        }
-        if cached_only {
-            return Ok(None);
         }
         let end = if len < SMALL_STORED {
             (offset + READ_WINDOW).min(file.len).max(offset + len)
@@ -221,40 +204,16 @@ impl Image {
             }
             windows.push_back((blob, offset, data.clone()));
         }
-        Ok(Some((data, 0)))
+        Ok((data, 0))
     }
 
     /// Reads up to `buf.len()` bytes of regular file `nid` at `offset`; returns the count
     /// (0 at or past the end). Holes read as zeros.
     pub fn read(&self, nid: u64, offset: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
-        Ok(self
-            .read_inner(nid, offset, buf, false)?
-            .expect("I/O allowed"))
-    }
-
-    /// Like `read`, but only from what is already in memory (decompressed chunks, recent
-    /// blob windows, small chunks): `Ok(None)` when the read would touch a blob file. A
-    /// FUSE server answers these without handing the request to another thread.
-    pub fn read_cached(
-        &self,
-        nid: u64,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<Option<usize>, ReadError> {
-        self.read_inner(nid, offset, buf, true)
-    }
-
-    fn read_inner(
-        &self,
-        nid: u64,
-        offset: u64,
-        buf: &mut [u8],
-        cached_only: bool,
-    ) -> Result<Option<usize>, ReadError> {
         let table = self.chunk_table_of(nid)?;
         let size = table.size;
         if offset >= size || buf.is_empty() {
-            return Ok(Some(0));
+            return Ok(0);
         }
         let chunk_size = self.sb.chunk_size as u64;
         let want = (size - offset).min(buf.len() as u64) as usize;
@@ -267,26 +226,18 @@ impl Image {
             match table.get(self, index)? {
                 None => buf[done..done + n].fill(0),
                 Some(addr) => {
-                    let Some(data) = self.load_chunk(addr, chunk_len, cached_only)? else {
-                        return Ok(None);
-                    };
+                    let data = self.load_chunk(addr, chunk_len)?;
                     buf[done..done + n].copy_from_slice(&data[within..within + n]);
                 }
             }
             done += n;
         }
-        Ok(Some(done))
+        Ok(done)
     }
 
     /// The bytes of regular file `nid` at `[offset, offset + len)` (cut at its end), from
     /// the one stored chunk holding them, with no copy: see [`SharedRead`].
-    pub fn read_shared(
-        &self,
-        nid: u64,
-        offset: u64,
-        len: u64,
-        cached_only: bool,
-    ) -> Result<SharedRead, ReadError> {
+    pub fn read_shared(&self, nid: u64, offset: u64, len: u64) -> Result<SharedRead, ReadError> {
         let table = self.chunk_table_of(nid)?;
         let size = table.size;
         if offset >= size || len == 0 {
@@ -300,9 +251,7 @@ impl Image {
         let Some(addr) = table.get(self, index)? else {
             return Ok(SharedRead::Copy);
         };
-        let Some(data) = self.load_chunk(addr, chunk_len, cached_only)? else {
-            return Ok(SharedRead::NotCached);
-        };
+        let data = self.load_chunk(addr, chunk_len)?;
         let range = (offset - chunk_start) as usize..(end - chunk_start) as usize;
         Ok(SharedRead::Shared(data, range))
     }
