@@ -50,20 +50,28 @@ mount_erofs() { mount -t erofs -o ro,loop "$img/erofs.img" "$img/m-erofs"; }
 
 median() { printf "%s\n" "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 runs=${RUNS:-3}
+kinds=(ours nydusd erofs)
 declare -A cold warm find_
-for kind in ours nydusd erofs; do
-  mnt="$img/m-$kind"
-  c=(); w=(); f=()
-  for _ in $(seq "$runs"); do
+# Rounds interleave the three mounts, so that drift in this machine's disk and CPU
+# speed over the run affects all of them alike.
+for _ in $(seq "$runs"); do
+  for kind in "${kinds[@]}"; do
+    mnt="$img/m-$kind"
     "mount_$kind"
-    drop; c+=("$(secs readall "$mnt")")
-    w+=("$(secs readall "$mnt")")
+    drop; cold[$kind]+=" $(secs readall "$mnt")"
+    warm[$kind]+=" $(secs readall "$mnt")"
     umount "$mnt"; "mount_$kind"
-    drop; f+=("$(secs walk "$mnt")")
+    drop; find_[$kind]+=" $(secs walk "$mnt")"
     umount "$mnt"
     sleep 0.5
   done
-  cold[$kind]=$(median "${c[@]}"); warm[$kind]=$(median "${w[@]}"); find_[$kind]=$(median "${f[@]}")
+done
+for kind in "${kinds[@]}"; do
+  echo "$kind: cold${cold[$kind]}; warm${warm[$kind]}; find${find_[$kind]}"
+  # shellcheck disable=SC2086
+  cold[$kind]=$(median ${cold[$kind]}); warm[$kind]=$(median ${warm[$kind]})
+  # shellcheck disable=SC2086
+  find_[$kind]=$(median ${find_[$kind]})
 done
 echo "median of $runs runs each; every run on a fresh mount after dropping caches"
 printf "%-28s %10s %10s %10s %12s\n" measure ours nydusd erofs ours/nydusd
