@@ -66,6 +66,31 @@ fn kernel_mount(boot: &Path, blob: &Path, mnt: &Path) -> KernelMount {
     me
 }
 
+/// Builds `src` into `out` (bootstrap `out/boot`) with `chunk_size`, has fsck.erofs check
+/// the bootstrap against its blob, and returns the blob's path.
+fn build_and_fsck(src: &Path, out: &Path, chunk_size: u32) -> std::path::PathBuf {
+    fs::create_dir_all(out).unwrap();
+    let opts = BuildOptions {
+        chunk_size,
+        ..BuildOptions::default()
+    };
+    let summary = build(
+        src,
+        &out.join("boot"),
+        &BlobTarget::Dir(out.to_path_buf()),
+        &opts,
+        &|_| {},
+    )
+    .unwrap();
+    let blob = summary.blob_path.unwrap();
+    run_ok(
+        Command::new("fsck.erofs")
+            .arg(format!("--device={}", blob.display()))
+            .arg(out.join("boot")),
+    );
+    blob
+}
+
 #[test]
 fn fsck_erofs_and_the_kernel_accept_our_images() {
     let scratch = Scratch::new();
@@ -77,25 +102,7 @@ fn fsck_erofs_and_the_kernel_accept_our_images() {
     make_tree(&src, &spec);
     for (i, chunk_size) in [0x10_0000u32, 0x1000].into_iter().enumerate() {
         let out = scratch.path().join(format!("out{i}"));
-        fs::create_dir_all(&out).unwrap();
-        let opts = BuildOptions {
-            chunk_size,
-            ..BuildOptions::default()
-        };
-        let summary = build(
-            &src,
-            &out.join("boot"),
-            &BlobTarget::Dir(out.clone()),
-            &opts,
-            &|_| {},
-        )
-        .unwrap();
-        let blob = summary.blob_path.unwrap();
-        run_ok(
-            Command::new("fsck.erofs")
-                .arg(format!("--device={}", blob.display()))
-                .arg(out.join("boot")),
-        );
+        let blob = build_and_fsck(&src, &out, chunk_size);
         let mount = kernel_mount(&out.join("boot"), &blob, &out.join("mnt"));
         let source = scan_fs(&src);
         let shown = scan_fs(&mount.mnt);
@@ -127,25 +134,7 @@ fn inodes_across_block_boundaries_are_read_by_everyone() {
         }
     }
     let out = scratch.path().join("out");
-    fs::create_dir_all(&out).unwrap();
-    let opts = BuildOptions {
-        chunk_size: 0x1000,
-        ..BuildOptions::default()
-    };
-    let summary = build(
-        &src,
-        &out.join("boot"),
-        &BlobTarget::Dir(out.clone()),
-        &opts,
-        &|_| {},
-    )
-    .unwrap();
-    let blob = summary.blob_path.unwrap();
-    run_ok(
-        Command::new("fsck.erofs")
-            .arg(format!("--device={}", blob.display()))
-            .arg(out.join("boot")),
-    );
+    let blob = build_and_fsck(&src, &out, 0x1000);
     let mount = kernel_mount(&out.join("boot"), &blob, &out.join("mnt"));
     // The kernel reports an EROFS inode's nid as its number; slots are 32 bytes, so a
     // 64-byte inode in slot 127 of a block ends in the next one.

@@ -172,9 +172,9 @@ pub fn chunk_files<W: Write>(
                         && claimed.lock().expect("claims lock").insert(digest);
                     let len = job.data.len();
                     let body = if first {
-                        match compress::compress(opts.compressor, &job.data) {
-                            Some(packed) => Body::Packed(packed),
-                            None => Body::Raw(job.data),
+                        match compress::compress_owned(opts.compressor, job.data) {
+                            Ok(packed) => Body::Packed(packed),
+                            Err(raw) => Body::Raw(raw),
                         }
                     } else {
                         Body::Unpacked(job.data)

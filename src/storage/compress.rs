@@ -27,24 +27,7 @@ pub fn compress(algo: Compressor, data: &[u8]) -> Option<Vec<u8>> {
     let out = match algo {
         Compressor::None => return None,
         Compressor::Lz4Block => lz4_flex::block::compress(data),
-        Compressor::Zstd => ZSTD_ENCODER.with(|c| {
-            // One encoder context per thread: creating one per chunk cost a tenth of the
-            // build's CPU time.
-            let mut c = c.borrow_mut();
-            if c.is_none() {
-                *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-            }
-            // Compress into a reused buffer no bigger than the input (a larger result is
-            // not kept anyway), then copy out exactly what was produced: a chunk waiting
-            // for the writer holds its compressed size, not the worst case.
-            ZSTD_OUT.with(|out| {
-                let mut out = out.borrow_mut();
-                out.clear();
-                out.reserve(data.len());
-                let n = c.as_mut()?.compress_to_buffer(data, &mut *out).ok()?;
-                Some(out[..n].to_vec())
-            })
-        })?,
+        Compressor::Zstd => return zstd_scratch(data, |_, packed| packed.map(<[u8]>::to_vec)),
         Compressor::Gzip => {
             use std::io::Write;
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -53,6 +36,53 @@ pub fn compress(algo: Compressor, data: &[u8]) -> Option<Vec<u8>> {
         }
     };
     (out.len() < data.len()).then_some(out)
+}
+
+/// Like [`compress`] for data the caller gives up: `Ok` with the compressed form, or the
+/// data back when compressing does not make it smaller. With zstd the data is freed
+/// before the compressed form is copied out of the encoder's buffer, so a chunk never
+/// exists three times (data, encoder output, result) at once.
+pub fn compress_owned(algo: Compressor, data: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+    if !matches!(algo, Compressor::Zstd) {
+        return compress(algo, &data).ok_or(data);
+    }
+    zstd_scratch(data, |data, packed| match packed {
+        Some(packed) => {
+            drop(data);
+            Ok(packed.to_vec())
+        }
+        None => Err(data),
+    })
+}
+
+/// Compresses `data` with zstd into this thread's reused buffer, no bigger than the input
+/// (a larger result is not kept anyway), and hands `then` the data back with the result
+/// when it is smaller. A chunk waiting for the writer then holds its compressed size, not
+/// the worst case.
+fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) -> R) -> R {
+    ZSTD_ENCODER.with(|c| {
+        // One encoder context per thread: creating one per chunk cost a tenth of the
+        // build's CPU time.
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        ZSTD_OUT.with(|out| {
+            let mut out = out.borrow_mut();
+            out.clear();
+            let bytes = data.as_ref();
+            let len = bytes.len();
+            out.reserve(len);
+            let n = match c.as_mut() {
+                Some(c) if len > 0 => c.compress_to_buffer(bytes, &mut *out).ok(),
+                _ => None,
+            };
+            match n {
+                Some(n) if n < len => then(data, Some(&out[..n])),
+                _ => then(data, None),
+            }
+        })
+    })
 }
 
 /// Decompresses `src` into exactly `dst.len()` bytes.
