@@ -204,9 +204,13 @@ pub fn chunk_files<W: Write>(
             pending.insert(done.seq, done);
             while let Some(done) = pending.remove(&next) {
                 next += 1;
-                for _ in 0..tokens_for(done.len) {
-                    let _ = token_tx.send(());
-                }
+                // The chunk's share of the budget goes back at the end of this iteration,
+                // once it is written: a raw chunk being written still holds its buffer
+                // (returning the share first let the reader hold a third chunk meanwhile).
+                let _share = Share {
+                    tokens: tokens_for(done.len),
+                    to: &token_tx,
+                };
                 if write_error.is_some() {
                     continue;
                 }
@@ -286,6 +290,20 @@ const TOKEN_BYTES: u64 = 16 << 10;
 /// Tokens a chunk of `len` bytes holds while in flight.
 fn tokens_for(len: usize) -> usize {
     (len as u64).div_ceil(TOKEN_BYTES).max(1) as usize
+}
+
+/// Budget tokens handed back when dropped.
+struct Share<'a> {
+    tokens: usize,
+    to: &'a crossbeam_channel::Sender<()>,
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        for _ in 0..self.tokens {
+            let _ = self.to.send(());
+        }
+    }
 }
 
 /// Whether a node's data is read from the source into the new blob.

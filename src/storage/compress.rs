@@ -72,7 +72,8 @@ fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) 
             out.clear();
             let bytes = data.as_ref();
             let len = bytes.len();
-            out.reserve(len);
+            // Exactly: amortized growth could leave this buffer twice the chunk size.
+            out.reserve_exact(len);
             let n = match c.as_mut() {
                 Some(c) if len > 0 => c.compress_to_buffer(bytes, &mut *out).ok(),
                 _ => None,
