@@ -944,10 +944,10 @@ fn mount_cmd(args: MountArgs) -> Result<()> {
     }
     image.validate = args.validate;
     image.set_cache_bytes(args.cache_mib << 20);
-    let config = nydus_fuse::MountConfig {
-        threads: args.threads.unwrap_or_else(nydus_fuse::default_threads),
-        ..nydus_fuse::MountConfig::default()
-    };
+    let mut config = nydus_fuse::MountConfig::default();
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
     let fs = std::sync::Arc::new(nydus_image::mount::ImageFs::new(image));
     let mut mounted = nydus_fuse::mount(fs, &args.mountpoint, &config).with_context(|| {
         format!(

@@ -80,10 +80,10 @@ impl<F: ReadOnlyFs> Server<F> {
                     req.opcode
                 )));
             }
-            let field = |i: usize| abi::u32_at(req.body, i * 4).unwrap_or(0);
             if req.body.len() < abi::INIT_IN_SIZE {
                 return Err(std::io::Error::other("short FUSE INIT"));
             }
+            let field = |i: usize| abi::u32_at(req.body, i * 4).unwrap_or(0);
             let (major, minor, readahead, offered) = (field(0), field(1), field(2), field(3));
             let mut out = Vec::with_capacity(abi::OUT_HEADER_SIZE + abi::INIT_OUT_SIZE);
             out.resize(abi::OUT_HEADER_SIZE, 0);
@@ -314,11 +314,6 @@ impl<F: ReadOnlyFs> Server<F> {
         let entries = self.listing(ino, fh)?;
         let start = out.len();
         let limit = start + size as usize;
-        let me = if plus {
-            Some(self.fs.getattr(self.id_of(ino))?)
-        } else {
-            None
-        };
         for i in offset as usize..entries.len() + 2 {
             let (name, id, kind) = match i {
                 0 => (&b"."[..], self.id_of(ino), libc::S_IFDIR),
@@ -336,10 +331,7 @@ impl<F: ReadOnlyFs> Server<F> {
                 break;
             }
             if plus {
-                let attr = match (i, &me) {
-                    (0 | 1, Some(me)) => me.clone(),
-                    _ => self.fs.getattr(id)?,
-                };
+                let attr = self.fs.getattr(id)?;
                 Writer(out).entry(Some(&self.file_attr(&attr)), TTL);
             }
             Writer(out).dirent(self.ino_of(id), i as u64 + 1, kind >> 12, name);
