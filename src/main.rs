@@ -500,6 +500,14 @@ fn parse_size(s: &str) -> Result<u32> {
 }
 
 fn create(args: CreateArgs) -> Result<ExitCode> {
+    // One heap for all threads: chunk buffers are allocated by the reader, compressed
+    // copies by the workers and both are freed by the writer, so with a heap per thread
+    // each heap kept its own high-water mark (the Debian rootfs: 24 MB instead of 27-29).
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let source_type = args.source_type_alt.as_deref().unwrap_or(&args.source_type);
     let stargz = match source_type {
         "dir-rafs" | "directory" => false,

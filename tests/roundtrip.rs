@@ -125,6 +125,68 @@ fn identical_input_gives_identical_bytes() {
     assert_eq!(blob(&a), blob(&b));
 }
 
+/// Chunks that compress, chunks that do not and repeated chunks, in one big file and in
+/// small ones, through the pipeline at several thread counts: the chunker's memory budget
+/// counts a compressed chunk at its compressed size and a stored-raw one at full size, and
+/// whatever the interleaving the blob and bootstrap come out the same and read back whole.
+#[test]
+fn mixed_chunks_give_the_same_image_at_any_thread_count() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let chunk = 64 << 10;
+    let text: Vec<u8> = b"compressible text, compressible text. "
+        .iter()
+        .copied()
+        .cycle()
+        .take(chunk)
+        .collect();
+    let mut big = Vec::new();
+    for i in 0..40u64 {
+        match i % 5 {
+            0 | 3 => big.extend_from_slice(&text),
+            1 => big.extend_from_slice(&data(chunk, i)),
+            2 => big.extend_from_slice(&data(chunk, 1)), // a repeat of chunk 1
+            _ => big.extend_from_slice(&data(chunk / 2, i)),
+        }
+    }
+    write_file(&src.join("big"), &big);
+    for i in 0..30u64 {
+        let body = if i % 2 == 0 {
+            data(5000, i % 4)
+        } else {
+            text[..3000].to_vec()
+        };
+        write_file(&src.join(format!("small{i:02}")), &body);
+    }
+    let built: Vec<_> = [1, 2, 5]
+        .iter()
+        .map(|&threads| {
+            let out = scratch.path().join(format!("t{threads}"));
+            let summary = build_into(
+                &src,
+                &out,
+                &BuildOptions {
+                    threads,
+                    chunk_size: chunk as u32,
+                    ..BuildOptions::default()
+                },
+            );
+            assert_image_matches(&src, &out);
+            let id = summary.blob_id.unwrap();
+            let blob = fs::read(out.join("blobs").join(&id)).unwrap();
+            (fs::read(out.join("boot")).unwrap(), blob)
+        })
+        .collect();
+    for other in &built[1..] {
+        assert!(
+            other.0 == built[0].0,
+            "bootstraps differ between thread counts"
+        );
+        assert!(other.1 == built[0].1, "blobs differ between thread counts");
+    }
+}
+
 #[test]
 fn blob_dir_names_blob_by_its_sha256() {
     let scratch = Scratch::new();

@@ -7,8 +7,9 @@
 //! A pipeline bounded in memory: one thread reads files in that order, `threads` workers
 //! hash and compress, and the calling thread puts results back in order, deduplicates by
 //! digest and appends new chunks to the blob. Chunk data in flight is bounded in bytes
-//! (`threads x chunk_size`), so memory stays flat whatever the file or blob size, while
-//! small files still keep every worker busy.
+//! (`(threads + 1) x chunk_size`, a chunk counted at the size of the form it is held in),
+//! so memory stays flat whatever the file or blob size, while small files still keep
+//! every worker busy.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -80,6 +81,8 @@ struct Done {
     digest: [u8; 32],
     /// Bytes of file data in the chunk.
     len: usize,
+    /// Budget tokens the chunk still holds (returned once it is written).
+    tokens: usize,
     body: Body,
 }
 
@@ -125,9 +128,11 @@ pub fn chunk_files<W: Write>(
     }
     let threads = opts.threads.max(1);
     // The memory budget: chunk data in flight (read, not yet written) is at most
-    // `threads` chunks' worth of bytes, in tokens of TOKEN_BYTES; small files have many
-    // chunks in flight at once, big ones few.
-    let budget = (threads as u64 * opts.chunk_size as u64).div_ceil(TOKEN_BYTES) as usize;
+    // `threads + 1` chunks' worth of bytes, in tokens of TOKEN_BYTES: one for each worker
+    // and one for the reader to fill meanwhile (with only `threads`, a raw chunk being
+    // written stalled the reader and the 4 GiB file built no faster than upstream). Small
+    // files have many chunks in flight at once, big ones few.
+    let budget = ((threads as u64 + 1) * opts.chunk_size as u64).div_ceil(TOKEN_BYTES) as usize;
     let window = threads * 16;
     let (job_tx, job_rx) = bounded::<Job>(window);
     let (done_tx, done_rx) = bounded::<Done>(window);
@@ -163,6 +168,7 @@ pub fn chunk_files<W: Write>(
         for _ in 0..threads {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
+            let token_tx = token_tx.clone();
             s.spawn(move || {
                 for job in job_rx {
                     let digest = compress::digest(opts.digester, &job.data);
@@ -171,9 +177,20 @@ pub fn chunk_files<W: Write>(
                     let first = known(&digest).is_none()
                         && claimed.lock().expect("claims lock").insert(digest);
                     let len = job.data.len();
+                    let mut tokens = tokens_for(len);
                     let body = if first {
                         match compress::compress_owned(opts.compressor, job.data) {
-                            Ok(packed) => Body::Packed(packed),
+                            Ok(packed) => {
+                                // The raw data is gone: only the compressed form's share
+                                // of the budget stays taken until it is written.
+                                let keep = tokens_for(packed.len());
+                                drop(Share {
+                                    tokens: tokens - keep,
+                                    to: &token_tx,
+                                });
+                                tokens = keep;
+                                Body::Packed(packed)
+                            }
                             Err(raw) => Body::Raw(raw),
                         }
                     } else {
@@ -185,6 +202,7 @@ pub fn chunk_files<W: Write>(
                         file_offset: job.file_offset,
                         digest,
                         len,
+                        tokens,
                         body,
                     };
                     if done_tx.send(done).is_err() {
@@ -208,7 +226,7 @@ pub fn chunk_files<W: Write>(
                 // once it is written: a raw chunk being written still holds its buffer
                 // (returning the share first let the reader hold a third chunk meanwhile).
                 let _share = Share {
-                    tokens: tokens_for(done.len),
+                    tokens: done.tokens,
                     to: &token_tx,
                 };
                 if write_error.is_some() {
@@ -335,14 +353,20 @@ fn read_file(
                 return Ok(()); // the writer stopped; it reports why
             }
         }
-        let mut data = vec![0u8; want];
+        let mut data = Vec::with_capacity(want);
         let got = if is_hole(&file, offset, want as u64) {
             // Sparse files: a chunk wholly inside a hole is zeros; skip reading it.
             file.seek(SeekFrom::Start(offset + want as u64))
                 .map_err(|e| BuildError::io(path, "cannot seek", e))?;
+            data.resize(want, 0);
             want
         } else {
-            read_full(&mut file, &mut data).map_err(|e| BuildError::io(path, "cannot read", e))?
+            // Read into the buffer's spare room: zero-filling it first cost 3% of the
+            // build's time on big files.
+            (&mut file)
+                .take(want as u64)
+                .read_to_end(&mut data)
+                .map_err(|e| BuildError::io(path, "cannot read", e))?
         };
         if got < want {
             return Err(BuildError::Source {
