@@ -503,10 +503,16 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     // One heap for all threads: chunk buffers are allocated by the reader, compressed
     // copies by the workers and both are freed by the writer, so with a heap per thread
     // each heap kept its own high-water mark (the Debian rootfs: 24 MB instead of 27-29).
+    // Chunk buffers come from that heap and stay there when freed, for the next chunk:
+    // with glibc's default thresholds the heap's top was given back to the kernel and
+    // faulted in again, over 100,000 page faults on the 4 GiB file and a fifth of its
+    // build time in the kernel. Neither changes the peak, only how often it is rebuilt.
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
     let source_type = args.source_type_alt.as_deref().unwrap_or(&args.source_type);
     let stargz = match source_type {
