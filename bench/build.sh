@@ -58,15 +58,21 @@ run() {
   blob=$(find "$out" -type f ! -name boot -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   echo "$wall $(echo "$user + $sys" | bc) $rss $boot $blob"
 }
-measure() { # TOOL TREE COMP THREADS -> median wall, median cpu, max rss, boot, blob, cold wall
-  local w=() c=() r=() line cold
-  drop; line=$(run "$@"); cold=${line%% *}
+# measure TREE COMP THREADS -> two lines, ours then upstream: median wall, median cpu,
+# max rss, boot, blob, cold wall. The two tools' runs alternate, so that this machine's
+# drift in CPU and disk speed falls on both alike.
+measure() {
+  local tree=$1 comp=$2 threads=$3 ow=() oc=() orr=() uw=() uc=() ur=() a b m ocold ucold
+  drop; read -r ocold _ <<< "$(run "$ours" "$tree" "$comp" "$threads")"
+  drop; read -r ucold _ <<< "$(run "$upstream" "$tree" "$comp" "$threads")"
   for _ in $(seq "$runs"); do
-    line=$(run "$@")
-    read -r a b m bo bl <<< "$line"
-    w+=("$a"); c+=("$b"); r+=("$m")
+    read -r a b m obo obl <<< "$(run "$ours" "$tree" "$comp" "$threads")"
+    ow+=("$a"); oc+=("$b"); orr+=("$m")
+    read -r a b m ubo ubl <<< "$(run "$upstream" "$tree" "$comp" "$threads")"
+    uw+=("$a"); uc+=("$b"); ur+=("$m")
   done
-  echo "$(median "${w[@]}") $(median "${c[@]}") $(printf "%s\n" "${r[@]}" | sort -n | tail -1) $bo $bl $cold"
+  echo "$(median "${ow[@]}") $(median "${oc[@]}") $(printf "%s\n" "${orr[@]}" | sort -n | tail -1) $obo $obl $ocold"
+  echo "$(median "${uw[@]}") $(median "${uc[@]}") $(printf "%s\n" "${ur[@]}" | sort -n | tail -1) $ubo $ubl $ucold"
 }
 
 echo "cores: $(nproc); median of $runs warm runs, plus one cold run; sizes in bytes, RSS in KiB"
@@ -80,8 +86,9 @@ for tree in "${trees[@]}"; do
     lim+=("$(echo "$e - $s" | bc)")
   done
   for comp in zstd none; do
-    read -r ow oc orss ob obl ocold <<< "$(measure "$ours" "$tree" "$comp" 2)"
-    read -r uw uc urss ub ubl ucold <<< "$(measure "$upstream" "$tree" "$comp" 2)"
+    both=$(measure "$tree" "$comp" 2)
+    read -r ow oc orss ob obl ocold <<< "$(sed -n 1p <<< "$both")"
+    read -r uw uc urss ub ubl ucold <<< "$(sed -n 2p <<< "$both")"
     printf "%-14s %-5s %-9s %8.2f %8.2f %8.2f %9d %11d %12d\n" "$name" "$comp" ours "$ow" "$ocold" "$oc" "$orss" "$ob" "$obl"
     printf "%-14s %-5s %-9s %8.2f %8.2f %8.2f %9d %11d %12d\n" "$name" "$comp" upstream "$uw" "$ucold" "$uc" "$urss" "$ub" "$ubl"
     printf "%-14s %-5s %-9s %8.2f %8.2f %8.2f %9.2f %11.3f %12.4f\n" "$name" "$comp" ratio \
