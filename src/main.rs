@@ -500,13 +500,13 @@ fn parse_size(s: &str) -> Result<u32> {
 }
 
 fn create(args: CreateArgs) -> Result<ExitCode> {
-    // Chunk buffers come from the heap and stay there when freed, for the next chunk:
-    // with glibc's default (adaptive) thresholds the heap's top went back to the kernel
-    // and was faulted in again, over 100,000 page faults on the 4 GiB file and a fifth of
-    // its build time in the kernel (now 2,500). Fixed at four chunks' worth, the
-    // thresholds also lowered the peak: the Linux tree 142-146 MB instead of 171, the
-    // Debian rootfs 24 instead of 27-29. (One heap for all threads saved nothing more and
-    // slowed trees of small files.)
+    // One heap for all threads: chunk buffers are allocated by the reader, compressed
+    // copies by the workers, and both are freed by the writer; with a heap per thread
+    // each heap kept its own high-water mark (the Debian rootfs: 24 MB instead of 29-30).
+    // Chunk buffers come from that heap and stay there when freed, for the next chunk:
+    // with glibc's adaptive thresholds the heap's top went back to the kernel and was
+    // faulted in again, over 100,000 page faults on the 4 GiB file and a fifth of its
+    // build time in the kernel (now 2,500).
     #[cfg(target_env = "gnu")]
     {
         let chunk = args
@@ -517,6 +517,7 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         let keep = (4 * chunk as i64).clamp(1 << 20, 32 << 20) as libc::c_int;
         // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
         unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
             libc::mallopt(libc::M_MMAP_THRESHOLD, keep);
             libc::mallopt(libc::M_TRIM_THRESHOLD, keep);
         }
