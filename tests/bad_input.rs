@@ -119,6 +119,7 @@ fn files_changing_during_the_build_are_errors() {
         "symlinked",
         "rewritten",
         "dir-now",
+        "fifo-now",
     ] {
         write_file(&src.join(name), &data(300_000, 3));
     }
@@ -132,7 +133,7 @@ fn files_changing_during_the_build_are_errors() {
         threads: 2,
     };
     type Case = (&'static str, fn(&Path), &'static str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         ("shrinks", |p| fs::write(p, b"short").unwrap(), "shrank"),
         ("grows", |p| write_file(p, &data(400_000, 3)), "grew"),
         ("vanishes", |p| fs::remove_file(p).unwrap(), "No such file"),
@@ -159,6 +160,19 @@ fn files_changing_during_the_build_are_errors() {
             |p| {
                 fs::remove_file(p).unwrap();
                 fs::create_dir(p).unwrap();
+            },
+            "no longer a regular file",
+        ),
+        (
+            // Opening a FIFO for reading waits for a writer: the build must not hang.
+            "fifo-now",
+            |p| {
+                fs::remove_file(p).unwrap();
+                let made = std::process::Command::new("mkfifo")
+                    .arg(p)
+                    .status()
+                    .unwrap();
+                assert!(made.success(), "mkfifo {}", p.display());
             },
             "no longer a regular file",
         ),

@@ -55,10 +55,9 @@ pub fn compress_owned(algo: Compressor, data: Vec<u8>) -> Result<Vec<u8>, Vec<u8
     })
 }
 
-/// Compresses `data` with zstd into this thread's reused buffer, no bigger than the input
-/// (a larger result is not kept anyway), and hands `then` the data back with the result
-/// when it is smaller. A chunk waiting for the writer then holds its compressed size, not
-/// the worst case.
+/// Compresses `data` with zstd into this thread's reused buffer and hands `then` the data
+/// back with the result when it is smaller. A chunk waiting for the writer then holds its
+/// compressed size, not the worst case.
 fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) -> R) -> R {
     ZSTD_ENCODER.with(|c| {
         // One encoder context per thread: creating one per chunk cost a tenth of the
@@ -69,13 +68,21 @@ fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) 
         }
         ZSTD_OUT.with(|out| {
             let mut out = out.borrow_mut();
-            out.clear();
             let bytes = data.as_ref();
             let len = bytes.len();
-            // Exactly: amortized growth could leave this buffer twice the chunk size.
-            out.reserve_exact(len);
+            // Always the worst case's room, as upstream gives it: zstd encodes a block
+            // differently when its output might not fit (it falls back to storing it), so
+            // a room that depended on the previous chunks' sizes made the same tree
+            // compress to different bytes from one build to the next.
+            let room = zstd::zstd_safe::compress_bound(len);
+            if out.len() < room {
+                // Exactly: amortized growth could leave this buffer twice the chunk size.
+                let grow = room - out.len();
+                out.reserve_exact(grow);
+                out.resize(room, 0);
+            }
             let n = match c.as_mut() {
-                Some(c) if len > 0 => c.compress_to_buffer(bytes, &mut *out).ok(),
+                Some(c) if len > 0 => c.compress_to_buffer(bytes, &mut out[..room]).ok(),
                 _ => None,
             };
             match n {
@@ -144,6 +151,62 @@ pub fn digest(algo: Digester, data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Barely compressible data: pseudo-random bytes with a run of zeros every so often.
+    fn barely(len: usize, seed: u64, run_every: usize, run: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..len)
+            .map(|i| {
+                if i % run_every < run {
+                    return 0;
+                }
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) as u8
+            })
+            .collect()
+    }
+
+    /// A chunk compresses to the same bytes whatever the thread compressed before: the
+    /// encoder's room once depended on earlier chunks, and zstd stores a block it cannot
+    /// be sure fits, so builds of one tree differed from run to run. These inputs (found
+    /// by search) compress by a few bytes with room and not at all without.
+    #[test]
+    fn zstd_output_does_not_depend_on_earlier_chunks() {
+        let cases: Vec<Vec<u8>> = [(348, 4, 54, 5), (385, 5, 55, 6), (414, 222, 272, 13)]
+            .iter()
+            .map(|&(len, seed, every, run)| barely(len, seed, every, run))
+            .collect();
+        let fresh: Vec<_> = std::thread::scope(|s| {
+            cases
+                .iter()
+                .map(|c| {
+                    s.spawn(move || compress(Compressor::Zstd, c))
+                        .join()
+                        .unwrap()
+                })
+                .collect()
+        });
+        assert!(
+            fresh.iter().all(Option::is_some),
+            "every case compresses a little"
+        );
+        let after_big: Vec<_> = std::thread::spawn({
+            let cases = cases.clone();
+            move || {
+                let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 7) as u8).collect();
+                compress(Compressor::Zstd, &big).expect("compressible");
+                cases
+                    .iter()
+                    .map(|c| compress(Compressor::Zstd, c))
+                    .collect()
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(fresh, after_big);
+    }
 
     #[test]
     fn every_compressor_round_trips() {
