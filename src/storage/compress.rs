@@ -75,14 +75,13 @@ fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) 
             // a room that depended on the previous chunks' sizes made the same tree
             // compress to different bytes from one build to the next.
             let room = zstd::zstd_safe::compress_bound(len);
-            if out.len() < room {
-                // Exactly: amortized growth could leave this buffer twice the chunk size.
-                let grow = room - out.len();
-                out.reserve_exact(grow);
-                out.resize(room, 0);
-            }
+            out.clear();
+            // Exactly: amortized growth could leave this buffer twice the chunk size.
+            out.reserve_exact(room);
             let n = match c.as_mut() {
-                Some(c) if len > 0 => c.compress_to_buffer(bytes, &mut out[..room]).ok(),
+                Some(c) if len > 0 => c
+                    .compress_to_buffer(bytes, &mut Room::new(&mut out, room))
+                    .ok(),
                 _ => None,
             };
             match n {
@@ -91,6 +90,39 @@ fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) 
             }
         })
     })
+}
+
+/// The first `room` bytes of an empty vector's capacity, as zstd's output buffer: unlike
+/// the vector itself it offers exactly that room, whatever the capacity left by earlier
+/// chunks, and unlike a slice it needs no zero-filling first.
+struct Room<'a> {
+    out: &'a mut Vec<u8>,
+    room: usize,
+}
+
+impl<'a> Room<'a> {
+    fn new(out: &'a mut Vec<u8>, room: usize) -> Self {
+        assert!(out.is_empty() && out.capacity() >= room);
+        Room { out, room }
+    }
+}
+
+// SAFETY: the room offered lies within the vector's allocation (checked in `new`), and
+// only the bytes zstd reports as written become part of the vector.
+unsafe impl zstd::zstd_safe::WriteBuf for Room<'_> {
+    fn as_slice(&self) -> &[u8] {
+        self.out
+    }
+    fn capacity(&self) -> usize {
+        self.room
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.out.as_mut_ptr()
+    }
+    unsafe fn filled_until(&mut self, n: usize) {
+        // SAFETY: zstd wrote the first `n` bytes, `n <= room <= capacity`.
+        unsafe { self.out.set_len(n) }
+    }
 }
 
 /// Decompresses `src` into exactly `dst.len()` bytes.
