@@ -499,29 +499,30 @@ fn parse_size(s: &str) -> Result<u32> {
     v.map_err(|_| anyhow!("invalid chunk size {s:?}: give a power of two such as 0x100000"))
 }
 
-fn create(args: CreateArgs) -> Result<ExitCode> {
-    // One heap for all threads: chunk buffers are allocated by the reader, compressed
-    // copies by the workers, and both are freed by the writer; with a heap per thread
-    // each heap kept its own high-water mark (the Debian rootfs: 24 MB instead of 29-30).
-    // Chunk buffers come from that heap and stay there when freed, for the next chunk:
-    // with glibc's adaptive thresholds the heap's top went back to the kernel and was
-    // faulted in again, over 100,000 page faults on the 4 GiB file and a fifth of its
-    // build time in the kernel (now 2,500).
+/// Allocator settings for a build, made before its threads start. One heap for all
+/// threads: chunk buffers are allocated by the workers and freed by the writer, and with
+/// a heap per thread each heap kept its own high-water mark (the Debian rootfs: 24 MB
+/// instead of 29-30). Chunk buffers come from that heap and stay there when freed, for
+/// the next chunk: with glibc's adaptive thresholds the heap's top went back to the
+/// kernel and was faulted in again, over 100,000 page faults on the 4 GiB file and a
+/// fifth of its build time in the kernel (now 2,500).
+fn tune_heap_for_build(chunk_size: u32) {
     #[cfg(target_env = "gnu")]
     {
-        let chunk = args
-            .chunk_size
-            .as_deref()
-            .map_or(Ok(0x10_0000), parse_size)
-            .unwrap_or(0x10_0000);
-        let keep = (4 * chunk as i64).clamp(1 << 20, 32 << 20) as libc::c_int;
-        // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+        let keep = (4 * chunk_size as i64).clamp(1 << 20, 32 << 20) as libc::c_int;
+        // SAFETY: mallopt only changes allocator tuning; called before the build's
+        // threads start.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1);
             libc::mallopt(libc::M_MMAP_THRESHOLD, keep);
             libc::mallopt(libc::M_TRIM_THRESHOLD, keep);
         }
     }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = chunk_size;
+}
+
+fn create(args: CreateArgs) -> Result<ExitCode> {
     let source_type = args.source_type_alt.as_deref().unwrap_or(&args.source_type);
     let stargz = match source_type {
         "dir-rafs" | "directory" => false,
@@ -582,6 +583,7 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     if args.verify.is_some() && matches!(target, BlobTarget::File(ref p) if is_fifo(p)) {
         bail!("--verify needs to read the blob back; it cannot be used with a FIFO --blob");
     }
+    tune_heap_for_build(opts.chunk_size);
     let show_progress = std::io::stderr().is_terminal() && args.log_level <= LogLevel::Info;
     let meter = ProgressMeter::new(show_progress);
     let started = Instant::now();

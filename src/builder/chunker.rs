@@ -82,6 +82,8 @@ struct Done {
     node: NodeId,
     file_offset: u64,
     digest: [u8; 32],
+    /// The chunk as the known chunks have it, when they do.
+    known: Option<ChunkInfo>,
     /// Bytes of file data in the chunk.
     len: usize,
     /// Budget tokens the chunk still holds (returned once it is written).
@@ -166,6 +168,7 @@ pub fn chunk_files<W: Write>(
                 batch: Vec::new(),
                 batch_bytes: 0,
                 seq: 0,
+                chunk_size: opts.chunk_size,
             };
             'files: for id in tree.depth_first() {
                 let node = &tree.nodes[id];
@@ -178,9 +181,7 @@ pub fn chunk_files<W: Write>(
                 let mut offset = 0u64;
                 while offset < node.size {
                     let len = (node.size - offset).min(opts.chunk_size as u64) as usize;
-                    if !feed.take_tokens(tokens_for(len))
-                        || !feed.push(id, offset, len, opts.chunk_size)
-                    {
+                    if !feed.take_tokens(tokens_for(len)) || !feed.push(id, offset, len) {
                         break 'files; // the writer stopped; it reports why
                     }
                     offset += len as u64;
@@ -219,8 +220,7 @@ pub fn chunk_files<W: Write>(
             while let Some(done) = pending.remove(&next) {
                 next += 1;
                 // The chunk's share of the budget goes back at the end of this iteration,
-                // once it is written: a raw chunk being written still holds its buffer
-                // (returning the share first let the reader hold a third chunk meanwhile).
+                // once it is written: a raw chunk being written still holds its buffer.
                 let _share = Share {
                     tokens: done.tokens,
                     to: &token_tx,
@@ -235,12 +235,11 @@ pub fn chunk_files<W: Write>(
                 }
                 out.total_chunks += 1;
                 out.bytes_read += done.len as u64;
-                let found = known(&done.digest);
-                if found.is_some() {
+                if done.known.is_some() {
                     out.known_chunks += 1;
                     out.known_bytes += done.len as u64;
                 }
-                let index = match (found, seen.get(&done.digest)) {
+                let index = match (done.known.clone(), seen.get(&done.digest)) {
                     (Some(info), _) => ChunkRef::Known(info),
                     (None, Some(&i)) => ChunkRef::New(i),
                     (None, None) => match store(blob, &done, opts.compressor) {
@@ -290,47 +289,45 @@ fn work(
     tokens_to: &crossbeam_channel::Sender<()>,
 ) -> Done {
     let mut tokens = tokens_for(job.len);
-    let mut done = Done {
+    let (digest, found, body) = match read_chunk(tree, &job, opts.chunk_size) {
+        Err(e) => ([0; 32], None, Body::Failed(e)),
+        Ok(data) => {
+            let digest = compress::digest(opts.digester, &data);
+            let found = known(&digest);
+            // Compress only the first copy of a chunk seen; the writer compresses itself
+            // in the rare case where a later copy claimed the digest first.
+            let first = found.is_none() && claimed.lock().expect("claims lock").insert(digest);
+            let body = if !first {
+                Body::Unpacked(data)
+            } else {
+                match compress::compress_owned(opts.compressor, data) {
+                    Ok(packed) => {
+                        // The raw data is gone: only the compressed form's share of the
+                        // budget stays taken until it is written.
+                        let keep = tokens_for(packed.len());
+                        drop(Share {
+                            tokens: tokens - keep,
+                            to: tokens_to,
+                        });
+                        tokens = keep;
+                        Body::Packed(packed)
+                    }
+                    Err(raw) => Body::Raw(raw),
+                }
+            };
+            (digest, found, body)
+        }
+    };
+    Done {
         seq: job.seq,
         node: job.node,
         file_offset: job.file_offset,
-        digest: [0; 32],
+        digest,
+        known: found,
         len: job.len,
         tokens,
-        body: Body::Unpacked(Vec::new()),
-    };
-    let data = match read_chunk(tree, &job, opts.chunk_size) {
-        Ok(data) => data,
-        Err(e) => {
-            done.body = Body::Failed(e);
-            return done;
-        }
-    };
-    let digest = compress::digest(opts.digester, &data);
-    // Compress only the first copy of a chunk seen; the writer compresses itself in the
-    // rare case where a later copy claimed the digest first.
-    let first = known(&digest).is_none() && claimed.lock().expect("claims lock").insert(digest);
-    done.digest = digest;
-    done.body = if first {
-        match compress::compress_owned(opts.compressor, data) {
-            Ok(packed) => {
-                // The raw data is gone: only the compressed form's share of the budget
-                // stays taken until it is written.
-                let keep = tokens_for(packed.len());
-                drop(Share {
-                    tokens: tokens - keep,
-                    to: tokens_to,
-                });
-                tokens = keep;
-                Body::Packed(packed)
-            }
-            Err(raw) => Body::Raw(raw),
-        }
-    } else {
-        Body::Unpacked(data)
-    };
-    done.tokens = tokens;
-    done
+        body,
+    }
 }
 
 /// Appends a chunk to the blob in the form its worker left it in.
@@ -375,7 +372,7 @@ impl Drop for Share<'_> {
     }
 }
 
-/// The reader's side of the pipeline: chunks go to the workers in batches, so that a tree
+/// The dispatcher's side of the pipeline: chunks go to the workers in batches, so that a tree
 /// of small files does not pay a thread hand-off per file (a fifth of the build's time
 /// on 200,000 small files went to waking threads and passing single chunks).
 struct Feed {
@@ -384,6 +381,7 @@ struct Feed {
     batch: Vec<Job>,
     batch_bytes: usize,
     seq: u64,
+    chunk_size: u32,
 }
 
 /// A batch is sent once it holds this many bytes of chunk data...
@@ -412,9 +410,9 @@ impl Feed {
 
     /// Queues one chunk; a chunk of a quarter of the chunk size or more goes at once.
     /// False when the workers stopped.
-    fn push(&mut self, node: NodeId, file_offset: u64, len: usize, chunk_size: u32) -> bool {
+    fn push(&mut self, node: NodeId, file_offset: u64, len: usize) -> bool {
         self.batch_bytes += len;
-        let big = len >= chunk_size as usize / 4;
+        let big = len >= self.chunk_size as usize / 4;
         self.batch.push(Job {
             seq: self.seq,
             node,
@@ -446,8 +444,8 @@ fn needs_chunking(node: &super::tree::Node) -> bool {
         && node.data == super::tree::FileData::Source
 }
 
-/// Reads one chunk of a file, checking the file is still what the tree recorded: same
-/// type, size and mtime when opened and after the read.
+/// Reads one chunk of a file, checking the file is still what the tree recorded when it
+/// is opened and again after the read.
 fn read_chunk(tree: &Tree, job: &Job, chunk_size: u32) -> Result<Vec<u8>, BuildError> {
     let node = &tree.nodes[job.node];
     let path = &node.source;
@@ -456,11 +454,13 @@ fn read_chunk(tree: &Tree, job: &Job, chunk_size: u32) -> Result<Vec<u8>, BuildE
     let mut data = Vec::with_capacity(want);
     // Only files of several chunks are worth asking for holes: a hole inside one chunk
     // reads as zeros anyway, and small files are most of a tree's files.
-    if node.size > chunk_size as u64 && is_hole(&file, offset, want as u64) {
+    let several = node.size > chunk_size as u64;
+    if several && is_hole(&file, offset, want as u64) {
         // Sparse files: a chunk wholly inside a hole is zeros; skip reading it.
         data.resize(want, 0);
     } else {
-        if offset > 0 {
+        if several {
+            // Asking for holes moved the file position.
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| BuildError::io(path, "cannot seek", e))?;
         }
@@ -482,33 +482,7 @@ fn read_chunk(tree: &Tree, job: &Job, chunk_size: u32) -> Result<Vec<u8>, BuildE
         }
     }
     // Whatever happened to the file while it was read shows in its size or mtime now.
-    let meta = file
-        .metadata()
-        .map_err(|e| BuildError::io(path, "cannot stat", e))?;
-    if meta.len() != node.size {
-        let what = if meta.len() > node.size {
-            format!(
-                "file grew during the build beyond its {} bytes at stat time",
-                node.size
-            )
-        } else {
-            format!(
-                "file shrank during the build: {} bytes at stat time, {} now",
-                node.size,
-                meta.len()
-            )
-        };
-        return Err(BuildError::Source {
-            path: path.clone(),
-            what,
-        });
-    }
-    if (meta.mtime(), meta.mtime_nsec() as u32) != (node.mtime, node.mtime_nsec) {
-        return Err(BuildError::Source {
-            path: path.clone(),
-            what: "file was modified while it was being read (its mtime changed)".into(),
-        });
-    }
+    check_unchanged(node, &file)?;
     Ok(data)
 }
 
@@ -517,10 +491,6 @@ fn read_chunk(tree: &Tree, job: &Job, chunk_size: u32) -> Result<Vec<u8>, BuildE
 fn open_unchanged(node: &super::tree::Node) -> Result<File, BuildError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = &node.source;
-    let changed = |what: String| BuildError::Source {
-        path: path.clone(),
-        what,
-    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         // Never follow a symlink put in the file's place, and never wait in open() for
@@ -529,56 +499,63 @@ fn open_unchanged(node: &super::tree::Node) -> Result<File, BuildError> {
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                changed("was replaced by a symlink during the build".into())
+                BuildError::Source {
+                    path: path.clone(),
+                    what: "was replaced by a symlink during the build".into(),
+                }
             } else {
                 BuildError::io(path, "cannot open", e)
             }
         })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| BuildError::io(path, "cannot stat", e))?;
-    if !meta.is_file() {
-        return Err(changed(
-            "is no longer a regular file (replaced during the build)".into(),
-        ));
-    }
-    if meta.len() < node.size {
-        return Err(changed(format!(
-            "file shrank during the build: {} bytes at stat time, {} now",
-            node.size,
-            meta.len()
-        )));
-    }
-    if meta.len() > node.size {
-        return Err(changed(format!(
-            "file grew during the build beyond its {} bytes at stat time",
-            node.size
-        )));
-    }
-    if (meta.mtime(), meta.mtime_nsec() as u32) != (node.mtime, node.mtime_nsec) {
-        return Err(changed(
-            "file was modified during the build (its mtime changed since it was listed)".into(),
-        ));
-    }
+    check_unchanged(node, &file)?;
     Ok(file)
 }
 
+/// Refuses an open file of the tree that is no longer the regular file of the size and
+/// mtime the tree recorded.
+fn check_unchanged(node: &super::tree::Node, file: &File) -> Result<(), BuildError> {
+    let path = &node.source;
+    let meta = file
+        .metadata()
+        .map_err(|e| BuildError::io(path, "cannot stat", e))?;
+    let what = if !meta.is_file() {
+        "is no longer a regular file (replaced during the build)".to_string()
+    } else if meta.len() < node.size {
+        format!(
+            "file shrank during the build: {} bytes at stat time, {} now",
+            node.size,
+            meta.len()
+        )
+    } else if meta.len() > node.size {
+        format!(
+            "file grew during the build beyond its {} bytes at stat time",
+            node.size
+        )
+    } else if (meta.mtime(), meta.mtime_nsec() as u32) != (node.mtime, node.mtime_nsec) {
+        "file was modified during the build (its mtime changed since it was listed)".into()
+    } else {
+        return Ok(());
+    };
+    Err(BuildError::Source {
+        path: path.clone(),
+        what,
+    })
+}
+
 /// Whether `[offset, offset + len)` of `file` lies wholly in a hole (`SEEK_DATA` finds no
-/// data before its end). Filesystems without hole support report none.
+/// data before its end). Filesystems without hole support report none. Moves the file
+/// position.
 fn is_hole(file: &File, offset: u64, len: u64) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(start) = libc::off_t::try_from(offset) else {
         return false;
     };
     // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which the
-    // caller resets with an explicit seek or read position.
+    // caller resets before reading.
     let next = unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_DATA) };
-    let hole = if next < 0 {
+    if next < 0 {
         std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)
     } else {
         next as u64 >= offset + len
-    };
-    // SAFETY: as above; put the offset back where the sequential reader expects it.
-    unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_SET) };
-    hole
+    }
 }
