@@ -185,6 +185,8 @@ pub fn build_tree(data: &[u8]) {
         ][settings as usize % 3],
         chunk_size: 0x1000,
         threads: 1 + (settings as usize >> 4) % 2,
+        // A plain tree: names such as `.wh.x` are files here, not OCI whiteouts.
+        whiteout_spec: nydus_image::builder::overlay::WhiteoutSpec::None,
         ..Default::default()
     };
     let boot = scratch.path().join("boot");
