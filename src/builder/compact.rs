@@ -478,8 +478,12 @@ fn write_group(
 ) -> Result<(BlobEntry, Vec<((u32, u32), ChunkInfo)>, u64), BuildError> {
     let file = std::fs::File::create(temp)
         .map_err(|e| BuildError::output(temp, "cannot create new blob", e))?;
+    // Synced before it is renamed to its digest, so a crash cannot leave a short file there.
+    let to_sync = file
+        .try_clone()
+        .map_err(|e| BuildError::output(temp, "cannot create new blob", e))?;
     let mut writer = BlobWriter::new(
-        BufWriter::with_capacity(1 << 20, file),
+        BufWriter::with_capacity(1 << 20, super::output::Writeback::new(file)),
         template.compressor,
         template.digester,
         template.chunk_size,
@@ -559,6 +563,9 @@ fn write_group(
     let (finished, chunks) = writer
         .finish(None)
         .map_err(|e| BuildError::output(temp, "cannot write new blob", e))?;
+    to_sync
+        .sync_all()
+        .map_err(|e| BuildError::output(temp, "cannot sync new blob", e))?;
     let moves = moves
         .into_iter()
         .map(|(old, n)| (old, chunks[n as usize].clone()))

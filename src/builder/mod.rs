@@ -433,7 +433,7 @@ pub fn build(
         threads: opts.threads,
     };
     let mut writer = BlobWriter::new(
-        BufWriter::with_capacity(1 << 20, blob_file),
+        BufWriter::with_capacity(1 << 20, output::Writeback::new(blob_file)),
         opts.compressor,
         opts.digester,
         opts.chunk_size,

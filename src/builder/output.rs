@@ -2,6 +2,7 @@
 //! destination directory and renamed into place once complete. A FIFO is written in place.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
@@ -64,7 +65,6 @@ impl PendingFile {
     /// Writes `bytes` to `target` whole: under a temporary name, synced, renamed into
     /// place; `what` names the file in errors ("bootstrap").
     pub fn write_whole(target: &Path, bytes: &[u8], what: &str) -> Result<PathBuf, BuildError> {
-        use std::io::Write;
         let (pending, file) = PendingFile::create(target)?;
         let mut out = std::io::BufWriter::new(file);
         out.write_all(bytes)
@@ -96,6 +96,67 @@ impl PendingFile {
             }
         }
         Ok(self.target.clone())
+    }
+}
+
+/// Bytes of new data after which [`Writeback`] hands them to the disk.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+
+/// A file written front to back whose finished parts are handed to the disk while the rest
+/// is still being produced, so that the sync in [`PendingFile::commit`] waits only for the
+/// last few MiB instead of the whole file. Starting writeback does not wait for it; the
+/// sync at commit still reports any write error.
+pub struct Writeback {
+    file: File,
+    written: u64,
+    submitted: u64,
+    /// False once the kernel refused (a FIFO, a filesystem without it): then plain writes.
+    enabled: bool,
+}
+
+impl Writeback {
+    /// Wraps `file`, positioned at its start.
+    pub fn new(file: File) -> Self {
+        Writeback {
+            file,
+            written: 0,
+            submitted: 0,
+            enabled: true,
+        }
+    }
+
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let len = self.written - self.submitted;
+        // SAFETY: plain system call on a descriptor this struct owns; no memory is passed.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.submitted as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc == 0 {
+            self.submitted = self.written;
+        } else {
+            self.enabled = false;
+        }
+    }
+}
+
+impl std::io::Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.enabled && self.written - self.submitted >= WRITEBACK_WINDOW {
+            self.start_writeback();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
