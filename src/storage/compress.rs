@@ -79,9 +79,15 @@ fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) 
             // Exactly: amortized growth could leave this buffer twice the chunk size.
             out.reserve_exact(room);
             let n = match c.as_mut() {
-                Some(c) if len > 0 => c
-                    .compress_to_buffer(bytes, &mut Room::new(&mut out, room))
-                    .ok(),
+                Some(c) if len > 0 => {
+                    if looks_incompressible(c, &mut out, bytes) {
+                        None
+                    } else {
+                        out.clear();
+                        c.compress_to_buffer(bytes, &mut Room::new(&mut out, room))
+                            .ok()
+                    }
+                }
                 _ => None,
             };
             match n {
@@ -90,6 +96,44 @@ fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) 
             }
         })
     })
+}
+
+/// Chunks at least this long are sampled before they are compressed.
+const SAMPLE_FROM: usize = 128 << 10;
+/// Pieces in a sample, spread evenly from the chunk's first byte to its last.
+const SAMPLE_PIECES: usize = 8;
+/// Bytes in each piece.
+const SAMPLE_PIECE: usize = 2 << 10;
+
+/// Whether zstd would not shrink a long chunk, judged from a sample: evenly spaced pieces
+/// of it, compressed together, that do not get any smaller. Random, encrypted and already
+/// compressed data is then stored as it is, without spending the time (a fifth of a build
+/// of such data) and the memory (the whole chunk a second time) of compressing it all.
+///
+/// This is our choice, not upstream's, which compresses every chunk. Chunks that shrink
+/// get the very bytes they always did: the sample only decides whether to try. What it can
+/// miss is a chunk whose only redundancy lies between the pieces, such as a stretch of
+/// random bytes repeated further on; that chunk is stored raw.
+fn looks_incompressible(
+    c: &mut zstd::bulk::Compressor<'static>,
+    out: &mut Vec<u8>,
+    data: &[u8],
+) -> bool {
+    if data.len() < SAMPLE_FROM {
+        return false;
+    }
+    let mut sample = [0u8; SAMPLE_PIECES * SAMPLE_PIECE];
+    let step = (data.len() - SAMPLE_PIECE) / (SAMPLE_PIECES - 1);
+    for (i, piece) in sample.chunks_exact_mut(SAMPLE_PIECE).enumerate() {
+        piece.copy_from_slice(&data[i * step..][..SAMPLE_PIECE]);
+    }
+    let room = zstd::zstd_safe::compress_bound(sample.len());
+    out.clear();
+    out.reserve_exact(room);
+    match c.compress_to_buffer(&sample[..], &mut Room::new(out, room)) {
+        Ok(n) => n >= sample.len(),
+        Err(_) => false,
+    }
 }
 
 /// The first `room` bytes of an empty vector's capacity, as zstd's output buffer: unlike
@@ -238,6 +282,53 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(fresh, after_big);
+    }
+
+    /// Pseudo-random bytes.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        barely(len, seed, usize::MAX, 0)
+    }
+
+    /// A long chunk is compressed when any of its sampled pieces shows it can be, and then
+    /// to exactly the bytes plain zstd at upstream's level gives; the other chunks are stored.
+    #[test]
+    fn long_chunks_are_sampled_before_compressing() {
+        let text = b"compressible text, said once and then again. ".repeat(30_000);
+        // Whether `data` is compressed, and then to upstream's bytes (lengths in messages:
+        // the data is megabytes).
+        let packs_as_upstream = |data: &[u8]| -> Option<bool> {
+            let ours = compress(Compressor::Zstd, data)?;
+            let owned = compress_owned(Compressor::Zstd, data.to_vec()).ok()?;
+            Some(ours == owned && ours == zstd::bulk::compress(data, ZSTD_LEVEL).unwrap())
+        };
+        let mut random = noise(1 << 20, 7);
+        assert_eq!(packs_as_upstream(&random), None);
+        assert!(compress_owned(Compressor::Zstd, random.clone()) == Err(random.clone()));
+
+        // Random but for one stretch of text where the fourth piece is taken.
+        let at = 3 * ((1 << 20) - SAMPLE_PIECE) / (SAMPLE_PIECES - 1) - 1000;
+        random[at..at + 100_000].copy_from_slice(&text[..100_000]);
+        assert_eq!(packs_as_upstream(&random), Some(true));
+
+        // Short chunks are not sampled: a short stretch of text between the pieces counts.
+        let mut short = noise(SAMPLE_FROM - 1, 9);
+        short[5000..25_000].copy_from_slice(&text[..20_000]);
+        assert_eq!(packs_as_upstream(&short), Some(true));
+
+        // The limit, pinned: random bytes repeated at a distance the pieces do not span.
+        let half = noise(512 << 10, 11);
+        let twice = [half.clone(), half].concat();
+        assert!(zstd::bulk::compress(&twice, ZSTD_LEVEL).unwrap().len() < twice.len() * 3 / 4);
+        assert_eq!(packs_as_upstream(&twice), None);
+
+        // Text, long or short, compresses as upstream's does.
+        for len in [SAMPLE_FROM, 1 << 20, text.len()] {
+            assert_eq!(
+                packs_as_upstream(&text[..len]),
+                Some(true),
+                "{len} bytes of text"
+            );
+        }
     }
 
     #[test]
