@@ -38,21 +38,28 @@ pub fn compress(algo: Compressor, data: &[u8]) -> Option<Vec<u8>> {
     (out.len() < data.len()).then_some(out)
 }
 
-/// Like [`compress`] for data the caller gives up: `Ok` with the compressed form, or the
-/// data back when compressing does not make it smaller. With zstd the data is freed
-/// before the compressed form is copied out of the encoder's buffer, so a chunk never
-/// exists three times (data, encoder output, result) at once.
-pub fn compress_owned(algo: Compressor, data: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+/// Like [`compress`] for data the caller gives up: `Ok` with the compressed form and the
+/// data's buffer, emptied, for the caller to read its next chunk into; or the data back
+/// when compressing does not make it smaller.
+pub fn compress_owned(algo: Compressor, data: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), Vec<u8>> {
     if !matches!(algo, Compressor::Zstd) {
-        return compress(algo, &data).ok_or(data);
+        return match compress(algo, &data) {
+            Some(packed) => Ok((packed, emptied(data))),
+            None => Err(data),
+        };
     }
     zstd_scratch(data, |data, packed| match packed {
         Some(packed) => {
-            drop(data);
-            Ok(packed.to_vec())
+            let buffer = emptied(data);
+            Ok((packed.to_vec(), buffer))
         }
         None => Err(data),
     })
+}
+
+fn emptied(mut data: Vec<u8>) -> Vec<u8> {
+    data.clear();
+    data
 }
 
 /// Compresses `data` with zstd into this thread's reused buffer and hands `then` the data
@@ -298,7 +305,7 @@ mod tests {
         // the data is megabytes).
         let packs_as_upstream = |data: &[u8]| -> Option<bool> {
             let ours = compress(Compressor::Zstd, data)?;
-            let owned = compress_owned(Compressor::Zstd, data.to_vec()).ok()?;
+            let (owned, _) = compress_owned(Compressor::Zstd, data.to_vec()).ok()?;
             Some(ours == owned && ours == zstd::bulk::compress(data, ZSTD_LEVEL).unwrap())
         };
         let mut random = noise(1 << 20, 7);
