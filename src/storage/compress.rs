@@ -82,15 +82,17 @@ fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) 
             // a room that depended on the previous chunks' sizes made the same tree
             // compress to different bytes from one build to the next.
             let room = zstd::zstd_safe::compress_bound(len);
-            out.clear();
-            // Exactly: amortized growth could leave this buffer twice the chunk size.
-            out.reserve_exact(room);
             let n = match c.as_mut() {
                 Some(c) if len > 0 => {
                     if looks_incompressible(c, &mut out, bytes) {
                         None
                     } else {
+                        // Grown only now, for a chunk that is compressed whole: a buffer
+                        // of a chunk's size taken for a sample kept a chunk's worth of
+                        // memory resident in each worker that only ever sampled.
+                        // Exactly: amortized growth could leave it twice the chunk size.
                         out.clear();
+                        out.reserve_exact(room);
                         c.compress_to_buffer(bytes, &mut Room::new(&mut out, room))
                             .ok()
                     }
