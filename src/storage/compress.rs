@@ -303,37 +303,37 @@ mod tests {
     #[test]
     fn long_chunks_are_sampled_before_compressing() {
         let text = b"compressible text, said once and then again. ".repeat(30_000);
-        // Whether `data` is compressed, and then to upstream's bytes (lengths in messages:
+        // Whether `data` is compressed, and then to plain zstd's bytes (lengths in messages:
         // the data is megabytes).
-        let packs_as_upstream = |data: &[u8]| -> Option<bool> {
+        let packs_as_plain = |data: &[u8]| -> Option<bool> {
             let ours = compress(Compressor::Zstd, data)?;
             let (owned, _) = compress_owned(Compressor::Zstd, data.to_vec()).ok()?;
             Some(ours == owned && ours == zstd::bulk::compress(data, ZSTD_LEVEL).unwrap())
         };
         let mut random = noise(1 << 20, 7);
-        assert_eq!(packs_as_upstream(&random), None);
+        assert_eq!(packs_as_plain(&random), None);
         assert!(compress_owned(Compressor::Zstd, random.clone()) == Err(random.clone()));
 
         // Random but for one stretch of text where the fourth piece is taken.
         let at = 3 * ((1 << 20) - SAMPLE_PIECE) / (SAMPLE_PIECES - 1) - 1000;
         random[at..at + 100_000].copy_from_slice(&text[..100_000]);
-        assert_eq!(packs_as_upstream(&random), Some(true));
+        assert_eq!(packs_as_plain(&random), Some(true));
 
         // Short chunks are not sampled: a short stretch of text between the pieces counts.
         let mut short = noise(SAMPLE_FROM - 1, 9);
         short[5000..25_000].copy_from_slice(&text[..20_000]);
-        assert_eq!(packs_as_upstream(&short), Some(true));
+        assert_eq!(packs_as_plain(&short), Some(true));
 
         // The limit, pinned: random bytes repeated at a distance the pieces do not span.
         let half = noise(512 << 10, 11);
         let twice = [half.clone(), half].concat();
         assert!(zstd::bulk::compress(&twice, ZSTD_LEVEL).unwrap().len() < twice.len() * 3 / 4);
-        assert_eq!(packs_as_upstream(&twice), None);
+        assert_eq!(packs_as_plain(&twice), None);
 
-        // Text, long or short, compresses as upstream's does.
+        // Text, long or short, compresses as plain zstd does.
         for len in [SAMPLE_FROM, 1 << 20, text.len()] {
             assert_eq!(
-                packs_as_upstream(&text[..len]),
+                packs_as_plain(&text[..len]),
                 Some(true),
                 "{len} bytes of text"
             );
