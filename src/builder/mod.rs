@@ -287,7 +287,7 @@ fn layered_tree(
     };
     let upper = source::read_tree(source)?;
     let mut merged = parent.unwrap_or_else(|| overlay::empty_root(&upper.nodes[0]));
-    overlay::apply(&mut merged, overlay::nest(&upper, 1), opts.whiteout_spec);
+    overlay::apply(&mut merged, overlay::nest(upper, 1), opts.whiteout_spec);
     Ok((overlay::flatten(merged), parent_blobs))
 }
 
@@ -410,12 +410,14 @@ pub fn build(
             });
         }
     }
+    let started = std::time::Instant::now();
     let (tree, parent_blobs) = layered_tree(source, opts)?;
     log::debug!(
-        "{}: {} entries, {} inodes",
+        "{}: {} entries, {} inodes, read in {:.3} s",
         source.display(),
         tree.nodes.len(),
-        tree.inode_count()
+        tree.inode_count(),
+        started.elapsed().as_secs_f64()
     );
 
     // Open both outputs before the long part, so an unwritable path fails early.
@@ -444,6 +446,7 @@ pub fn build(
     };
     let known = |digest: &[u8; 32]| dict.as_ref().and_then(|d| d.get(digest));
     let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, &known, progress)?;
+    log::debug!("chunked at {:.3} s", started.elapsed().as_secs_f64());
     release_free_heap();
     let has_data = writer.chunk_count() > 0;
     let (new_chunks, finished) = if has_data {
@@ -483,6 +486,10 @@ pub fn build(
             digester: opts.digester,
         },
     );
+    log::debug!(
+        "bootstrap laid out at {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut boot_file = BufWriter::new(boot_file);
     boot_file
         .write_all(&image)
@@ -512,6 +519,10 @@ pub fn build(
             return Err(e);
         }
     };
+    log::debug!(
+        "outputs in place at {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(BuildSummary {
         bootstrap,
         blob_path: blob_final,

@@ -43,7 +43,8 @@ pub const OVERLAY_OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 /// A tree node with its children by name.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The node (its `kind` children list, `parent` and `hardlink_of` are ignored here).
+    /// The node (its name, its `kind` children list, `parent` and `hardlink_of` are
+    /// ignored here: the name is the key in the parent's `children`).
     pub node: Node,
     /// Hard-link identity: entries sharing a key are one inode.
     pub link: Option<(u32, u64)>,
@@ -57,29 +58,58 @@ impl Entry {
     }
 }
 
-/// Converts a flat tree into nested form; hard links get keys in `layer`.
-pub fn nest(tree: &Tree, layer: u32) -> Entry {
-    fn build(tree: &Tree, id: NodeId, layer: u32) -> Entry {
-        let own = &tree.nodes[id];
-        let primary = own.hardlink_of.unwrap_or(id);
-        let mut node = tree.nodes[primary].clone();
-        node.name = own.name.clone();
-        node.source = own.source.clone();
-        let linked = !matches!(node.kind, Kind::Dir(_))
-            && (own.hardlink_of.is_some() || tree.nodes[primary].nlink > 1);
-        let mut children = BTreeMap::new();
-        if let Kind::Dir(kids) = &own.kind {
-            for &k in kids {
-                children.insert(tree.nodes[k].name.clone(), build(tree, k, layer));
-            }
-        }
+/// Converts a flat tree into nested form; hard links get keys in `layer`. The nodes are
+/// moved, not copied: copying them was a tenth of a second of the Linux source tree's
+/// build, with nothing else running.
+pub fn nest(tree: Tree, layer: u32) -> Entry {
+    let Tree { nodes } = tree;
+    let links: Vec<Option<(u32, u64)>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(id, own)| {
+            let primary = own.hardlink_of.unwrap_or(id);
+            let linked = !matches!(nodes[primary].kind, Kind::Dir(_))
+                && (own.hardlink_of.is_some() || nodes[primary].nlink > 1);
+            linked.then_some((layer, primary as u64))
+        })
+        .collect();
+    // A later name of a hard-linked inode carries the first name's metadata, copied
+    // before the nodes are moved out.
+    let copies: Vec<(NodeId, Node)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(id, own)| {
+            let mut node = nodes[own.hardlink_of?].clone();
+            node.name = own.name.clone();
+            node.source = own.source.clone();
+            Some((id, node))
+        })
+        .collect();
+    let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    for (id, node) in copies {
+        slots[id] = Some(node);
+    }
+    fn build(slots: &mut [Option<Node>], links: &[Option<(u32, u64)>], id: NodeId) -> Entry {
+        let mut node = slots[id].take().expect("each node is nested once");
+        let kids = match &mut node.kind {
+            Kind::Dir(kids) => std::mem::take(kids),
+            _ => Vec::new(),
+        };
+        // Children come in name order: the map is built from sorted input in one go.
+        let children = kids
+            .into_iter()
+            .map(|k| {
+                let mut child = build(slots, links, k);
+                (std::mem::take(&mut child.node.name), child)
+            })
+            .collect();
         Entry {
             node,
-            link: linked.then_some((layer, primary as u64)),
+            link: links[id],
             children,
         }
     }
-    build(tree, 0, layer)
+    build(&mut slots, &links, 0)
 }
 
 enum Whiteout<'a> {
@@ -118,16 +148,15 @@ fn clean(e: &mut Entry, spec: WhiteoutSpec) {
     if spec == WhiteoutSpec::Overlayfs {
         e.node.xattrs.retain(|(n, _)| n != OVERLAY_OPAQUE_XATTR);
     }
-    let names: Vec<Vec<u8>> = e.children.keys().cloned().collect();
-    for name in names {
-        let child = &e.children[&name];
-        if let Some(w) = whiteout_of(&name, child, spec) {
-            warn_if_data(&name, child, &w);
-            e.children.remove(&name);
-        } else if let Some(child) = e.children.get_mut(&name) {
+    e.children.retain(|name, child| {
+        if let Some(w) = whiteout_of(name, child, spec) {
+            warn_if_data(name, child, &w);
+            false
+        } else {
             clean(child, spec);
+            true
         }
-    }
+    });
 }
 
 fn warn_if_data(name: &[u8], e: &Entry, w: &Whiteout) {
