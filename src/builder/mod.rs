@@ -286,7 +286,12 @@ fn layered_tree(
         None => (None, Vec::new()),
     };
     let upper = source::read_tree(source)?;
-    let mut merged = parent.unwrap_or_else(|| overlay::empty_root(&upper.nodes[0]));
+    let Some(mut merged) = parent else {
+        return Ok((
+            overlay::first_layer(upper, opts.whiteout_spec),
+            parent_blobs,
+        ));
+    };
     overlay::apply(&mut merged, overlay::nest(upper, 1), opts.whiteout_spec);
     Ok((overlay::flatten(merged), parent_blobs))
 }
