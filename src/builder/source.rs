@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -93,12 +93,15 @@ fn list_dir(dir: &Path) -> Listing {
     let entries = fs::read_dir(dir).map_err(|e| BuildError::io(dir, "cannot read directory", e))?;
     for entry in entries {
         let entry = entry.map_err(|e| BuildError::io(dir, "cannot read directory", e))?;
-        names.push(entry.file_name().as_bytes().to_vec());
+        names.push(entry.file_name().into_vec());
     }
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+        // Sized once: `join` grows the copy of `dir` it starts from.
+        let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+        path.push(dir);
+        path.push(std::ffi::OsStr::from_bytes(&name));
         let meta =
             fs::symlink_metadata(&path).map_err(|e| BuildError::io(&path, "cannot stat", e))?;
         let node = node_from(path, name, 0, &meta)?;
