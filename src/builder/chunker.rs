@@ -462,10 +462,10 @@ fn needs_chunking(node: &super::tree::Node) -> bool {
         && node.data == super::tree::FileData::Source
 }
 
-/// Reads one chunk of a file, checking the file is still what the tree recorded when it
-/// is opened and again after the read.
-/// Reads a job's chunk into `data` (an empty buffer, reused from an earlier chunk when
-/// there is one: allocating one per chunk was 5% of a build's time, in malloc and free).
+/// Reads a job's chunk into `data`, checking the file is still what the tree recorded when
+/// it is opened and again after the read. `data` is an empty buffer, reused from an earlier
+/// chunk when there is one: allocating one per chunk was 5% of a build's time, in malloc
+/// and free.
 fn read_chunk(
     tree: &Tree,
     job: &Job,

@@ -73,17 +73,11 @@ pub fn nest(tree: Tree, layer: u32) -> Entry {
             linked.then_some((layer, primary as u64))
         })
         .collect();
-    // A later name of a hard-linked inode carries the first name's metadata, copied
-    // before the nodes are moved out.
+    // Later names of hard-linked inodes, copied before the nodes are moved out.
     let copies: Vec<(NodeId, Node)> = nodes
         .iter()
         .enumerate()
-        .filter_map(|(id, own)| {
-            let mut node = nodes[own.hardlink_of?].clone();
-            node.name = own.name.clone();
-            node.source = own.source.clone();
-            Some((id, node))
-        })
+        .filter_map(|(id, own)| Some((id, later_name(own, &nodes[own.hardlink_of?]))))
         .collect();
     let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
     for (id, node) in copies {
@@ -228,26 +222,35 @@ pub fn first_layer(mut upper: Tree, spec: WhiteoutSpec) -> Tree {
                 && node.xattrs.iter().any(|(n, _)| n == OVERLAY_OPAQUE_XATTR))
     });
     if marked {
-        let mut root = empty_root(&upper.nodes[0]);
-        apply(&mut root, nest(upper, 1), spec);
-        return flatten(root);
+        return onto_empty_root(upper, spec);
     }
-    // As `nest` gives them: a later name of a hard-linked inode with its first name's
-    // metadata.
+    // Later names of hard-linked inodes as `nest` gives them.
     for id in 0..upper.nodes.len() {
         if let Some(first) = upper.nodes[id].hardlink_of {
-            let own = &upper.nodes[id];
-            upper.nodes[id] = Node {
-                name: own.name.clone(),
-                source: own.source.clone(),
-                parent: own.parent,
-                hardlink_of: own.hardlink_of,
-                nlink: own.nlink,
-                ..upper.nodes[first].clone()
-            };
+            upper.nodes[id] = later_name(&upper.nodes[id], &upper.nodes[first]);
         }
     }
     upper
+}
+
+/// `upper` applied onto an empty root, nested and flattened back.
+fn onto_empty_root(upper: Tree, spec: WhiteoutSpec) -> Tree {
+    let mut root = empty_root(&upper.nodes[0]);
+    apply(&mut root, nest(upper, 1), spec);
+    flatten(root)
+}
+
+/// A later name `own` of a hard-linked inode: the first name's metadata, with its own name,
+/// source path and place in the tree.
+fn later_name(own: &Node, first: &Node) -> Node {
+    Node {
+        name: own.name.clone(),
+        source: own.source.clone(),
+        parent: own.parent,
+        hardlink_of: own.hardlink_of,
+        nlink: own.nlink,
+        ..first.clone()
+    }
 }
 
 /// An empty root to build a first layer on.
@@ -307,12 +310,6 @@ pub fn flatten(root: Entry) -> Tree {
 mod tests {
     use super::*;
 
-    fn nested_and_flattened(upper: Tree, spec: WhiteoutSpec) -> Tree {
-        let mut root = empty_root(&upper.nodes[0]);
-        apply(&mut root, nest(upper, 1), spec);
-        flatten(root)
-    }
-
     /// A first layer without markers is taken as read, and that is the tree nesting,
     /// applying and flattening gives: same nodes in the same order, parents, children,
     /// hard-link groups and link counts. With a marker, the marker is dropped.
@@ -354,7 +351,7 @@ mod tests {
             );
             assert_eq!(
                 shown(&fast),
-                shown(&nested_and_flattened(read(), spec)),
+                shown(&onto_empty_root(read(), spec)),
                 "{spec:?}"
             );
         }
@@ -364,7 +361,7 @@ mod tests {
         assert!(oci.nodes.iter().all(|n| n.name != b".wh.gone"));
         assert_eq!(
             shown(&oci),
-            shown(&nested_and_flattened(read(), WhiteoutSpec::Oci))
+            shown(&onto_empty_root(read(), WhiteoutSpec::Oci))
         );
         let literal = first_layer(read(), WhiteoutSpec::None);
         assert!(literal.nodes.iter().any(|n| n.name == b".wh.gone"));
