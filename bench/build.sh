@@ -15,7 +15,7 @@ mkdir -p "$work"
 . bench/data.sh
 cargo build --release -q
 ours=$PWD/target/release/nydus-image
-upstream="${CARGO_HOME:-$HOME/.cargo}/bin/nydus-image"
+upstream="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydus-image"
 command -v zstd >/dev/null || apt-get install -y -qq zstd
 
 trees=("$@")

@@ -13,7 +13,7 @@ command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
 [ -d "$work/rootfs-py" ] || debootstrap --variant=minbase --include=python3 bookworm "$work/rootfs-py" >/dev/null
 cargo build --release -q
 ours=target/release/nydus-image
-upstream="${CARGO_HOME:-$HOME/.cargo}/bin/nydus-image"
+upstream="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydus-image"
 d="$work/dict"
 rm -rf "$d" && mkdir -p "$d"
 median() { printf "%s\n" "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }

@@ -19,7 +19,7 @@ if [ -z "$tree" ]; then
 fi
 cargo build --release -q
 ours=target/release/nydus-image
-upstream="${CARGO_HOME:-$HOME/.cargo}/bin/nydusd"
+upstream="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydusd"
 img="$work/img"
 rm -rf "$img" && mkdir -p "$img/blobs" "$img/m-ours" "$img/m-nydusd" "$img/m-erofs" "$img/cache"
 $ours create --log-level warn --bootstrap "$img/boot" --blob-dir "$img/blobs" "$tree" >/dev/null

@@ -12,8 +12,8 @@ mkdir -p "$work"
 . bench/data.sh
 cargo build --release -q
 ours=$PWD/target/release/nydus-image
-up_image="${CARGO_HOME:-$HOME/.cargo}/bin/nydus-image"
-up_nydusd="${CARGO_HOME:-$HOME/.cargo}/bin/nydusd"
+up_image="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydus-image"
+up_nydusd="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydusd"
 
 trees=("$@")
 if [ ${#trees[@]} -eq 0 ]; then

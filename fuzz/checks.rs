@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use nydus_image::builder::stargz;
+use nydus_image::builder::source::stargz;
 use nydus_image::format::blob_meta::{ChunkLocation, Header, CHUNK_INFO_V1_SIZE};
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
@@ -20,7 +20,7 @@ pub fn read_image(data: &[u8]) {
     else {
         return;
     };
-    let _ = nydus_image::check::check(&image, true);
+    let _ = nydus_image::ops::check::check(&image, true);
     let _ = image.walk(|_, nid| {
         let st = image.stat(nid)?;
         let _ = image.xattrs(nid);
@@ -70,7 +70,7 @@ pub fn stargz_toc(data: &[u8]) {
         BlobSource::None,
     )
     .expect("our own bootstrap opens");
-    nydus_image::check::check(&image, false).expect("our own bootstrap checks");
+    nydus_image::ops::check::check(&image, false).expect("our own bootstrap checks");
 }
 
 /// The builder fed a random tree description: the bytes say what to create (directories,
@@ -201,7 +201,7 @@ pub fn build_tree(data: &[u8]) {
     )
     .expect("a plain tree builds");
     let image = Image::open(&boot, BlobSource::Dir(blobs)).expect("our image opens");
-    nydus_image::check::check(&image, false).expect("our image checks");
+    nydus_image::ops::check::check(&image, false).expect("our image checks");
 
     // Everything created reads back the same; hard links share an inode.
     let mut by_ino: BTreeMap<u64, u64> = BTreeMap::new();

@@ -10,10 +10,10 @@ use std::process::Command;
 use common::*;
 use nydus_image::builder::blob::BlobWriter;
 use nydus_image::builder::chunker::{chunk_files, ChunkOptions};
-use nydus_image::builder::source::read_tree;
+use nydus_image::builder::source::dir::read_tree;
 use nydus_image::builder::{build, BlobTarget, BuildOptions};
-use nydus_image::check::check;
 use nydus_image::format::{Compressor, Digester};
+use nydus_image::ops::check::check;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
 

@@ -180,7 +180,9 @@ fn unsupported_requests_are_refused_clearly() {
         (vec!["--fs-version", "5"], "RAFS v5"),
         (vec!["--chunk-size", "0x3000"], "power of two"),
         (vec!["--chunk-size", "0x2000000"], "power of two"),
-        (vec!["--chunk-size", "zz"], "invalid chunk size"),
+        (vec!["--chunk-size", "zz"], "invalid --chunk-size"),
+        // Issue 17: a doubled prefix was taken as hex.
+        (vec!["--chunk-size", "0x0x100000"], "invalid --chunk-size"),
         (vec!["-t", "tar-rafs"], "not supported"),
         (vec!["--blob-id", "a/b"], "blob id"),
     ] {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
-use nydus_image::check::check;
+use nydus_image::ops::check::check;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
 

@@ -17,14 +17,11 @@
 pub mod blob;
 pub mod bootstrap;
 pub mod chunker;
-pub mod compact;
 pub mod dict;
-pub mod merge;
 pub mod output;
 pub mod overlay;
 pub mod parent;
 pub mod source;
-pub mod stargz;
 pub mod tree;
 
 use std::io::{BufWriter, Write};
@@ -224,7 +221,7 @@ pub struct BuildSummary {
 
 /// The parent image named in `opts` as a nested tree with its blobs; `chunk_size` and
 /// `digester` are what this build uses, which the parent must share.
-fn load_parent(
+pub(crate) fn load_parent(
     opts: &BuildOptions,
     chunk_size: Option<u32>,
 ) -> Result<Option<(overlay::Entry, Vec<BlobEntry>, u32)>, BuildError> {
@@ -285,7 +282,7 @@ fn layered_tree(
         Some((tree, blobs, _)) => (Some(tree), blobs),
         None => (None, Vec::new()),
     };
-    let upper = source::read_tree(source)?;
+    let upper = source::dir::read_tree(source)?;
     let Some(mut merged) = parent else {
         return Ok((
             overlay::first_layer(upper, opts.whiteout_spec),
@@ -373,7 +370,7 @@ fn assemble_chunks(
 /// The bootstrap of a tree whose files all reference chunks already stored in `blobs`
 /// (parent layers, merges, compaction, eStargz layers): its bytes and the blob table it
 /// holds.
-fn stored_tree_bootstrap(
+pub(crate) fn stored_tree_bootstrap(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
@@ -452,7 +449,7 @@ pub fn build(
     let known = |digest: &[u8; 32]| dict.as_ref().and_then(|d| d.get(digest));
     let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, &known, progress)?;
     log::debug!("chunked at {:.3} s", started.elapsed().as_secs_f64());
-    release_free_heap();
+    crate::heap::release_free();
     let has_data = writer.chunk_count() > 0;
     let (new_chunks, finished) = if has_data {
         let (finished, chunks) = writer
@@ -546,16 +543,4 @@ pub fn build(
         digester: opts.digester,
         chunk_size: opts.chunk_size,
     })
-}
-
-/// Gives the heap's free memory back to the kernel. The chunker's buffers and its workers'
-/// zstd contexts are free once it returns, but glibc keeps free memory below its trim
-/// threshold (four chunks, see `create`) and in the middle of the heap: on one 4 GiB file
-/// the peak came after the chunker, from what was built next on top of that.
-fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free pages of the heap to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

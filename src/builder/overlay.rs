@@ -334,7 +334,7 @@ mod tests {
         std::os::unix::fs::symlink("two", root.join("a/b/link")).unwrap();
         std::fs::hard_link(root.join("a/b/link"), root.join("m/link-again")).unwrap();
 
-        let read = || super::super::source::read_tree(root).unwrap();
+        let read = || crate::builder::source::dir::read_tree(root).unwrap();
         let shown = |t: &Tree| format!("{:#?}", t.nodes);
         for spec in [
             WhiteoutSpec::Oci,

@@ -74,6 +74,15 @@ pub enum ReadError {
     /// The caller asked for something that is not there (wrong kind of inode, say).
     #[error("{0}")]
     Request(String),
+    /// Reading one entry of the image failed (names the entry's path in the image).
+    #[error("{path}")]
+    Entry {
+        /// The entry's path in the image.
+        path: String,
+        /// What went wrong.
+        #[source]
+        source: Box<ReadError>,
+    },
 }
 
 /// A file's attributes.

@@ -3,6 +3,3 @@
 pub mod backend;
 pub mod blobs;
 pub mod compress;
-pub mod http;
-pub mod oss;
-pub mod registry;

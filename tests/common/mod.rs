@@ -606,15 +606,17 @@ pub fn our_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nydus-image"))
 }
 
-/// Path of an upstream tool installed by `cargo install nydus-rs --version 2.2.0`.
+/// Path of an upstream 2.2.0 tool, as `scripts/setup` installs it: under
+/// `$NYDUS_UPSTREAM_ROOT/bin` (default `/opt/nydus-upstream-2.2.0/bin`), apart from
+/// `~/.cargo/bin` so that `nydus-image` on PATH is never the oracle by accident.
 pub fn upstream_bin(name: &str) -> PathBuf {
-    let home = std::env::var("CARGO_HOME")
+    let root = std::env::var_os("NYDUS_UPSTREAM_ROOT")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cargo"));
-    let p = home.join("bin").join(name);
+        .unwrap_or_else(|| PathBuf::from("/opt/nydus-upstream-2.2.0"));
+    let p = root.join("bin").join(name);
     assert!(
         p.exists(),
-        "upstream {name} is not installed at {}: run `cargo install nydus-rs --version 2.2.0 --locked` (.ci/run does)",
+        "upstream {name} is not installed at {}: run scripts/setup (.ci/run does)",
         p.display()
     );
     p

@@ -8,8 +8,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::tree::{FileData, Kind, Node, NodeId, Tree};
-use super::BuildError;
+use crate::builder::tree::{FileData, Kind, Node, NodeId, Tree};
+use crate::builder::BuildError;
 use crate::format::v6::inode::{xattr_split, Xattrs};
 
 /// Largest xattr value RAFS v6 can hold (its size field is 16 bits; Linux caps at 64 KiB).

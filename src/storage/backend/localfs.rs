@@ -1,9 +1,4 @@
-//! Where blob data lives: one trait for every storage backend, configured from upstream's
-//! backend configuration files (`--backend-type TYPE --backend-config-file FILE`).
-//!
-//! `localfs` is `{"dir": DIR}` (blobs named by id) or `{"blob_file": FILE}` (one blob);
-//! `registry` is an OCI distribution registry (see [`super::registry`]); `oss` an Alibaba
-//! Cloud OSS bucket (see [`super::oss`]).
+//! The `localfs` backend: blobs in a local directory, named by id, or one blob file.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -11,27 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// A backend failure, naming the blob and what went wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("blob {blob_id} ({backend}): {what}")]
-pub struct BackendError {
-    /// The blob.
-    pub blob_id: String,
-    /// Which backend, with its location.
-    pub backend: String,
-    /// What went wrong.
-    pub what: String,
-}
-
-/// Read access to blobs by id.
-pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// A short description for messages (`localfs DIR`).
-    fn describe(&self) -> String;
-    /// The blob's size in bytes.
-    fn size(&self, blob_id: &str) -> Result<u64, BackendError>;
-    /// Reads exactly `buf.len()` bytes at `offset`.
-    fn read_at(&self, blob_id: &str, offset: u64, buf: &mut [u8]) -> Result<(), BackendError>;
-}
+use super::{Backend, BackendError, ConfigError};
 
 /// Blobs in a local directory, named by id, or one explicit blob file.
 #[derive(Clone, Debug, Deserialize)]
@@ -55,6 +30,17 @@ pub struct LocalFs {
 }
 
 impl LocalFs {
+    /// The backend `config` describes: it needs a directory or a blob file.
+    pub fn new(config: LocalFsConfig) -> Result<Self, ConfigError> {
+        if config.dir.is_none() && config.blob_file.is_none() {
+            return Err(ConfigError::Invalid {
+                kind: "localfs",
+                what: "needs \"dir\" or \"blob_file\"".into(),
+            });
+        }
+        Ok(LocalFs { config })
+    }
+
     /// Blobs named by id in `dir`.
     pub fn dir(dir: &Path) -> Self {
         LocalFs {
@@ -131,53 +117,5 @@ impl Backend for LocalFs {
             };
             self.err(blob_id, what)
         })
-    }
-}
-
-/// Builds the backend `kind` from the configuration file at `config`: upstream's shape,
-/// either the backend's own object or `{"type": KIND, "config": {...}}`.
-pub fn from_config_file(kind: &str, config: &Path) -> Result<Box<dyn Backend>, String> {
-    let text = std::fs::read(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let mut value: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not JSON: {e}", config.display()))?;
-    if let Some(inner) = value.get("config").cloned() {
-        if let Some(t) = value.get("type").and_then(|t| t.as_str()) {
-            if t != kind {
-                return Err(format!(
-                    "{}: describes a {t} backend, but --backend-type is {kind}",
-                    config.display()
-                ));
-            }
-        }
-        value = inner;
-    }
-    match kind {
-        "localfs" => {
-            let c: LocalFsConfig = serde_json::from_value(value)
-                .map_err(|e| format!("{}: localfs configuration: {e}", config.display()))?;
-            if c.dir.is_none() && c.blob_file.is_none() {
-                return Err(format!(
-                    "{}: localfs needs \"dir\" or \"blob_file\"",
-                    config.display()
-                ));
-            }
-            Ok(Box::new(LocalFs { config: c }))
-        }
-        "registry" => {
-            let c: super::registry::RegistryConfig = serde_json::from_value(value)
-                .map_err(|e| format!("{}: registry configuration: {e}", config.display()))?;
-            let r = super::registry::Registry::new(c)
-                .map_err(|e| format!("{}: {e}", config.display()))?;
-            Ok(Box::new(r))
-        }
-        "oss" => {
-            let c: super::oss::OssConfig = serde_json::from_value(value)
-                .map_err(|e| format!("{}: oss configuration: {e}", config.display()))?;
-            let o = super::oss::Oss::new(c).map_err(|e| format!("{}: {e}", config.display()))?;
-            Ok(Box::new(o))
-        }
-        other => Err(format!(
-            "unknown backend type {other:?}: use localfs, registry or oss"
-        )),
     }
 }

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::output::PendingFile;
-use super::overlay::{self, Entry, WhiteoutSpec};
-use super::tree::FileData;
-use super::{bootstrap, parent, BuildError};
+use crate::builder::output::PendingFile;
+use crate::builder::overlay::{self, Entry, WhiteoutSpec};
+use crate::builder::tree::FileData;
+use crate::builder::{bootstrap, parent, BuildError};
 use crate::format::v6::tables::BlobEntry;
 use crate::reader::Image;
 use crate::storage::blobs::BlobSource;
@@ -97,7 +97,7 @@ pub fn merge(layers: &[PathBuf], out: &Path) -> Result<MergeSummary, BuildError>
     }
     let tree = overlay::flatten(merged.expect("at least one layer"));
     let (chunk_size, digester, compressor) = settings.expect("at least one layer");
-    let (bytes, blobs) = super::stored_tree_bootstrap(
+    let (bytes, blobs) = crate::builder::stored_tree_bootstrap(
         &tree,
         blobs,
         bootstrap::v6::BootstrapOptions {

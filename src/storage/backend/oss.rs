@@ -15,8 +15,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 
-use super::backend::{Backend, BackendError};
 use super::http::{send_with_retries, HttpOptions, Refusal};
+use super::{Backend, BackendError, ConfigError};
 
 /// Upstream's OSS configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -115,14 +115,18 @@ pub struct Oss {
 
 impl Oss {
     /// A client for `config`.
-    pub fn new(config: OssConfig) -> Result<Self, String> {
+    pub fn new(config: OssConfig) -> Result<Self, ConfigError> {
+        let bad = |what: String| ConfigError::Invalid { kind: "oss", what };
         if config.endpoint.trim().is_empty() || config.bucket_name.trim().is_empty() {
-            return Err("oss needs \"endpoint\" and \"bucket_name\"".into());
+            return Err(bad("needs \"endpoint\" and \"bucket_name\"".into()));
         }
         if !matches!(config.scheme.as_str(), "http" | "https") {
-            return Err(format!("oss scheme {:?}: use http or https", config.scheme));
+            return Err(bad(format!(
+                "scheme {:?}: use http or https",
+                config.scheme
+            )));
         }
-        let agent = config.http.agent_builder()?.redirects(0).build();
+        let agent = config.http.agent_builder("oss")?.redirects(0).build();
         Ok(Oss {
             agent,
             sizes: Default::default(),

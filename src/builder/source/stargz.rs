@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::Deserialize;
 
-use super::overlay::Entry;
-use super::tree::{FileData, Kind, Node};
-use super::BuildError;
+use crate::builder::overlay::Entry;
+use crate::builder::tree::{FileData, Kind, Node};
+use crate::builder::BuildError;
 use crate::format::v6::tables::ChunkInfo;
 
 /// Name of the TOC inside an eStargz layer.
@@ -37,7 +37,7 @@ pub const LANDMARKS: [&[u8]; 2] = [b".prefetch.landmark", b".no.prefetch.landmar
 /// The eStargz writer's default chunk size, used when no file of the layer is split.
 pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
 
-/// Settings of an eStargz build beyond [`super::BuildOptions`].
+/// Settings of an eStargz build beyond [`crate::builder::BuildOptions`].
 #[derive(Clone, Debug, Default)]
 pub struct StargzOptions {
     /// Chunk size the layer must have (`--chunk-size`); by default the layer's own.
@@ -47,6 +47,31 @@ pub struct StargzOptions {
     /// The layer file: when given, every chunk is checked against it before anything is
     /// written.
     pub layer_file: Option<PathBuf>,
+}
+
+impl StargzOptions {
+    /// The layer file given as `blob`, or else the file named `blob_id` in `blob_dir`
+    /// (which must then exist); `None` when neither is given.
+    pub fn find_layer(
+        blob: Option<&Path>,
+        blob_dir: Option<&Path>,
+        blob_id: Option<&str>,
+    ) -> Result<Option<PathBuf>, BuildError> {
+        match (blob, blob_dir, blob_id) {
+            (Some(b), _, _) => Ok(Some(b.to_path_buf())),
+            (None, Some(d), Some(id)) => {
+                let f = d.join(id);
+                if !f.is_file() {
+                    return Err(BuildError::Source {
+                        path: f,
+                        what: "the eStargz layer is not in the blob directory (it must be named by its blob id)".into(),
+                    });
+                }
+                Ok(Some(f))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Most bytes a gzip member can take to hold `size` bytes of data, the bound upstream
@@ -555,7 +580,7 @@ fn set_meta(node: &mut Node, e: &TocEntry, fmt: u32, shown: &Path) -> Result<(),
         let value = base64::engine::general_purpose::STANDARD
             .decode(value)
             .map_err(|_| format!("xattr {name:?}: value is not base64"))?;
-        super::source::check_xattr(shown, name.as_bytes(), &value).map_err(|e| match e {
+        super::dir::check_xattr(shown, name.as_bytes(), &value).map_err(|e| match e {
             BuildError::Source { what, .. } => what,
             other => other.to_string(),
         })?;
@@ -867,7 +892,7 @@ pub struct Described {
     /// The bootstrap's bytes.
     pub bootstrap: Vec<u8>,
     /// The merged tree it describes.
-    pub tree: super::tree::Tree,
+    pub tree: crate::builder::tree::Tree,
     /// Its blob table: the parent's blobs, then the layer.
     pub blobs: Vec<crate::format::v6::tables::BlobEntry>,
     /// Chunk references to the layer that survive upper whiteouts.
@@ -881,7 +906,7 @@ pub fn describe(
     parent_blobs: Vec<crate::format::v6::tables::BlobEntry>,
     blob_id: &str,
 ) -> Described {
-    use super::{bootstrap, overlay};
+    use crate::builder::{bootstrap, overlay};
     use crate::format::v6::tables::{blob_features, BlobEntry};
     use crate::format::{Compressor, Digester};
 
@@ -934,7 +959,7 @@ pub fn describe(
     };
     let mut blobs = parent_blobs;
     blobs.push(entry);
-    let (image, blobs) = super::stored_tree_bootstrap(
+    let (image, blobs) = crate::builder::stored_tree_bootstrap(
         &tree,
         blobs,
         bootstrap::v6::BootstrapOptions {
@@ -959,9 +984,9 @@ pub fn build(
     toc: &Path,
     bootstrap_path: &Path,
     sopts: &StargzOptions,
-    opts: &super::BuildOptions,
-) -> Result<super::BuildSummary, BuildError> {
-    use super::BuildSummary;
+    opts: &crate::builder::BuildOptions,
+) -> Result<crate::builder::BuildSummary, BuildError> {
+    use crate::builder::BuildSummary;
     use crate::format::{Compressor, Digester};
 
     let blob_id = opts.blob_id.clone().ok_or_else(|| {
@@ -970,13 +995,29 @@ pub fn build(
         )
     })?;
     check_blob_id(&blob_id).map_err(BuildError::Options)?;
+    if opts.compressor != Compressor::Gzip {
+        return Err(BuildError::Options(format!(
+            "an eStargz layer is gzip-compressed; --compressor {} cannot describe it",
+            opts.compressor.name()
+        )));
+    }
+    if opts.chunk_dict.is_some() {
+        return Err(BuildError::Options(
+            "a chunk dictionary cannot be used with an eStargz layer: the layer's data is not rewritten".into(),
+        ));
+    }
+    if opts.whiteout_spec != crate::builder::overlay::WhiteoutSpec::Oci {
+        return Err(BuildError::Options(
+            "eStargz layers carry OCI whiteouts; the whiteout spec must be oci".into(),
+        ));
+    }
     if opts.digester != Digester::Sha256 {
         return Err(BuildError::Options(format!(
             "eStargz chunk digests are sha256 (the TOC's chunkDigest); --digester {} cannot describe them",
             opts.digester.name()
         )));
     }
-    let parent = super::load_parent(opts, None)?;
+    let parent = crate::builder::load_parent(opts, None)?;
     let (parent_tree, parent_blobs, parent_chunk_size) = match parent {
         Some((t, b, c)) => (Some(t), b, Some(c)),
         None => (None, Vec::new(), None),
@@ -1023,7 +1064,8 @@ pub fn build(
     );
     let described = describe(layer, parent_tree, parent_blobs, &blob_id);
     let image = &described.bootstrap;
-    let bootstrap = super::output::PendingFile::write_whole(bootstrap_path, image, "bootstrap")?;
+    let bootstrap =
+        crate::builder::output::PendingFile::write_whole(bootstrap_path, image, "bootstrap")?;
     Ok(BuildSummary {
         bootstrap,
         blob_path: sopts.layer_file.clone(),

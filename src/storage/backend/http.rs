@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::backend::BackendError;
+use super::{BackendError, ConfigError};
 
 /// Settings every remote backend takes, in upstream's shape.
 #[derive(Clone, Debug, Deserialize)]
@@ -55,7 +55,10 @@ fn default_timeout() -> u64 {
 
 impl HttpOptions {
     /// An agent builder with these settings: pooled connections, timeouts, proxy, TLS.
-    pub(crate) fn agent_builder(&self) -> Result<ureq::AgentBuilder, String> {
+    pub(crate) fn agent_builder(
+        &self,
+        kind: &'static str,
+    ) -> Result<ureq::AgentBuilder, ConfigError> {
         let mut builder = ureq::AgentBuilder::new().max_idle_connections_per_host(8);
         if self.timeout > 0 {
             builder = builder.timeout(Duration::from_secs(self.timeout));
@@ -64,8 +67,10 @@ impl HttpOptions {
             builder = builder.timeout_connect(Duration::from_secs(self.connect_timeout));
         }
         if !self.proxy.url.is_empty() {
-            let proxy = ureq::Proxy::new(&self.proxy.url)
-                .map_err(|e| format!("proxy {:?}: {e}", self.proxy.url))?;
+            let proxy = ureq::Proxy::new(&self.proxy.url).map_err(|e| ConfigError::Invalid {
+                kind,
+                what: format!("proxy {:?}: {e}", self.proxy.url),
+            })?;
             builder = builder.proxy(proxy);
         }
         if self.skip_verify {

@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use base64::Engine;
 use serde::Deserialize;
 
-use super::backend::{Backend, BackendError};
 use super::http::{send_with_retries, HttpOptions, Refusal};
+use super::{Backend, BackendError, ConfigError};
 
 /// Upstream's registry configuration (fields this backend does not use are accepted).
 #[derive(Clone, Debug, Deserialize)]
@@ -56,33 +56,37 @@ pub struct Registry {
 
 impl Registry {
     /// A registry client for `config`.
-    pub fn new(config: RegistryConfig) -> Result<Self, String> {
+    pub fn new(config: RegistryConfig) -> Result<Self, ConfigError> {
+        let bad = |what: &str| ConfigError::Invalid {
+            kind: "registry",
+            what: what.to_string(),
+        };
         if config.host.trim().is_empty() || config.repo.trim().is_empty() {
-            return Err("registry needs \"host\" and \"repo\"".into());
+            return Err(bad("needs \"host\" and \"repo\""));
         }
         if !matches!(config.scheme.as_str(), "http" | "https") {
-            return Err(format!(
-                "registry scheme {:?}: use http or https",
+            return Err(bad(&format!(
+                "scheme {:?}: use http or https",
                 config.scheme
-            ));
+            )));
         }
         let credentials = match config.auth.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(a) => {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(a)
-                    .map_err(|_| "registry \"auth\" is not base64 of user:password".to_string())?;
+                    .map_err(|_| bad("\"auth\" is not base64 of user:password"))?;
                 let text = String::from_utf8(raw)
-                    .map_err(|_| "registry \"auth\" is not UTF-8 user:password".to_string())?;
+                    .map_err(|_| bad("\"auth\" is not UTF-8 user:password"))?;
                 let (u, p) = text
                     .split_once(':')
-                    .ok_or("registry \"auth\" must encode user:password")?;
+                    .ok_or_else(|| bad("\"auth\" must encode user:password"))?;
                 Some((u.to_string(), p.to_string()))
             }
         };
         let builder = config
             .http
-            .agent_builder()?
+            .agent_builder("registry")?
             .redirects(5)
             .redirect_auth_headers(ureq::RedirectAuthHeaders::Never);
         let authorization = config

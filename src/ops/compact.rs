@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::blob::BlobWriter;
-use super::output::PendingFile;
-use super::tree::{FileData, Tree};
-use super::{bootstrap, overlay, parent, BuildError};
+use crate::builder::blob::BlobWriter;
+use crate::builder::output::PendingFile;
+use crate::builder::tree::{FileData, Tree};
+use crate::builder::{bootstrap, overlay, parent, BuildError};
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::format::Compressor;
 use crate::reader::Image;
@@ -81,36 +81,79 @@ impl Default for CompactConfig {
     }
 }
 
+/// Compaction settings that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// compact.json could not be read.
+    #[error("compaction config {}: cannot read it", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// compact.json is not JSON, or has unknown keys or wrong types.
+    #[error("{}: invalid compaction config", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error, naming the key.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value is out of range (names the file when it came from one).
+    #[error("{}{what}", path.as_ref().map(|p| format!("compaction config {}: ", p.display())).unwrap_or_default())]
+    Value {
+        /// The file the value came from.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        what: String,
+    },
+}
+
 impl CompactConfig {
     /// Reads compact.json, refusing unknown keys and values out of range.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let c: CompactConfig = serde_json::from_slice(&text)
-            .map_err(|e| format!("{}: invalid compaction config: {e}", path.display()))?;
-        c.validate()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let c: CompactConfig =
+            serde_json::from_slice(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        c.validate().map_err(|e| match e {
+            ConfigError::Value { what, .. } => ConfigError::Value {
+                path: Some(path.to_path_buf()),
+                what,
+            },
+            other => other,
+        })?;
         Ok(c)
     }
 
     /// Checks the values before any work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError::Value { path: None, what });
         if self.min_used_ratio > 99 {
-            return Err(format!(
+            return bad(format!(
                 "min_used_ratio {} is out of range: give a percentage 0-99 (0 disables rebuilding)",
                 self.min_used_ratio
             ));
         }
         if self.max_compact_size == 0 {
-            return Err("max_compact_size must be above 0".into());
+            return bad("max_compact_size must be above 0".into());
         }
         if self.compact_blob_size > self.max_compact_size {
-            return Err(format!(
+            return bad(format!(
                 "compact_blob_size {} exceeds max_compact_size {}: no merged blob could hold two such blobs",
                 self.compact_blob_size, self.max_compact_size
             ));
         }
         if let Some(v) = self.version.filter(|&v| v != 2) {
-            return Err(format!("version {v}: only 2 is known"));
+            return bad(format!("version {v}: only 2 is known"));
         }
         Ok(())
     }
@@ -160,6 +203,42 @@ fn blob_data_size(b: &BlobEntry) -> u64 {
     }
 }
 
+/// Where compaction reads blobs from and writes new ones to.
+#[derive(Debug)]
+pub struct BlobPlaces {
+    /// Where the image's blobs are read.
+    pub backend: Box<dyn Backend>,
+    /// Where new blobs are written.
+    pub out_dir: PathBuf,
+}
+
+impl BlobPlaces {
+    /// Upstream's rules: new blobs go to the config's `blobs_dir`, else to `blob_dir`;
+    /// blobs are read from `backend`, else from `blob_dir` (or the output directory).
+    pub fn choose(
+        cfg: &CompactConfig,
+        backend: Option<Box<dyn Backend>>,
+        blob_dir: Option<&Path>,
+    ) -> Result<Self, BuildError> {
+        let out_dir = cfg
+            .blobs_dir
+            .clone()
+            .or_else(|| blob_dir.map(Path::to_path_buf))
+            .ok_or_else(|| {
+                BuildError::Options(
+                    "say where new blobs go: blobs_dir in the compaction config or a blob directory"
+                        .into(),
+                )
+            })?;
+        let backend = backend.unwrap_or_else(|| {
+            Box::new(crate::storage::backend::LocalFs::dir(
+                blob_dir.unwrap_or(&out_dir),
+            ))
+        });
+        Ok(BlobPlaces { backend, out_dir })
+    }
+}
+
 /// Compacts the image at `bootstrap`, reading blobs from `backend`, writing new blobs to
 /// `blobs_dir` and the new bootstrap to `output`. With a chunk dictionary, chunks the
 /// dictionary holds are referenced from its blobs first (those blobs are shared with
@@ -172,7 +251,8 @@ pub fn compact(
     cfg: &CompactConfig,
     chunk_dict: Option<&Path>,
 ) -> Result<CompactSummary, BuildError> {
-    cfg.validate().map_err(BuildError::Options)?;
+    cfg.validate()
+        .map_err(|e| BuildError::Options(e.to_string()))?;
     if !blobs_dir.is_dir() {
         return Err(BuildError::Output {
             path: blobs_dir.to_path_buf(),
@@ -205,13 +285,13 @@ pub fn compact(
     let mut shared = vec![false; blobs.len()];
     if let Some(path) = chunk_dict {
         let sb = image.super_block();
-        let opts = super::BuildOptions {
+        let opts = crate::builder::BuildOptions {
             chunk_size: sb.chunk_size,
             digester: sb.digester,
             compressor: sb.compressor,
-            ..super::BuildOptions::default()
+            ..crate::builder::BuildOptions::default()
         };
-        let dict = super::dict::ChunkDict::load(path, &opts)?;
+        let dict = crate::builder::dict::ChunkDict::load(path, &opts)?;
         use_dictionary(&mut tree, &mut blobs, &mut shared, &dict);
     }
 
@@ -387,7 +467,7 @@ pub fn compact(
     let tree = remap(tree, &kept_index, &moved, new_base);
 
     let sb = image.super_block();
-    let (bytes, blobs_out) = super::stored_tree_bootstrap(
+    let (bytes, blobs_out) = crate::builder::stored_tree_bootstrap(
         &tree,
         table,
         bootstrap::v6::BootstrapOptions {
@@ -421,7 +501,7 @@ fn use_dictionary(
     tree: &mut Tree,
     blobs: &mut Vec<BlobEntry>,
     shared: &mut Vec<bool>,
-    dict: &super::dict::ChunkDict,
+    dict: &crate::builder::dict::ChunkDict,
 ) {
     let mut index_of: HashMap<String, u32> = blobs
         .iter()
@@ -483,7 +563,7 @@ fn write_group(
         .try_clone()
         .map_err(|e| BuildError::output(temp, "cannot create new blob", e))?;
     let mut writer = BlobWriter::new(
-        BufWriter::with_capacity(1 << 20, super::output::Writeback::new(file)),
+        BufWriter::with_capacity(1 << 20, crate::builder::output::Writeback::new(file)),
         template.compressor,
         template.digester,
         template.chunk_size,

@@ -1,0 +1,256 @@
+//! `mount` and `umount`: serve an image read-only over FUSE.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use nydus_image::mount::ImageFs;
+use nydus_image::reader::Image;
+use nydus_image::storage::blobs::BlobSource;
+
+use crate::args::{BlobArgs, LogLevel};
+
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// Mount point: an existing directory.
+    mountpoint: PathBuf,
+    /// Bootstrap of the image.
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    #[command(flatten)]
+    blobs: BlobArgs,
+    /// Return once the mount is ready; keep serving in the background. The daemon logs
+    /// to --log-file, or else to a file in the temporary directory whose name is printed.
+    #[arg(long)]
+    daemon: bool,
+    /// Verify every chunk's digest when it is read (a mismatch is EIO).
+    #[arg(long)]
+    validate: bool,
+    /// Threads serving requests (default: one per core, at least 4).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Bound of the decompressed chunk cache, in MiB. The kernel's page cache keeps file
+    /// data; this cache only serves reads that cover part of a chunk.
+    #[arg(long = "cache-mib", default_value_t = 2)]
+    cache_mib: usize,
+    /// Log to this file (with --daemon, the daemon's only output).
+    #[arg(short = 'L', long = "log-file")]
+    pub log_file: Option<PathBuf>,
+    /// Log level.
+    #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+}
+
+#[derive(clap::Args)]
+pub struct UmountArgs {
+    /// Mount point.
+    pub mountpoint: PathBuf,
+}
+
+/// A checked `mount` request.
+pub struct MountOptions {
+    mountpoint: PathBuf,
+    bootstrap: PathBuf,
+    blobs: BlobSource,
+    /// Start a daemon (this process returns once it serves).
+    daemon: bool,
+    log_file: Option<PathBuf>,
+    validate: bool,
+    threads: Option<usize>,
+    cache_bytes: usize,
+}
+
+/// Set in the daemon's environment: it serves in the foreground.
+const DAEMON_CHILD_ENV: &str = "NYDUS_IMAGE_DAEMON_CHILD";
+
+impl MountArgs {
+    /// Checks the flags and the mount point.
+    pub fn options(self) -> Result<MountOptions> {
+        let meta = std::fs::metadata(&self.mountpoint)
+            .with_context(|| format!("mount point {}", self.mountpoint.display()))?;
+        if !meta.is_dir() {
+            bail!(
+                "mount point {} is not a directory",
+                self.mountpoint.display()
+            );
+        }
+        let daemon = self.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none();
+        if !daemon {
+            // The daemon checked this already and said so on its terminal.
+            if let Ok(mut entries) = std::fs::read_dir(&self.mountpoint) {
+                if entries.next().is_some() {
+                    log::warn!(
+                        "mount point {} is not empty: its contents are hidden while the image is mounted",
+                        self.mountpoint.display()
+                    );
+                }
+            }
+        }
+        Ok(MountOptions {
+            blobs: self.blobs.source()?,
+            mountpoint: self.mountpoint,
+            bootstrap: self.bootstrap,
+            daemon,
+            log_file: self.log_file,
+            validate: self.validate,
+            threads: self.threads,
+            cache_bytes: self.cache_mib << 20,
+        })
+    }
+}
+
+/// Mounts and serves until unmounted or signalled, or starts a daemon that does.
+pub fn run(opts: MountOptions) -> Result<ExitCode> {
+    if opts.daemon {
+        spawn_daemon(&opts)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    nydus_image::heap::tune_for_serving();
+    let mut image = Image::open(&opts.bootstrap, opts.blobs)?;
+    for (id, why) in image.missing_blobs() {
+        log::warn!("blob {id} is not available ({why}): reads of its chunks will fail with EIO");
+    }
+    image.validate = opts.validate;
+    image.set_cache_bytes(opts.cache_bytes);
+    let mut config = nydus_fuse::MountConfig::default();
+    if let Some(threads) = opts.threads {
+        config.threads = threads;
+    }
+    let fs = std::sync::Arc::new(ImageFs::new(image));
+    let mut mounted = nydus_fuse::mount(fs, &opts.mountpoint, &config).with_context(|| {
+        format!(
+            "cannot mount {} at {}",
+            opts.bootstrap.display(),
+            opts.mountpoint.display()
+        )
+    })?;
+    let unmounter = mounted.unmounter();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: unmounting");
+            match unmounter.unmount() {
+                Ok(nydus_fuse::Unmounted::Cleanly) => {
+                    // The session sees the unmount and `run` returns; if it has not
+                    // within a few seconds, stop anyway.
+                    std::thread::sleep(Duration::from_secs(5));
+                    log::warn!("the FUSE session did not end after unmounting: exiting");
+                    std::process::exit(0);
+                }
+                Ok(nydus_fuse::Unmounted::Detached) => {
+                    // Busy: detached from its path. Exiting closes /dev/fuse, which ends
+                    // the file system for whoever still holds it (they see ENOTCONN).
+                    log::warn!(
+                        "{} was busy: detached it, exiting",
+                        unmounter.mountpoint().display()
+                    );
+                    std::process::exit(0);
+                }
+                Err(e) => {
+                    log::error!("cannot unmount {}: {e}", unmounter.mountpoint().display());
+                    std::process::exit(1);
+                }
+            }
+        }
+    });
+    log::info!(
+        "serving {} at {}",
+        opts.bootstrap.display(),
+        opts.mountpoint.display()
+    );
+    mounted.run().context("FUSE session failed")?;
+    log::info!("unmounted {}", opts.mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts this program again in the background without `--daemon`, logging to the
+/// requested file or a new one in the temporary directory, and returns once its mount is
+/// ready. Warnings the daemon logged while starting (missing blobs, say) are repeated on
+/// this process's stderr, with the log's path; if it fails, its log says why.
+fn spawn_daemon(opts: &MountOptions) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log_path = match &opts.log_file {
+        Some(p) => p.clone(),
+        None => {
+            let (_, path) = tempfile::Builder::new()
+                .prefix("nydus-image-mount-")
+                .suffix(".log")
+                .tempfile()
+                .context("cannot create the daemon's log file")?
+                .keep()
+                .context("cannot keep the daemon's log file")?;
+            path
+        }
+    };
+    let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+    let exe = std::env::current_exe()?;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    if opts.log_file.is_none() {
+        argv.push("--log-file".into());
+        argv.push(log_path.clone().into());
+    }
+    let err_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let mut child = std::process::Command::new(exe)
+        .args(&argv)
+        .env(DAEMON_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err_file)
+        .process_group(0)
+        .spawn()?;
+    let new_log = || -> String {
+        let text = std::fs::read(&log_path).unwrap_or_default();
+        String::from_utf8_lossy(text.get(log_start as usize..).unwrap_or_default()).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if nydus_image::mount::is_mounted(&opts.mountpoint) {
+            for line in new_log().lines() {
+                if line.contains(" WARN ") || line.contains(" ERROR ") {
+                    eprintln!("{line}");
+                }
+            }
+            eprintln!(
+                "daemon {} serving {}; log: {}",
+                child.id(),
+                opts.mountpoint.display(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the mount daemon exited with {status} (log: {}):\n{}",
+                log_path.display(),
+                new_log().trim_end()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the mount daemon did not mount {} within 60 s (log: {})",
+                opts.mountpoint.display(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `umount`.
+pub fn unmount(mountpoint: &Path) -> Result<ExitCode> {
+    nydus_image::mount::unmount(mountpoint)
+        .with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,12 @@
+//! Operations on whole images, apart from the build pipeline: each takes an image (a
+//! bootstrap and its blobs) and produces another image, a report or a file.
+//!
+//! - [`check`]: validate a bootstrap, optionally reading and verifying every chunk;
+//! - [`merge`]: join separately built layers into one image;
+//! - [`compact`]: rewrite sparsely used and small blobs into fewer, fuller ones;
+//! - [`verify`]: compare an image with the directories (and parent image) it was built from.
+
+pub mod check;
+pub mod compact;
+pub mod merge;
+pub mod verify;
