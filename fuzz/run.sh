@@ -15,7 +15,7 @@ setfattr -n user.k -v v "$seeds/src/a" 2>/dev/null || true
 cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
   create --log-level warn -B "$seeds/ours.boot" -D "$seeds" "$seeds/src" >/dev/null
 cp "$seeds/ours.boot" corpus/read_image/
-up="${CARGO_HOME:-$HOME/.cargo}/bin/nydus-image"
+up="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydus-image"
 if [ -x "$up" ]; then
   "$up" create --log-level warn -B "$seeds/up.boot" -D "$seeds" "$seeds/src" >/dev/null 2>&1 && cp "$seeds/up.boot" corpus/read_image/
 fi
