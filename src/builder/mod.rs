@@ -31,6 +31,7 @@ use thiserror::Error;
 
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::format::{Compressor, Digester};
+use crate::reader::ReadError;
 use blob::BlobWriter;
 use output::PendingFile;
 
@@ -38,7 +39,7 @@ use output::PendingFile;
 #[derive(Debug, Error)]
 pub enum BuildError {
     /// A source entry could not be read.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}", path.display())]
     Io {
         /// The source path.
         path: PathBuf,
@@ -57,7 +58,7 @@ pub enum BuildError {
         what: String,
     },
     /// An output could not be written.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}", path.display())]
     Output {
         /// The output path.
         path: PathBuf,
@@ -70,7 +71,7 @@ pub enum BuildError {
     /// The options do not make sense.
     #[error("{0}")]
     Options(String),
-    /// The chunk dictionary is missing, unreadable, corrupt or unusable.
+    /// The chunk dictionary is unusable for this build.
     #[error("chunk dictionary {}: {what}", path.display())]
     Dict {
         /// The dictionary bootstrap.
@@ -78,7 +79,25 @@ pub enum BuildError {
         /// What is wrong.
         what: String,
     },
-    /// The parent bootstrap is missing, unreadable, corrupt or incompatible.
+    /// The chunk dictionary is missing, unreadable or corrupt.
+    #[error("chunk dictionary {}: cannot read it", path.display())]
+    DictRead {
+        /// The dictionary bootstrap.
+        path: PathBuf,
+        /// Why, with the offset where the bootstrap is bad.
+        #[source]
+        source: ReadError,
+    },
+    /// The parent bootstrap is missing, unreadable or corrupt.
+    #[error("parent bootstrap {}: cannot read it", path.display())]
+    ParentRead {
+        /// The parent bootstrap.
+        path: PathBuf,
+        /// Why, with the offset where the bootstrap is bad.
+        #[source]
+        source: ReadError,
+    },
+    /// The parent bootstrap holds what a build cannot use, or does not fit this build.
     #[error("parent bootstrap {}: {what}", path.display())]
     Parent {
         /// The parent bootstrap.
@@ -228,13 +247,12 @@ pub(crate) fn load_parent(
     let Some(path) = &opts.parent_bootstrap else {
         return Ok(None);
     };
-    let image =
-        crate::reader::Image::open(path, crate::storage::blobs::BlobSource::None).map_err(|e| {
-            BuildError::Parent {
-                path: path.clone(),
-                what: e.to_string(),
-            }
-        })?;
+    let image = crate::reader::Image::open(path, crate::storage::blobs::BlobSource::None).map_err(
+        |source| BuildError::ParentRead {
+            path: path.clone(),
+            source,
+        },
+    )?;
     let sb = image.super_block();
     if let Some(want) = chunk_size.filter(|&c| c != sb.chunk_size) {
         return Err(BuildError::Parent {

@@ -260,12 +260,13 @@ pub fn compact(
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
     }
-    let image = Image::open(bootstrap, crate::storage::blobs::BlobSource::None).map_err(|e| {
-        BuildError::Parent {
-            path: bootstrap.to_path_buf(),
-            what: e.to_string(),
-        }
-    })?;
+    let image =
+        Image::open(bootstrap, crate::storage::blobs::BlobSource::None).map_err(|source| {
+            BuildError::ParentRead {
+                path: bootstrap.to_path_buf(),
+                source,
+            }
+        })?;
     let mut blobs = image.blobs().to_vec();
     let mut summary = CompactSummary {
         blobs_before: blobs.iter().map(|b| b.blob_id.clone()).collect(),

@@ -42,7 +42,7 @@ pub const MAX_DEPTH: usize = 4096;
 #[derive(Debug, Error)]
 pub enum ReadError {
     /// The bootstrap breaks the format.
-    #[error("bootstrap {}: {source}", path.display())]
+    #[error("bootstrap {}", path.display())]
     Format {
         /// The bootstrap.
         path: PathBuf,
@@ -51,7 +51,7 @@ pub enum ReadError {
         source: FormatError,
     },
     /// A file could not be read.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
