@@ -244,3 +244,51 @@ fn corrupted_chunk_is_an_error_not_wrong_bytes() {
         "{err}"
     );
 }
+
+/// Issue 17: a read that fails below the image (the blob file is missing, a chunk does not
+/// decompress) keeps what failed as the error's cause instead of flattening it to text.
+#[test]
+fn blob_read_errors_keep_their_cause() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let text = b"compressible text, said once and then again. ".repeat(5000);
+    write_file(&src.join("f"), &text);
+    let out = scratch.path().join("out");
+    let summary = build_into(&src, &out, &BuildOptions::default());
+    let blob = summary.blob_path.unwrap();
+    let bytes = fs::read(&blob).unwrap();
+
+    let empty = scratch.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let mut corrupt = bytes.clone();
+    corrupt[..4].copy_from_slice(b"junk"); // the chunk's zstd frame magic
+    let corrupt_dir = scratch.path().join("corrupt");
+    fs::create_dir(&corrupt_dir).unwrap();
+    fs::write(corrupt_dir.join(blob.file_name().unwrap()), &corrupt).unwrap();
+    type Cause = fn(&(dyn std::error::Error + 'static)) -> bool;
+    let is_not_found: Cause = |e| {
+        e.downcast_ref::<std::io::Error>().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound)
+    };
+    let is_zstd: Cause = |e| e.to_string() == "zstd frame does not decode";
+    let cases: [(&str, &Path, Cause); 2] = [
+        ("missing blob", &empty, is_not_found),
+        ("corrupt chunk", &corrupt_dir, is_zstd),
+    ];
+    for (name, dir, cause) in cases {
+        let image = Image::open(&out.join("boot"), BlobSource::Dir(dir.to_path_buf())).unwrap();
+        let nid = image.resolve(b"/f").unwrap().unwrap();
+        let err = image.read_all(nid).expect_err(name);
+        let mut causes = Vec::new();
+        let mut at = std::error::Error::source(&err);
+        while let Some(e) = at {
+            causes.push(e);
+            at = e.source();
+        }
+        assert!(causes.iter().any(|e| cause(*e)), "{name}: {}", chain(&err));
+        assert!(
+            err.to_string().contains(&summary.blob_id.clone().unwrap()),
+            "{name}: {err}"
+        );
+    }
+}

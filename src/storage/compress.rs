@@ -178,46 +178,75 @@ unsafe impl zstd::zstd_safe::WriteBuf for Room<'_> {
     }
 }
 
+/// Why stored chunk bytes did not give the chunk back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecompressError {
+    /// Data stored uncompressed is not of the chunk's size.
+    #[error("stored size {stored} differs from the expected {expected}")]
+    StoredSize {
+        /// Bytes stored.
+        stored: usize,
+        /// Bytes the chunk holds.
+        expected: usize,
+    },
+    /// The LZ4 block does not decode.
+    #[error("lz4 block does not decode")]
+    Lz4(#[source] lz4_flex::block::DecompressError),
+    /// The zstd frame does not decode (or no decoder could be made).
+    #[error("zstd frame does not decode")]
+    Zstd(#[source] std::io::Error),
+    /// The gzip member does not decode.
+    #[error("gzip member does not decode")]
+    Gzip(#[source] std::io::Error),
+    /// The data decoded to another size than the chunk's.
+    #[error("decompressed to {got} bytes, {expected} expected")]
+    Length {
+        /// Bytes decoded.
+        got: usize,
+        /// Bytes the chunk holds.
+        expected: usize,
+    },
+}
+
 /// Decompresses `src` into exactly `dst.len()` bytes.
-pub fn decompress(algo: Compressor, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
+pub fn decompress(algo: Compressor, src: &[u8], dst: &mut [u8]) -> Result<(), DecompressError> {
     let got = match algo {
         Compressor::None => {
             if src.len() != dst.len() {
-                return Err(format!(
-                    "stored size {} differs from expected {}",
-                    src.len(),
-                    dst.len()
-                ));
+                return Err(DecompressError::StoredSize {
+                    stored: src.len(),
+                    expected: dst.len(),
+                });
             }
             dst.copy_from_slice(src);
             dst.len()
         }
         Compressor::Lz4Block => {
-            lz4_flex::block::decompress_into(src, dst).map_err(|e| format!("lz4: {e}"))?
+            lz4_flex::block::decompress_into(src, dst).map_err(DecompressError::Lz4)?
         }
-        Compressor::Zstd => ZSTD_DECODER.with(|d| -> Result<usize, String> {
+        Compressor::Zstd => ZSTD_DECODER.with(|d| -> Result<usize, DecompressError> {
             // One decoder context per thread: creating one per chunk costs more than
             // decompressing a small chunk.
             let mut d = d.borrow_mut();
             if d.is_none() {
-                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+                *d = Some(zstd::bulk::Decompressor::new().map_err(DecompressError::Zstd)?);
             }
             d.as_mut()
                 .expect("just set")
                 .decompress_to_buffer(src, dst)
-                .map_err(|e| format!("zstd: {e}"))
+                .map_err(DecompressError::Zstd)
         })?,
         Compressor::Gzip => {
             let mut dec = flate2::read::GzDecoder::new(src);
-            dec.read_exact(dst).map_err(|e| format!("gzip: {e}"))?;
+            dec.read_exact(dst).map_err(DecompressError::Gzip)?;
             dst.len()
         }
     };
     if got != dst.len() {
-        return Err(format!(
-            "decompressed to {got} bytes, expected {}",
-            dst.len()
-        ));
+        return Err(DecompressError::Length {
+            got,
+            expected: dst.len(),
+        });
     }
     Ok(())
 }
@@ -361,6 +390,58 @@ mod tests {
         assert_eq!(compress(Compressor::Lz4Block, &data[..16]), None);
         let mut out = vec![0u8; 8];
         assert!(decompress(Compressor::Zstd, b"garbage!", &mut out).is_err());
+    }
+
+    /// Each way stored bytes can fail to give the chunk back is its own error, and a
+    /// codec's error stays the cause.
+    #[test]
+    fn decompress_errors_say_what_failed() {
+        let zstd_of_10 = zstd::bulk::compress(&[7u8; 10], ZSTD_LEVEL).unwrap();
+        type Check = fn(&DecompressError) -> bool;
+        let cases: [(&str, Compressor, &[u8], usize, Check); 5] = [
+            ("raw, short", Compressor::None, b"abc", 4, |e| {
+                matches!(
+                    e,
+                    DecompressError::StoredSize {
+                        stored: 3,
+                        expected: 4
+                    }
+                )
+            }),
+            (
+                "lz4 garbage",
+                Compressor::Lz4Block,
+                b"\xff\xff\xff",
+                64,
+                |e| matches!(e, DecompressError::Lz4(_)),
+            ),
+            ("zstd garbage", Compressor::Zstd, b"garbage!", 8, |e| {
+                matches!(e, DecompressError::Zstd(_))
+            }),
+            ("gzip garbage", Compressor::Gzip, b"garbage!", 8, |e| {
+                matches!(e, DecompressError::Gzip(_))
+            }),
+            ("zstd, short", Compressor::Zstd, &zstd_of_10, 20, |e| {
+                matches!(
+                    e,
+                    DecompressError::Length {
+                        got: 10,
+                        expected: 20
+                    }
+                )
+            }),
+        ];
+        for (name, algo, stored, len, check) in cases {
+            let mut out = vec![0u8; len];
+            let e = decompress(algo, stored, &mut out).expect_err(name);
+            assert!(check(&e), "{name}: {e:?}");
+            let has_cause = std::error::Error::source(&e).is_some();
+            let codec = matches!(
+                e,
+                DecompressError::Lz4(_) | DecompressError::Zstd(_) | DecompressError::Gzip(_)
+            );
+            assert_eq!(has_cause, codec, "{name}: {e:?}");
+        }
     }
 
     #[test]
