@@ -68,6 +68,20 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A chunk of a source file could not be compressed: the codec failed (data that
+    /// does not shrink is stored raw, which is no error).
+    #[error("{}: chunk {chunk} at offset {offset}: cannot compress it", path.display())]
+    Compress {
+        /// The source file.
+        path: PathBuf,
+        /// The chunk's index in the file.
+        chunk: u64,
+        /// The chunk's offset in the file.
+        offset: u64,
+        /// The codec's failure.
+        #[source]
+        source: crate::storage::compress::CompressError,
+    },
     /// The options do not make sense.
     #[error("{0}")]
     Options(String),
