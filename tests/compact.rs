@@ -521,3 +521,47 @@ fn bad_settings_and_bad_blobs_are_refused_cleanly() {
     assert!(!out.exists());
     assert_eq!(snapshot(&blobs), before);
 }
+
+/// Issue 17: compaction's errors name the blob by its id and keep the backend's error
+/// whole as their cause: which backend, and what it said.
+#[test]
+fn compaction_errors_keep_the_backends_words() {
+    use nydus_image::ops::compact::{compact, CompactConfig};
+    use nydus_image::storage::backend::{BackendError, LocalFs};
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (_, boot) = layered_image(root, &blobs);
+    let empty = root.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let out = root.join("out.boot");
+    let err = compact(
+        &boot,
+        &LocalFs::dir(&empty),
+        &blobs,
+        &out,
+        &CompactConfig::default(),
+        None,
+    )
+    .expect_err("no blob can be read");
+    let backend = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<BackendError>())
+        .unwrap_or_else(|| panic!("no backend error in {err:?}"));
+    assert!(blob_ids(&boot).contains(&backend.blob_id), "{backend:?}");
+    assert!(
+        err.to_string().contains(&backend.blob_id),
+        "{}",
+        chain(&err)
+    );
+    let text = chain(&err);
+    assert!(
+        text.contains(&format!("localfs {}", empty.display())) && text.contains("No such file"),
+        "{text}"
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        snapshot(&blobs).len(),
+        3,
+        "nothing new in the blob directory"
+    );
+}

@@ -31,9 +31,130 @@ use crate::builder::tree::{FileData, Tree};
 use crate::builder::{bootstrap, overlay, parent, BuildError};
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::format::Compressor;
-use crate::reader::Image;
-use crate::storage::backend::Backend;
-use crate::storage::compress;
+use crate::reader::{Image, ReadError};
+use crate::storage::backend::{Backend, BackendError};
+use crate::storage::compress::{self, DecompressError};
+
+/// Why compaction failed. Blobs are named by id; the reader's, builder's and backend's
+/// errors are kept as causes.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    /// The settings cannot be used.
+    #[error("compaction settings")]
+    Config(#[source] ConfigError),
+    /// Neither the settings nor the command line say where new blobs go.
+    #[error("say where new blobs go: blobs_dir in the compaction config or a blob directory")]
+    NoBlobDir,
+    /// The directory for new blobs does not exist.
+    #[error("blob directory {}: does not exist", path.display())]
+    BlobDirMissing {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The image's bootstrap cannot be read.
+    #[error("bootstrap {}: cannot read it", path.display())]
+    Bootstrap {
+        /// The bootstrap.
+        path: PathBuf,
+        /// Why, with the offset where it is bad.
+        #[source]
+        source: ReadError,
+    },
+    /// The image's tree holds what the builder cannot write back.
+    #[error("bootstrap {}: {what}", path.display())]
+    Tree {
+        /// The bootstrap.
+        path: PathBuf,
+        /// What the tree holds, and where.
+        what: String,
+    },
+    /// The chunk dictionary cannot be used (its error names it).
+    #[error(transparent)]
+    Dict(Box<BuildError>),
+    /// The backend cannot tell a blob's size.
+    #[error("blob {blob_id}: cannot get its size")]
+    BlobSize {
+        /// The blob.
+        blob_id: String,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
+    /// The backend cannot read a chunk.
+    #[error("blob {blob_id}: cannot read chunk {chunk} at 0x{offset:x}+0x{size:x}")]
+    ReadChunk {
+        /// The blob.
+        blob_id: String,
+        /// The chunk's index in the blob.
+        chunk: u32,
+        /// Its offset in the blob.
+        offset: u64,
+        /// Its stored size.
+        size: u32,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
+    /// The bootstrap places a chunk past the blob's end.
+    #[error(
+        "blob {blob_id}: chunk {chunk} at 0x{offset:x}+0x{size:x} lies past the blob's end \
+         0x{blob_size:x} ({backend}): the blob is shorter than the bootstrap says"
+    )]
+    ChunkPastEnd {
+        /// The blob.
+        blob_id: String,
+        /// The chunk's index in the blob.
+        chunk: u32,
+        /// Its offset in the blob, as the bootstrap says.
+        offset: u64,
+        /// Its stored size, as the bootstrap says.
+        size: u32,
+        /// The blob's size, as the backend says.
+        blob_size: u64,
+        /// The backend.
+        backend: String,
+    },
+    /// A chunk's stored bytes do not decompress.
+    #[error("blob {blob_id}: chunk {chunk} at 0x{offset:x} does not decompress")]
+    Decompress {
+        /// The blob.
+        blob_id: String,
+        /// The chunk's index in the blob.
+        chunk: u32,
+        /// Its offset in the blob.
+        offset: u64,
+        /// The codec's complaint.
+        #[source]
+        source: DecompressError,
+    },
+    /// A chunk's data does not match its digest.
+    #[error(
+        "blob {blob_id}: chunk {chunk} at 0x{offset:x} does not match its digest: the blob is \
+         corrupt"
+    )]
+    Digest {
+        /// The blob.
+        blob_id: String,
+        /// The chunk's index in the blob.
+        chunk: u32,
+        /// Its offset in the blob.
+        offset: u64,
+    },
+    /// A new blob cannot be written.
+    #[error("{}: {what}", path.display())]
+    Write {
+        /// The new blob's file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The new bootstrap cannot be written (the error names it).
+    #[error(transparent)]
+    Output(Box<BuildError>),
+}
 
 /// compact.json: upstream's keys and defaults.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -219,17 +340,12 @@ impl BlobPlaces {
         cfg: &CompactConfig,
         backend: Option<Box<dyn Backend>>,
         blob_dir: Option<&Path>,
-    ) -> Result<Self, BuildError> {
+    ) -> Result<Self, CompactError> {
         let out_dir = cfg
             .blobs_dir
             .clone()
             .or_else(|| blob_dir.map(Path::to_path_buf))
-            .ok_or_else(|| {
-                BuildError::Options(
-                    "say where new blobs go: blobs_dir in the compaction config or a blob directory"
-                        .into(),
-                )
-            })?;
+            .ok_or(CompactError::NoBlobDir)?;
         let backend = backend.unwrap_or_else(|| {
             Box::new(crate::storage::backend::LocalFs::dir(
                 blob_dir.unwrap_or(&out_dir),
@@ -250,19 +366,16 @@ pub fn compact(
     output: &Path,
     cfg: &CompactConfig,
     chunk_dict: Option<&Path>,
-) -> Result<CompactSummary, BuildError> {
-    cfg.validate()
-        .map_err(|e| BuildError::Options(e.to_string()))?;
+) -> Result<CompactSummary, CompactError> {
+    cfg.validate().map_err(CompactError::Config)?;
     if !blobs_dir.is_dir() {
-        return Err(BuildError::Output {
+        return Err(CompactError::BlobDirMissing {
             path: blobs_dir.to_path_buf(),
-            what: "blob directory does not exist".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
     }
     let image =
         Image::open(bootstrap, crate::storage::blobs::BlobSource::None).map_err(|source| {
-            BuildError::ParentRead {
+            CompactError::Bootstrap {
                 path: bootstrap.to_path_buf(),
                 source,
             }
@@ -281,7 +394,7 @@ pub fn compact(
         ));
         return Ok(summary);
     }
-    let root = parent::load(&image, 0)?;
+    let root = parent::load(&image, 0).map_err(|e| tree_error(bootstrap, e))?;
     let mut tree = overlay::flatten(root);
     let mut shared = vec![false; blobs.len()];
     if let Some(path) = chunk_dict {
@@ -292,7 +405,8 @@ pub fn compact(
             compressor: sb.compressor,
             ..crate::builder::BuildOptions::default()
         };
-        let dict = crate::builder::dict::ChunkDict::load(path, &opts)?;
+        let dict = crate::builder::dict::ChunkDict::load(path, &opts)
+            .map_err(|e| CompactError::Dict(Box::new(e)))?;
         use_dictionary(&mut tree, &mut blobs, &mut shared, &dict);
     }
 
@@ -427,14 +541,14 @@ pub fn compact(
             }
         };
         let final_path = blobs_dir.join(&entry.blob_id);
-        if let Err(e) = std::fs::rename(&temp, &final_path) {
+        if let Err(source) = std::fs::rename(&temp, &final_path) {
             let _ = std::fs::remove_file(&temp);
             cleanup(&written_paths);
-            return Err(BuildError::output(
-                &final_path,
-                "cannot rename new blob into place",
-                e,
-            ));
+            return Err(CompactError::Write {
+                path: final_path,
+                what: "cannot rename new blob into place",
+                source,
+            });
         }
         written_paths.push(final_path);
         summary.bytes_written += size;
@@ -481,7 +595,7 @@ pub fn compact(
         Ok(p) => p,
         Err(e) => {
             cleanup(&written_paths);
-            return Err(e);
+            return Err(CompactError::Output(Box::new(e)));
         }
     };
     let removed: u64 = blobs
@@ -494,6 +608,20 @@ pub fn compact(
     summary.blobs_after = blobs_out.iter().map(|b| b.blob_id.clone()).collect();
     summary.bootstrap = Some(path);
     Ok(summary)
+}
+
+/// The error of loading the image's tree, which the loader words for a parent bootstrap.
+fn tree_error(bootstrap: &Path, e: BuildError) -> CompactError {
+    let path = bootstrap.to_path_buf();
+    match e {
+        BuildError::ParentRead { source, .. } => CompactError::Bootstrap { path, source },
+        BuildError::Parent { what, .. } => CompactError::Tree { path, what },
+        // The loader returns only the two above.
+        other => CompactError::Tree {
+            path,
+            what: crate::error::Chain(&other).to_string(),
+        },
+    }
 }
 
 /// Points chunks the dictionary holds at the dictionary's blobs (added to `blobs`, marked
@@ -556,13 +684,19 @@ fn write_group(
     temp: &Path,
     template: &BlobEntry,
     summary: &mut CompactSummary,
-) -> Result<(BlobEntry, Vec<((u32, u32), ChunkInfo)>, u64), BuildError> {
-    let file = std::fs::File::create(temp)
-        .map_err(|e| BuildError::output(temp, "cannot create new blob", e))?;
+) -> Result<(BlobEntry, Vec<((u32, u32), ChunkInfo)>, u64), CompactError> {
+    let write_err = |what: &'static str| {
+        move |source| CompactError::Write {
+            path: temp.to_path_buf(),
+            what,
+            source,
+        }
+    };
+    let file = std::fs::File::create(temp).map_err(write_err("cannot create new blob"))?;
     // Synced before it is renamed to its digest, so a crash cannot leave a short file there.
     let to_sync = file
         .try_clone()
-        .map_err(|e| BuildError::output(temp, "cannot create new blob", e))?;
+        .map_err(write_err("cannot create new blob"))?;
     let mut writer = BlobWriter::new(
         BufWriter::with_capacity(1 << 20, crate::builder::output::Writeback::new(file)),
         template.compressor,
@@ -574,52 +708,54 @@ fn write_group(
     let mut stored = Vec::new();
     for &i in group {
         let b = &blobs[i];
-        let backend_err = |e: crate::storage::backend::BackendError| BuildError::Source {
-            path: PathBuf::from(format!("blob {}", b.blob_id)),
-            what: e.what,
-        };
-        let size = backend.size(&b.blob_id).map_err(backend_err)?;
+        let size = backend
+            .size(&b.blob_id)
+            .map_err(|source| CompactError::BlobSize {
+                blob_id: b.blob_id.clone(),
+                source,
+            })?;
         for info in usage[i].chunks.values() {
             let end = info.compressed_offset + info.compressed_size as u64;
             if end > size {
-                return Err(BuildError::Source {
-                    path: PathBuf::from(format!("blob {}", b.blob_id)),
-                    what: format!(
-                        "chunk {} at 0x{:x}+0x{:x} lies past the blob's end 0x{size:x} ({}): the blob is shorter than the bootstrap says",
-                        info.index,
-                        info.compressed_offset,
-                        info.compressed_size,
-                        backend.describe()
-                    ),
+                return Err(CompactError::ChunkPastEnd {
+                    blob_id: b.blob_id.clone(),
+                    chunk: info.index,
+                    offset: info.compressed_offset,
+                    size: info.compressed_size,
+                    blob_size: size,
+                    backend: backend.describe(),
                 });
             }
             stored.resize(info.compressed_size as usize, 0);
             backend
                 .read_at(&b.blob_id, info.compressed_offset, &mut stored)
-                .map_err(backend_err)?;
+                .map_err(|source| CompactError::ReadChunk {
+                    blob_id: b.blob_id.clone(),
+                    chunk: info.index,
+                    offset: info.compressed_offset,
+                    size: info.compressed_size,
+                    source,
+                })?;
             summary.bytes_read += stored.len() as u64;
             let mut raw = vec![0u8; info.uncompressed_size as usize];
             let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
             if compressed {
-                compress::decompress(b.compressor, &stored, &mut raw).map_err(|e| {
-                    BuildError::Source {
-                        path: PathBuf::from(format!("blob {}", b.blob_id)),
-                        what: format!(
-                            "chunk {} at 0x{:x}: {e}",
-                            info.index, info.compressed_offset
-                        ),
+                compress::decompress(b.compressor, &stored, &mut raw).map_err(|source| {
+                    CompactError::Decompress {
+                        blob_id: b.blob_id.clone(),
+                        chunk: info.index,
+                        offset: info.compressed_offset,
+                        source,
                     }
                 })?;
             } else {
                 raw.copy_from_slice(&stored);
             }
             if compress::digest(b.digester, &raw) != info.digest {
-                return Err(BuildError::Source {
-                    path: PathBuf::from(format!("blob {}", b.blob_id)),
-                    what: format!(
-                        "chunk {} at 0x{:x} does not match its digest: the blob is corrupt",
-                        info.index, info.compressed_offset
-                    ),
+                return Err(CompactError::Digest {
+                    blob_id: b.blob_id.clone(),
+                    chunk: info.index,
+                    offset: info.compressed_offset,
                 });
             }
             // Chunks with the same content in several merged blobs are stored once.
@@ -633,7 +769,7 @@ fn write_group(
                             compressed.then_some(stored.as_slice()),
                             info.file_offset,
                         )
-                        .map_err(|e| BuildError::output(temp, "cannot write new blob", e))?;
+                        .map_err(write_err("cannot write new blob"))?;
                     seen.insert(info.digest, n);
                     n
                 }
@@ -643,10 +779,10 @@ fn write_group(
     }
     let (finished, chunks) = writer
         .finish(None)
-        .map_err(|e| BuildError::output(temp, "cannot write new blob", e))?;
+        .map_err(write_err("cannot write new blob"))?;
     to_sync
         .sync_all()
-        .map_err(|e| BuildError::output(temp, "cannot sync new blob", e))?;
+        .map_err(write_err("cannot sync new blob"))?;
     let moves = moves
         .into_iter()
         .map(|(old, n)| (old, chunks[n as usize].clone()))
