@@ -114,6 +114,26 @@ pub enum CompactError {
         /// The backend.
         backend: String,
     },
+    /// The bootstrap records a chunk larger than the image's chunks can be.
+    #[error(
+        "blob {blob_id}: chunk {chunk} holds 0x{uncompressed_size:x} bytes stored in \
+         0x{compressed_size:x}, more than a chunk of this image (at most 0x{chunk_size:x} \
+         bytes, stored in at most 0x{stored_limit:x}): the bootstrap is corrupt"
+    )]
+    ChunkTooLarge {
+        /// The blob.
+        blob_id: String,
+        /// The chunk's index in the blob.
+        chunk: u32,
+        /// Its uncompressed size, as the bootstrap says.
+        uncompressed_size: u32,
+        /// Its stored size, as the bootstrap says.
+        compressed_size: u32,
+        /// The image's chunk size.
+        chunk_size: u32,
+        /// The largest stored size a chunk may have.
+        stored_limit: u64,
+    },
     /// A chunk's stored bytes do not decompress.
     #[error("blob {blob_id}: chunk {chunk} at 0x{offset:x} does not decompress")]
     Decompress {
@@ -531,7 +551,13 @@ pub fn compact(
     for group in &groups {
         let first = &blobs[group[0]];
         let temp = blobs_dir.join(format!(".compact-{}", std::process::id()));
-        let result = write_group(&blobs, &usage, group, backend, &temp, first, &mut summary);
+        let source = Source {
+            blobs: &blobs,
+            usage: &usage,
+            backend,
+            chunk_size: image.super_block().chunk_size,
+        };
+        let result = write_group(&source, group, &temp, first, &mut summary);
         let (entry, chunks, size) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -674,17 +700,76 @@ fn use_dictionary(
     log::info!("chunk dictionary: {moved} chunk reference(s) now point at its blobs");
 }
 
+/// What new blobs are made from.
+struct Source<'a> {
+    /// The image's blobs.
+    blobs: &'a [BlobEntry],
+    /// Which of their chunks the tree uses.
+    usage: &'a [Usage],
+    /// Where the blobs are read.
+    backend: &'a dyn Backend,
+    /// The image's chunk size: no chunk holds more.
+    chunk_size: u32,
+}
+
+/// The most bytes a chunk of `chunk_size` bytes may be stored in: compressed data is kept
+/// only when smaller, and no codec here grows data by half.
+fn stored_limit(chunk_size: u32) -> u64 {
+    chunk_size as u64 + chunk_size as u64 / 2
+}
+
+/// Checks a chunk record of blob `blob_id` (of `blob_size` bytes) against the image's
+/// chunk size and the blob's size, before anything is allocated or read for it: a
+/// bootstrap is input, and its records could ask for gigabytes or for offsets that wrap.
+fn check_chunk(
+    blob_id: &str,
+    info: &ChunkInfo,
+    chunk_size: u32,
+    blob_size: u64,
+    backend: &dyn Backend,
+) -> Result<(), CompactError> {
+    let limit = stored_limit(chunk_size);
+    if info.uncompressed_size > chunk_size || info.compressed_size as u64 > limit {
+        return Err(CompactError::ChunkTooLarge {
+            blob_id: blob_id.to_string(),
+            chunk: info.index,
+            uncompressed_size: info.uncompressed_size,
+            compressed_size: info.compressed_size,
+            chunk_size,
+            stored_limit: limit,
+        });
+    }
+    let end = info
+        .compressed_offset
+        .checked_add(info.compressed_size as u64);
+    if end.is_none_or(|end| end > blob_size) {
+        return Err(CompactError::ChunkPastEnd {
+            blob_id: blob_id.to_string(),
+            chunk: info.index,
+            offset: info.compressed_offset,
+            size: info.compressed_size,
+            blob_size,
+            backend: backend.describe(),
+        });
+    }
+    Ok(())
+}
+
 /// The new blob of one group: its entry, the chunk moves, and its size.
 #[allow(clippy::type_complexity)]
 fn write_group(
-    blobs: &[BlobEntry],
-    usage: &[Usage],
+    source: &Source,
     group: &[usize],
-    backend: &dyn Backend,
     temp: &Path,
     template: &BlobEntry,
     summary: &mut CompactSummary,
 ) -> Result<(BlobEntry, Vec<((u32, u32), ChunkInfo)>, u64), CompactError> {
+    let Source {
+        blobs,
+        usage,
+        backend,
+        chunk_size,
+    } = *source;
     let write_err = |what: &'static str| {
         move |source| CompactError::Write {
             path: temp.to_path_buf(),
@@ -715,17 +800,7 @@ fn write_group(
                 source,
             })?;
         for info in usage[i].chunks.values() {
-            let end = info.compressed_offset + info.compressed_size as u64;
-            if end > size {
-                return Err(CompactError::ChunkPastEnd {
-                    blob_id: b.blob_id.clone(),
-                    chunk: info.index,
-                    offset: info.compressed_offset,
-                    size: info.compressed_size,
-                    blob_size: size,
-                    backend: backend.describe(),
-                });
-            }
+            check_chunk(&b.blob_id, info, chunk_size, size, backend)?;
             stored.resize(info.compressed_size as usize, 0);
             backend
                 .read_at(&b.blob_id, info.compressed_offset, &mut stored)
@@ -819,4 +894,48 @@ fn remap(
 /// `bootstrap.compact`.
 pub fn default_output(bootstrap: &Path) -> PathBuf {
     bootstrap.with_extension("bootstrap.compact")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunk records at and past each limit: the image's chunk size, the stored-size
+    /// limit, the blob's end, and offsets that wrap.
+    #[test]
+    fn chunk_records_are_checked_at_their_limits() {
+        const CS: u32 = 0x1_0000;
+        const BLOB: u64 = 0x10_0000;
+        let limit = stored_limit(CS) as u32;
+        // (name, compressed_offset, compressed_size, uncompressed_size, accepted)
+        let cases: [(&str, u64, u32, u32, bool); 8] = [
+            ("typical", 0x1000, 0x800, CS, true),
+            ("ends at the blob's end", BLOB - 0x800, 0x800, 0x1000, true),
+            ("a full chunk stored at the limit", 0, limit, CS, true),
+            ("one byte past the blob", BLOB - 0x7ff, 0x800, 0x1000, false),
+            ("starts past the blob", BLOB, 1, 1, false),
+            ("offset wraps", u64::MAX - 1, 0x10, 0x10, false),
+            ("larger than a chunk", 0, 0x800, CS + 1, false),
+            ("stored past the limit", 0, limit + 1, CS, false),
+        ];
+        let backend = crate::storage::backend::LocalFs::dir(Path::new("/nowhere"));
+        for (name, offset, stored, raw, accepted) in cases {
+            let info = ChunkInfo {
+                digest: [0; 32],
+                blob_index: 0,
+                compressed: true,
+                compressed_size: stored,
+                uncompressed_size: raw,
+                compressed_offset: offset,
+                uncompressed_offset: 0,
+                file_offset: 0,
+                index: 7,
+            };
+            let result = check_chunk("b", &info, CS, BLOB, &backend);
+            assert_eq!(result.is_ok(), accepted, "{name}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().starts_with("blob b: chunk 7 "), "{name}: {e}");
+            }
+        }
+    }
 }
