@@ -344,6 +344,110 @@ fn blob_data_size(b: &BlobEntry) -> u64 {
     }
 }
 
+/// What planning needs to know of one blob.
+#[derive(Clone, Debug)]
+struct BlobFacts {
+    /// Compressed bytes of its chunk data.
+    data_size: u64,
+    /// Compressed bytes of the distinct chunks the tree uses.
+    used_bytes: u64,
+    /// Whether the tree uses any of its chunks.
+    used: bool,
+    /// Shared with a chunk dictionary: referenced as it is, never rewritten.
+    shared: bool,
+    /// Whether its compressor is one this tool writes (not gzip, as eStargz layers are).
+    writable: bool,
+    /// Compressor, digester and chunk size: only blobs alike merge.
+    kind: (u32, u32, u32),
+}
+
+/// What becomes of an image's blobs. Blobs in neither list stay as they are.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Blobs no file uses, dropped from the table, ascending.
+    dropped: Vec<usize>,
+    /// One new blob each: the blobs whose used chunks go into it, in the order they are
+    /// written (least used data first); one blob alone is rebuilt, several are merged.
+    /// Sorted.
+    groups: Vec<Vec<usize>>,
+}
+
+/// `used` as a percentage of `size` (100 when `size` is 0).
+fn percent(used: u64, size: u64) -> u128 {
+    (used as u128 * 100)
+        .checked_div(size as u128)
+        .unwrap_or(100)
+}
+
+/// Decides, from the blobs' sizes and use alone, which blobs are dropped, rebuilt, merged
+/// or left alone (the rules are in the module's note).
+fn plan(blobs: &[BlobFacts], cfg: &CompactConfig) -> Plan {
+    let mut out = Plan::default();
+    // Rebuilt: sparsely used (used bytes below min_used_ratio percent of the data).
+    let mut rebuild = vec![false; blobs.len()];
+    for (i, b) in blobs.iter().enumerate() {
+        if !b.used {
+            out.dropped.push(i);
+        } else if !b.shared
+            && b.writable
+            && b.data_size > 0
+            && (b.used_bytes as u128) * 100 < cfg.min_used_ratio as u128 * b.data_size as u128
+        {
+            rebuild[i] = true;
+        }
+    }
+    // Merge candidates, by kind: small blobs, and rebuilt ones whose used data is small,
+    // each with the bytes it brings.
+    let mut candidates: BTreeMap<(u32, u32, u32), Vec<(u64, usize)>> = BTreeMap::new();
+    for (i, b) in blobs.iter().enumerate() {
+        let small = if rebuild[i] {
+            b.used_bytes < cfg.compact_blob_size
+        } else {
+            b.used && !b.shared && b.writable && b.data_size < cfg.compact_blob_size
+        };
+        if small {
+            candidates
+                .entry(b.kind)
+                .or_default()
+                .push((b.used_bytes, i));
+        }
+    }
+    // Smallest first, into new blobs of at most max_compact_size bytes; a candidate that
+    // fits with nothing stays as it is (or is rebuilt alone).
+    let mut grouped = vec![false; blobs.len()];
+    for (_, mut list) in candidates {
+        list.sort_unstable();
+        let mut current: Vec<usize> = Vec::new();
+        let mut current_bytes = 0u64;
+        for (bytes, i) in list {
+            let together = current_bytes.saturating_add(bytes);
+            if !current.is_empty() && together <= cfg.max_compact_size {
+                current.push(i);
+                current_bytes = together;
+            } else {
+                if current.len() > 1 {
+                    out.groups.push(std::mem::take(&mut current));
+                }
+                current = vec![i];
+                current_bytes = bytes;
+            }
+        }
+        if current.len() > 1 {
+            out.groups.push(current);
+        }
+    }
+    for &i in out.groups.iter().flatten() {
+        grouped[i] = true;
+    }
+    for i in 0..blobs.len() {
+        if rebuild[i] && !grouped[i] {
+            out.groups.push(vec![i]);
+        }
+    }
+    out.groups.sort();
+    out
+}
+
 /// Where compaction reads blobs from and writes new ones to.
 #[derive(Debug)]
 pub struct BlobPlaces {
@@ -443,96 +547,38 @@ pub fn compact(
         }
     }
 
-    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-    enum Plan {
-        Keep,
-        Drop,
-        Rebuild,
-    }
-    let writable = |b: &BlobEntry| {
-        matches!(
-            b.compressor,
-            Compressor::None | Compressor::Lz4Block | Compressor::Zstd
-        )
-    };
-    let mut plan: Vec<Plan> = Vec::with_capacity(blobs.len());
-    for (i, b) in blobs.iter().enumerate() {
-        let u = &usage[i];
-        let size = blob_data_size(b);
-        let p = if u.chunks.is_empty() {
-            summary.unused_blobs.push(b.blob_id.clone());
-            Plan::Drop
-        } else if shared[i] {
-            Plan::Keep
-        } else if writable(b) && size > 0 && u.used_bytes * 100 < cfg.min_used_ratio * size {
-            Plan::Rebuild
-        } else {
-            Plan::Keep
-        };
+    let facts: Vec<BlobFacts> = blobs
+        .iter()
+        .zip(&usage)
+        .zip(&shared)
+        .map(|((b, u), &shared)| BlobFacts {
+            data_size: blob_data_size(b),
+            used_bytes: u.used_bytes,
+            used: !u.chunks.is_empty(),
+            shared,
+            writable: matches!(
+                b.compressor,
+                Compressor::None | Compressor::Lz4Block | Compressor::Zstd
+            ),
+            kind: (b.compressor as u32, b.digester as u32, b.chunk_size),
+        })
+        .collect();
+    for ((b, u), f) in blobs.iter().zip(&usage).zip(&facts) {
         log::info!(
             "blob {}: {} bytes, {} used by {} chunk(s) ({}%)",
             b.blob_id,
-            size,
+            f.data_size,
             u.used_bytes,
             u.chunks.len(),
-            (u.used_bytes * 100).checked_div(size).unwrap_or(100)
+            percent(u.used_bytes, f.data_size)
         );
-        plan.push(p);
+    }
+    let Plan { dropped, groups } = plan(&facts, cfg);
+    for &i in &dropped {
+        summary.unused_blobs.push(blobs[i].blob_id.clone());
     }
 
-    // Merge groups: candidates of one compressor, digester and chunk size, smallest first.
-    let mut candidates: BTreeMap<(u32, u32, u32), Vec<(u64, usize)>> = BTreeMap::new();
-    for (i, b) in blobs.iter().enumerate() {
-        let small = match plan[i] {
-            Plan::Keep if shared[i] => false,
-            Plan::Keep => writable(b) && blob_data_size(b) < cfg.compact_blob_size,
-            Plan::Rebuild => usage[i].used_bytes < cfg.compact_blob_size,
-            Plan::Drop => false,
-        };
-        if small {
-            let key = (b.compressor as u32, b.digester as u32, b.chunk_size);
-            candidates
-                .entry(key)
-                .or_default()
-                .push((usage[i].used_bytes, i));
-        }
-    }
-    // Each group: blob indexes whose used chunks go into one new blob.
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut grouped = vec![false; blobs.len()];
-    for (_, mut list) in candidates {
-        list.sort();
-        let mut current: Vec<usize> = Vec::new();
-        let mut current_bytes = 0u64;
-        for (bytes, i) in list {
-            if !current.is_empty() && current_bytes + bytes <= cfg.max_compact_size {
-                current.push(i);
-                current_bytes += bytes;
-            } else {
-                if current.len() > 1 {
-                    groups.push(std::mem::take(&mut current));
-                }
-                current = vec![i];
-                current_bytes = bytes;
-            }
-        }
-        if current.len() > 1 {
-            groups.push(current);
-        }
-    }
-    for g in &groups {
-        for &i in g {
-            grouped[i] = true;
-        }
-    }
-    for (i, p) in plan.iter().enumerate() {
-        if *p == Plan::Rebuild && !grouped[i] {
-            groups.push(vec![i]);
-        }
-    }
-    groups.sort();
-
-    if groups.is_empty() && summary.unused_blobs.is_empty() {
+    if groups.is_empty() && dropped.is_empty() {
         summary.blobs_after = summary.blobs_before.clone();
         summary.unchanged_because =
             Some("no blob is unused, sparsely used or small enough to merge".into());
@@ -589,16 +635,14 @@ pub fn compact(
     }
 
     // The new blob table: kept blobs in their order, then the new ones.
-    let mut rewritten = vec![false; blobs.len()];
-    for g in &groups {
-        for &i in g {
-            rewritten[i] = true;
-        }
+    let mut gone = vec![false; blobs.len()];
+    for &i in groups.iter().flatten().chain(&dropped) {
+        gone[i] = true;
     }
     let mut table: Vec<BlobEntry> = Vec::new();
     let mut kept_index: HashMap<u32, u32> = HashMap::new();
     for (i, b) in blobs.iter().enumerate() {
-        if plan[i] != Plan::Drop && !rewritten[i] {
+        if !gone[i] {
             kept_index.insert(i as u32, table.len() as u32);
             table.push(b.clone());
         }
@@ -624,13 +668,13 @@ pub fn compact(
             return Err(CompactError::Output(Box::new(e)));
         }
     };
-    let removed: u64 = blobs
+    let removed = blobs
         .iter()
-        .enumerate()
-        .filter(|(i, _)| plan[*i] == Plan::Drop || rewritten[*i])
-        .map(|(_, b)| blob_data_size(b))
-        .sum();
-    summary.bytes_reclaimed = removed as i64 - summary.bytes_written as i64;
+        .zip(&gone)
+        .filter(|(_, &gone)| gone)
+        .fold(0u64, |sum, (b, _)| sum.saturating_add(blob_data_size(b)));
+    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    summary.bytes_reclaimed = signed(removed).saturating_sub(signed(summary.bytes_written));
     summary.blobs_after = blobs_out.iter().map(|b| b.blob_id.clone()).collect();
     summary.bootstrap = Some(path);
     Ok(summary)
@@ -899,6 +943,193 @@ pub fn default_output(bootstrap: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ZSTD: (u32, u32, u32) = (3, 0, 0x10_0000);
+
+    /// A blob of `data_size` bytes of which the tree uses `used_bytes`, of our kind.
+    fn blob(data_size: u64, used_bytes: u64) -> BlobFacts {
+        BlobFacts {
+            data_size,
+            used_bytes,
+            used: used_bytes > 0,
+            shared: false,
+            writable: true,
+            kind: ZSTD,
+        }
+    }
+
+    fn shared(b: BlobFacts) -> BlobFacts {
+        BlobFacts { shared: true, ..b }
+    }
+
+    fn gzip(b: BlobFacts) -> BlobFacts {
+        BlobFacts {
+            writable: false,
+            kind: (2, 1, 0x10_0000),
+            ..b
+        }
+    }
+
+    fn lz4(b: BlobFacts) -> BlobFacts {
+        BlobFacts {
+            kind: (1, 0, 0x10_0000),
+            ..b
+        }
+    }
+
+    /// Which blobs are dropped, rebuilt, merged or left alone. Settings unless a case
+    /// changes them: rebuild below 50% used, merge blobs under 100 bytes into new blobs of
+    /// at most 250.
+    #[test]
+    fn planning_drops_rebuilds_merges_and_leaves_alone() {
+        let base = CompactConfig {
+            min_used_ratio: 50,
+            compact_blob_size: 100,
+            max_compact_size: 250,
+            ..CompactConfig::default()
+        };
+        let with = |f: fn(&mut CompactConfig)| {
+            let mut c = base.clone();
+            f(&mut c);
+            c
+        };
+        let plan_of = |dropped: &[usize], groups: &[&[usize]]| Plan {
+            dropped: dropped.to_vec(),
+            groups: groups.iter().map(|g| g.to_vec()).collect(),
+        };
+        let cases: Vec<(&str, Vec<BlobFacts>, CompactConfig, Plan)> = vec![
+            (
+                "an unused blob is dropped",
+                vec![blob(1000, 0), blob(1000, 900)],
+                base.clone(),
+                plan_of(&[0], &[]),
+            ),
+            (
+                "a sparse large blob is rebuilt alone",
+                vec![blob(1000, 400)],
+                base.clone(),
+                plan_of(&[], &[&[0]]),
+            ),
+            (
+                "a blob used at exactly the ratio is left alone",
+                vec![blob(1000, 500)],
+                base.clone(),
+                plan_of(&[], &[]),
+            ),
+            (
+                "two small blobs are merged, least used data first",
+                vec![blob(90, 60), blob(50, 50)],
+                base.clone(),
+                plan_of(&[], &[&[1, 0]]),
+            ),
+            (
+                "a small blob with nothing to merge with is left alone",
+                vec![blob(50, 50), blob(1000, 900)],
+                base.clone(),
+                plan_of(&[], &[]),
+            ),
+            (
+                "a blob of exactly compact_blob_size is not small",
+                vec![blob(100, 100), blob(50, 50)],
+                base.clone(),
+                plan_of(&[], &[]),
+            ),
+            (
+                "merged blobs hold at most max_compact_size; the rest stays",
+                vec![blob(90, 90), blob(80, 80), blob(70, 70), blob(60, 60)],
+                base.clone(),
+                plan_of(&[], &[&[3, 2, 1]]),
+            ),
+            (
+                "a full second merge group",
+                vec![
+                    blob(90, 90),
+                    blob(80, 80),
+                    blob(70, 70),
+                    blob(60, 60),
+                    blob(95, 95),
+                ],
+                base.clone(),
+                plan_of(&[], &[&[0, 4], &[3, 2, 1]]),
+            ),
+            (
+                "a sparse blob with little used data joins a merge",
+                vec![blob(1000, 30), blob(50, 50)],
+                base.clone(),
+                plan_of(&[], &[&[0, 1]]),
+            ),
+            (
+                "a sparse blob with nothing to merge with is rebuilt alone",
+                vec![blob(1000, 30)],
+                base.clone(),
+                plan_of(&[], &[&[0]]),
+            ),
+            (
+                "dictionary blobs are never rebuilt or merged",
+                vec![shared(blob(1000, 10)), shared(blob(50, 50)), blob(60, 60)],
+                base.clone(),
+                plan_of(&[], &[]),
+            ),
+            (
+                "an unused dictionary blob is dropped",
+                vec![shared(blob(50, 0)), blob(1000, 900)],
+                base.clone(),
+                plan_of(&[0], &[]),
+            ),
+            (
+                "gzip (eStargz) blobs are left alone",
+                vec![gzip(blob(1000, 10)), gzip(blob(50, 50)), blob(60, 60)],
+                base.clone(),
+                plan_of(&[], &[]),
+            ),
+            (
+                "only blobs of one kind merge",
+                vec![
+                    blob(50, 50),
+                    lz4(blob(60, 60)),
+                    blob(70, 70),
+                    lz4(blob(40, 40)),
+                ],
+                base.clone(),
+                plan_of(&[], &[&[0, 2], &[3, 1]]),
+            ),
+            (
+                "min_used_ratio 0 rebuilds nothing",
+                vec![blob(1000, 1)],
+                with(|c| c.min_used_ratio = 0),
+                plan_of(&[], &[]),
+            ),
+            (
+                "compact_blob_size 0 merges nothing",
+                vec![blob(50, 50), blob(60, 60), blob(1000, 100)],
+                with(|c| c.compact_blob_size = 0),
+                plan_of(&[], &[&[2]]),
+            ),
+            (
+                "a blob of no recorded size is not rebuilt",
+                vec![blob(0, 500)],
+                base.clone(),
+                plan_of(&[], &[]),
+            ),
+            (
+                "sizes near 2^64 do not overflow",
+                vec![
+                    blob(u64::MAX, u64::MAX / 4),
+                    blob(10, u64::MAX),
+                    blob(10, u64::MAX),
+                ],
+                with(|c| {
+                    c.compact_blob_size = u64::MAX;
+                    c.max_compact_size = u64::MAX;
+                    c.min_used_ratio = 99;
+                }),
+                plan_of(&[], &[&[0, 1, 2]]),
+            ),
+        ];
+        for (name, blobs, cfg, want) in cases {
+            assert_eq!(plan(&blobs, &cfg), want, "{name}");
+        }
+    }
 
     /// Chunk records at and past each limit: the image's chunk size, the stored-size
     /// limit, the blob's end, and offsets that wrap.
