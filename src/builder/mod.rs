@@ -456,11 +456,10 @@ pub fn build(
 
     // Open both outputs before the long part, so an unwritable path fails early.
     let (mut boot_pending, boot_file) = PendingFile::create(bootstrap_path)?;
-    let blob_path = match blob_target {
-        BlobTarget::File(p) => p.clone(),
-        BlobTarget::Dir(d) => d.join(format!(".blob-{}", std::process::id())),
+    let (mut blob_pending, blob_file) = match blob_target {
+        BlobTarget::File(p) => PendingFile::create(p)?,
+        BlobTarget::Dir(d) => PendingFile::create_in(d, "blob")?,
     };
-    let (mut blob_pending, blob_file) = PendingFile::create(&blob_path)?;
 
     let chunk_opts = chunker::ChunkOptions {
         chunk_size: opts.chunk_size,

@@ -163,7 +163,7 @@ pub enum CompactError {
     /// A new blob cannot be written.
     #[error("{}: {what}", path.display())]
     Write {
-        /// The new blob's file.
+        /// The directory it is written in.
         path: PathBuf,
         /// What was being done.
         what: &'static str,
@@ -171,7 +171,8 @@ pub enum CompactError {
         #[source]
         source: std::io::Error,
     },
-    /// The new bootstrap cannot be written (the error names it).
+    /// A new blob cannot be created or put in place, or the new bootstrap cannot be
+    /// written (the error names the file).
     #[error(transparent)]
     Output(Box<BuildError>),
 }
@@ -594,41 +595,33 @@ pub fn compact(
             let _ = std::fs::remove_file(p);
         }
     };
+    let source = Source {
+        blobs: &blobs,
+        usage: &usage,
+        backend,
+        chunk_size: image.super_block().chunk_size,
+    };
     for group in &groups {
         let first = &blobs[group[0]];
-        let temp = blobs_dir.join(format!(".compact-{}", std::process::id()));
-        let source = Source {
-            blobs: &blobs,
-            usage: &usage,
-            backend,
-            chunk_size: image.super_block().chunk_size,
-        };
-        let result = write_group(&source, group, &temp, first, &mut summary);
-        let (entry, chunks, size) = match result {
+        let NewBlob {
+            entry,
+            moves,
+            size,
+            path: final_path,
+        } = match write_group(&source, group, blobs_dir, first, &mut summary) {
             Ok(v) => v,
             Err(e) => {
-                let _ = std::fs::remove_file(&temp);
                 cleanup(&written_paths);
                 return Err(e);
             }
         };
-        let final_path = blobs_dir.join(&entry.blob_id);
-        if let Err(source) = std::fs::rename(&temp, &final_path) {
-            let _ = std::fs::remove_file(&temp);
-            cleanup(&written_paths);
-            return Err(CompactError::Write {
-                path: final_path,
-                what: "cannot rename new blob into place",
-                source,
-            });
-        }
         written_paths.push(final_path);
         summary.bytes_written += size;
         summary.new_blobs.push(entry.blob_id.clone());
         for &i in group {
             summary.rewritten_blobs.push(blobs[i].blob_id.clone());
         }
-        for (old, new) in chunks {
+        for (old, new) in moves {
             moved.insert(old, (new_entries.len(), new));
         }
         new_entries.push(entry);
@@ -799,15 +792,28 @@ fn check_chunk(
     Ok(())
 }
 
-/// The new blob of one group: its entry, the chunk moves, and its size.
-#[allow(clippy::type_complexity)]
+/// A new blob, in place under its digest.
+struct NewBlob {
+    /// Its blob table entry.
+    entry: BlobEntry,
+    /// Where each used chunk went: (old blob index, old chunk index) -> its new record.
+    moves: Vec<((u32, u32), ChunkInfo)>,
+    /// Its size in bytes.
+    size: u64,
+    /// Its file.
+    path: PathBuf,
+}
+
+/// Writes the new blob of one group into `dir`: under a temporary name of its own (removed
+/// on failure), then synced and renamed to its digest, so that a crash cannot leave a
+/// short file there.
 fn write_group(
     source: &Source,
     group: &[usize],
-    temp: &Path,
+    dir: &Path,
     template: &BlobEntry,
     summary: &mut CompactSummary,
-) -> Result<(BlobEntry, Vec<((u32, u32), ChunkInfo)>, u64), CompactError> {
+) -> Result<NewBlob, CompactError> {
     let Source {
         blobs,
         usage,
@@ -816,16 +822,13 @@ fn write_group(
     } = *source;
     let write_err = |what: &'static str| {
         move |source| CompactError::Write {
-            path: temp.to_path_buf(),
+            path: dir.to_path_buf(),
             what,
             source,
         }
     };
-    let file = std::fs::File::create(temp).map_err(write_err("cannot create new blob"))?;
-    // Synced before it is renamed to its digest, so a crash cannot leave a short file there.
-    let to_sync = file
-        .try_clone()
-        .map_err(write_err("cannot create new blob"))?;
+    let (mut pending, file) =
+        PendingFile::create_in(dir, "compact").map_err(|e| CompactError::Output(Box::new(e)))?;
     let mut writer = BlobWriter::new(
         BufWriter::with_capacity(1 << 20, crate::builder::output::Writeback::new(file)),
         template.compressor,
@@ -888,7 +891,7 @@ fn write_group(
                             compressed.then_some(stored.as_slice()),
                             info.file_offset,
                         )
-                        .map_err(write_err("cannot write new blob"))?;
+                        .map_err(write_err("cannot write a new blob"))?;
                     seen.insert(info.digest, n);
                     n
                 }
@@ -898,15 +901,21 @@ fn write_group(
     }
     let (finished, chunks) = writer
         .finish(None)
-        .map_err(write_err("cannot write new blob"))?;
-    to_sync
-        .sync_all()
-        .map_err(write_err("cannot sync new blob"))?;
+        .map_err(write_err("cannot write a new blob"))?;
+    pending.retarget(dir.join(&finished.entry.blob_id));
+    let path = pending
+        .commit()
+        .map_err(|e| CompactError::Output(Box::new(e)))?;
     let moves = moves
         .into_iter()
         .map(|(old, n)| (old, chunks[n as usize].clone()))
         .collect();
-    Ok((finished.entry, moves, finished.size))
+    Ok(NewBlob {
+        entry: finished.entry,
+        moves,
+        size: finished.size,
+        path,
+    })
 }
 
 /// Points every file's chunks at the new blob table.
