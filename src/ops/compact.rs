@@ -12,9 +12,13 @@
 //!   data; a candidate that fits with nothing stays as it is;
 //! - nothing happens unless the image references at least `layers_to_compact` blobs.
 //!
+//! These rules are `plan`'s, a pure function of the blobs' sizes and use.
+//!
 //! New blobs are written in our blob format (chunk data, chunk-info array, meta header),
 //! named by their sha256 in `blobs_dir`; chunks are copied as stored, after their digest
-//! is checked. Blobs that need no change stay referenced as they are. The result is a new
+//! is checked. The bootstrap's chunk records are input: each is checked against the
+//! blob's size and the image's chunk size before anything is allocated or read for it.
+//! Blobs that need no change stay referenced as they are. The result is a new
 //! bootstrap describing the same tree; the original bootstrap and blobs are not touched.
 //! Only blobs this tool can write are rewritten: eStargz layers (gzip) and blobs of
 //! another compressor or chunk size than the merge group are left alone.
@@ -542,7 +546,7 @@ pub fn compact(
             for c in list {
                 let u = &mut usage[c.blob_index as usize];
                 if u.chunks.insert(c.index, c.clone()).is_none() {
-                    u.used_bytes += c.compressed_size as u64;
+                    u.used_bytes = u.used_bytes.saturating_add(c.compressed_size as u64);
                 }
             }
         }
