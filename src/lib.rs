@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod builder;
+pub mod error;
 pub mod format;
 pub mod heap;
 pub mod mount;

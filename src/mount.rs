@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use nydus_fuse::{Attr, Bytes, Entry, FsStats, ReadOnlyFs};
 use nydus_verify::{Facts, Tree};
 
+use crate::error::Chain;
 use crate::format::v6::BLOCK_SIZE;
 use crate::reader::{Image, ReadError, SharedRead};
 
@@ -76,7 +77,7 @@ impl ImageFs {
     }
 
     fn fail(&self, nid: u64, what: &str, e: ReadError) -> i32 {
-        log::error!("{}: {what}: {e}", self.path_of(nid));
+        log::error!("{}: {what}: {}", self.path_of(nid), Chain(&e));
         match e {
             ReadError::Request(_) => libc::EINVAL,
             _ => libc::EIO,
@@ -240,7 +241,7 @@ impl Tree for ImageTree<'_> {
                 );
                 Ok(())
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Chain(&e).to_string())?;
         Ok(out)
     }
 
@@ -248,7 +249,7 @@ impl Tree for ImageTree<'_> {
         let nid = self
             .0
             .resolve(path)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Chain(&e).to_string())?
             .ok_or_else(|| format!("{} not found", String::from_utf8_lossy(path)))?;
         Ok(Box::new(ImageFile {
             image: self.0,
@@ -269,7 +270,7 @@ impl Read for ImageFile<'_> {
         let n = self
             .image
             .read(self.nid, self.offset, buf)
-            .map_err(std::io::Error::other)?;
+            .map_err(|e| std::io::Error::other(Chain(&e).to_string()))?;
         self.offset += n as u64;
         Ok(n)
     }

@@ -25,8 +25,8 @@ fn build_err(src: &Path, boot: &Path, blobs: &Path) -> String {
         &BuildOptions::default(),
         &|_| {},
     )
+    .map_err(|e| chain(&e))
     .expect_err("build must fail")
-    .to_string()
 }
 
 fn assert_empty_dir(dir: &Path) {
@@ -185,8 +185,8 @@ fn files_changing_during_the_build_are_errors() {
         change(&only.join(name));
         let mut blob = BlobWriter::new(Vec::new(), opts.compressor, opts.digester, opts.chunk_size);
         let err = chunk_files(&tree, opts, &mut blob, &|_| None, &|_| {})
-            .expect_err(name)
-            .to_string();
+            .map_err(|e| chain(&e))
+            .expect_err(name);
         assert!(err.contains(name) && err.contains(expect), "{name}: {err}");
     }
 }
@@ -241,9 +241,9 @@ fn exercise(bytes: Vec<u8>, blobs: &Path) -> Result<(), String> {
         bytes,
         BlobSource::Dir(blobs.to_path_buf()),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| chain(&e))?;
     image.validate = true;
-    check(&image, true).map_err(|e| e.to_string())?;
+    check(&image, true).map_err(|e| chain(&e))?;
     image
         .walk(|_, nid| {
             image.xattrs(nid)?;
@@ -252,7 +252,7 @@ fn exercise(bytes: Vec<u8>, blobs: &Path) -> Result<(), String> {
             }
             Ok(())
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| chain(&e))
 }
 
 #[test]
@@ -319,4 +319,55 @@ fn check_command_reports_the_offset_of_a_bad_superblock() {
         stderr.contains("bad.boot") && stderr.contains("0x400") && stderr.contains("magic"),
         "{stderr}"
     );
+}
+
+/// Issue 17: a parent bootstrap or chunk dictionary that cannot be read fails the build
+/// with the reader's error kept as its cause (naming the offset), not flattened to text.
+#[test]
+fn unreadable_parent_and_dictionary_keep_the_read_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bytes, _) = sample_image(tmp.path());
+    let truncated = tmp.path().join("truncated.boot");
+    fs::write(&truncated, &bytes[..3000]).unwrap();
+    let src = tmp.path().join("src");
+    let out = tmp.path().join("again");
+    fs::create_dir(&out).unwrap();
+    let cases = [
+        (
+            "parent",
+            BuildOptions {
+                parent_bootstrap: Some(truncated.clone()),
+                ..BuildOptions::default()
+            },
+        ),
+        (
+            "dictionary",
+            BuildOptions {
+                chunk_dict: Some(truncated.clone()),
+                ..BuildOptions::default()
+            },
+        ),
+    ];
+    for (name, opts) in cases {
+        let err = build(
+            &src,
+            &out.join("boot"),
+            &BlobTarget::Dir(out.clone()),
+            &opts,
+            &|_| {},
+        )
+        .expect_err(name);
+        assert!(
+            err.to_string().contains(&*truncated.to_string_lossy()),
+            "{name}: {err}"
+        );
+        let cause = std::error::Error::source(&err)
+            .and_then(|c| c.downcast_ref::<nydus_image::reader::ReadError>());
+        assert!(
+            matches!(cause, Some(nydus_image::reader::ReadError::Format { .. })),
+            "{name}: {err:?}"
+        );
+        assert!(chain(&err).contains("at 0x0"), "{name}: {}", chain(&err));
+        assert_empty_dir(&out);
+    }
 }

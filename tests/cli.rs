@@ -247,3 +247,67 @@ fn progress_only_on_a_terminal() {
     assert!(piped.status.success());
     assert!(!String::from_utf8_lossy(&piped.stderr).contains("MiB/s"));
 }
+
+/// Issue 17: every cause in an error message is printed once. The CLI prints an error's
+/// chain with `{:#}`; an error that also put its cause in its own message printed it twice
+/// ("cannot stat source: No such file or directory (os error 2): No such file or
+/// directory (os error 2)").
+#[test]
+fn error_causes_are_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    let blobs = tmp.path().join("blobs");
+    fs::create_dir(&blobs).unwrap();
+    let boot = tmp.path().join("boot");
+    assert!(
+        ours(&["create", "-B"], &[&boot, Path::new("-D"), &blobs, &src])
+            .status
+            .success()
+    );
+    let truncated = tmp.path().join("truncated.boot");
+    fs::write(&truncated, &fs::read(&boot).unwrap()[..3000]).unwrap();
+    let out_boot = tmp.path().join("out.boot");
+    let missing = tmp.path().join("no-such-source");
+    let dict = format!("bootstrap={}", truncated.display());
+    let create = |extra: &[&str], source: &Path| {
+        let mut args = vec!["create", "-B", s(&out_boot), "-D", s(&blobs)];
+        args.extend_from_slice(extra);
+        args.push(s(source));
+        ours(&args, &[])
+    };
+    let superblock_short = "superblock block needs 4096 bytes, only 3000 available";
+    let cases = [
+        (
+            "missing source",
+            create(&[], &missing),
+            format!("{}: cannot stat source", missing.display()),
+            "No such file or directory",
+        ),
+        (
+            "truncated bootstrap",
+            ours(&["check", "-B", s(&truncated)], &[]),
+            format!("bootstrap {}", truncated.display()),
+            superblock_short,
+        ),
+        (
+            "truncated parent",
+            create(&["--parent-bootstrap", s(&truncated)], &src),
+            format!("parent bootstrap {}", truncated.display()),
+            superblock_short,
+        ),
+        (
+            "truncated dictionary",
+            create(&["--chunk-dict", &dict], &src),
+            format!("chunk dictionary {}", truncated.display()),
+            superblock_short,
+        ),
+    ];
+    for (name, out, context, cause) in cases {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(stderr.contains(&context), "{name}: {stderr}");
+        assert_eq!(stderr.matches(cause).count(), 1, "{name}: {stderr}");
+    }
+    assert!(!out_boot.exists());
+}

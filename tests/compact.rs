@@ -521,3 +521,130 @@ fn bad_settings_and_bad_blobs_are_refused_cleanly() {
     assert!(!out.exists());
     assert_eq!(snapshot(&blobs), before);
 }
+
+/// Issue 17: compaction's errors name the blob by its id and keep the backend's error
+/// whole as their cause: which backend, and what it said.
+#[test]
+fn compaction_errors_keep_the_backends_words() {
+    use nydus_image::ops::compact::{compact, CompactConfig};
+    use nydus_image::storage::backend::{BackendError, LocalFs};
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (_, boot) = layered_image(root, &blobs);
+    let empty = root.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let out = root.join("out.boot");
+    let err = compact(
+        &boot,
+        &LocalFs::dir(&empty),
+        &blobs,
+        &out,
+        &CompactConfig::default(),
+        None,
+    )
+    .expect_err("no blob can be read");
+    let backend = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<BackendError>())
+        .unwrap_or_else(|| panic!("no backend error in {err:?}"));
+    assert!(blob_ids(&boot).contains(&backend.blob_id), "{backend:?}");
+    assert!(
+        err.to_string().contains(&backend.blob_id),
+        "{}",
+        chain(&err)
+    );
+    let text = chain(&err);
+    assert!(
+        text.contains(&format!("localfs {}", empty.display())) && text.contains("No such file"),
+        "{text}"
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        snapshot(&blobs).len(),
+        3,
+        "nothing new in the blob directory"
+    );
+}
+
+/// Issue 17: a chunk record that cannot be right (a size beyond the image's chunk size, an
+/// offset that wraps) is refused, naming blob, chunk and values, before anything is
+/// allocated or read for it: compaction used to add offset and size unchecked and to
+/// allocate whatever uncompressed size the record gave (up to 4 GiB).
+#[test]
+fn bad_chunk_records_are_refused_before_reading() {
+    use nydus_image::ops::compact::{compact, CompactConfig};
+    use nydus_image::storage::backend::LocalFs;
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (_, boot) = layered_image(root, &blobs);
+    let bytes = fs::read(&boot).unwrap();
+    let image =
+        nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
+            .unwrap();
+    let table = image.super_block().chunk_table_offset as usize;
+    let chunk_size = image.super_block().chunk_size;
+    // The first entry of the chunk table: which blob and chunk it is.
+    let le32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let blob_id = image.blobs()[le32(table + BLOB_INDEX) as usize]
+        .blob_id
+        .clone();
+    let chunk = le32(table + INDEX);
+    // Field offsets in an 80-byte chunk info entry.
+    const BLOB_INDEX: usize = 32;
+    const INDEX: usize = 72;
+    const COMPRESSED_SIZE: usize = 40;
+    const UNCOMPRESSED_SIZE: usize = 44;
+    const COMPRESSED_OFFSET: usize = 48;
+    let cases: [(&str, usize, u64, &[&str]); 3] = [
+        (
+            "offset wraps",
+            COMPRESSED_OFFSET,
+            u64::MAX - 16,
+            &["lies past the blob's end", "0xffffffffffffffef+"],
+        ),
+        (
+            "uncompressed size of 4 GiB",
+            UNCOMPRESSED_SIZE,
+            0xffff_fff0,
+            &["holds 0xfffffff0 bytes", "at most 0x100000 bytes"],
+        ),
+        (
+            "stored size of 2 GiB",
+            COMPRESSED_SIZE,
+            0x7fff_ffff,
+            &["stored in 0x7fffffff", "at most 0x100000 bytes"],
+        ),
+    ];
+    assert_eq!(chunk_size, 0x10_0000);
+    // Everything is merged into one new blob, whatever the records say.
+    let cfg = CompactConfig {
+        compact_blob_size: 1 << 40,
+        max_compact_size: 1 << 41,
+        ..CompactConfig::default()
+    };
+    for (name, field, value, expect) in cases {
+        let mut bad = bytes.clone();
+        let at = table + field;
+        if field == COMPRESSED_OFFSET {
+            bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        } else {
+            bad[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
+        }
+        let bad_boot = root.join(format!("bad-{field}.boot"));
+        fs::write(&bad_boot, &bad).unwrap();
+        let out = root.join(format!("out-{field}.boot"));
+        let err =
+            compact(&bad_boot, &LocalFs::dir(&blobs), &blobs, &out, &cfg, None).expect_err(name);
+        let text = chain(&err);
+        assert!(
+            text.contains(&format!("blob {blob_id}: chunk {chunk} ")),
+            "{name}: {text}"
+        );
+        for e in expect {
+            assert!(text.contains(e), "{name}: {e:?} not in {text}");
+        }
+        assert!(!out.exists(), "{name}");
+        assert_eq!(snapshot(&blobs).len(), 3, "{name}: nothing new left behind");
+    }
+}

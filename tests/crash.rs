@@ -1,6 +1,6 @@
 //! Crash safety: `create` killed with SIGKILL at moments spread over a whole build never
 //! leaves a bootstrap or blob at a final path that is not complete. Temporary files
-//! (`.NAME.tmp-PID`, `.blob-PID`) may remain; nothing at a final name is partial.
+//! (`.NAME.tmp-PID-N`, `.blob.tmp-PID-N`) may remain; nothing at a final name is partial.
 
 mod common;
 

@@ -244,3 +244,123 @@ fn corrupted_chunk_is_an_error_not_wrong_bytes() {
         "{err}"
     );
 }
+
+/// Issue 17: a read that fails below the image (the blob file is missing, a chunk does not
+/// decompress) keeps what failed as the error's cause instead of flattening it to text.
+#[test]
+fn blob_read_errors_keep_their_cause() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let text = b"compressible text, said once and then again. ".repeat(5000);
+    write_file(&src.join("f"), &text);
+    let out = scratch.path().join("out");
+    let summary = build_into(&src, &out, &BuildOptions::default());
+    let blob = summary.blob_path.unwrap();
+    let bytes = fs::read(&blob).unwrap();
+
+    let empty = scratch.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let mut corrupt = bytes.clone();
+    corrupt[..4].copy_from_slice(b"junk"); // the chunk's zstd frame magic
+    let corrupt_dir = scratch.path().join("corrupt");
+    fs::create_dir(&corrupt_dir).unwrap();
+    fs::write(corrupt_dir.join(blob.file_name().unwrap()), &corrupt).unwrap();
+    type Cause = fn(&(dyn std::error::Error + 'static)) -> bool;
+    let is_not_found: Cause = |e| {
+        e.downcast_ref::<std::io::Error>().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound)
+    };
+    let is_zstd: Cause = |e| e.to_string() == "zstd frame does not decode";
+    let cases: [(&str, &Path, Cause); 2] = [
+        ("missing blob", &empty, is_not_found),
+        ("corrupt chunk", &corrupt_dir, is_zstd),
+    ];
+    for (name, dir, cause) in cases {
+        let image = Image::open(&out.join("boot"), BlobSource::Dir(dir.to_path_buf())).unwrap();
+        let nid = image.resolve(b"/f").unwrap().unwrap();
+        let err = image.read_all(nid).expect_err(name);
+        let mut causes = Vec::new();
+        let mut at = std::error::Error::source(&err);
+        while let Some(e) = at {
+            causes.push(e);
+            at = e.source();
+        }
+        assert!(causes.iter().any(|e| cause(*e)), "{name}: {}", chain(&err));
+        assert!(
+            err.to_string().contains(&summary.blob_id.clone().unwrap()),
+            "{name}: {err}"
+        );
+    }
+}
+
+/// Issue 17: two builds running at once in one process, into one blob directory and one
+/// bootstrap directory, both succeed with whole, readable outputs and leave no temporary
+/// file. Temporary names were keyed by the process id only: the second build truncated and
+/// wrote into the first one's blob file.
+#[test]
+fn concurrent_builds_in_one_process_keep_their_outputs_apart() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let srcs: Vec<_> = (0..2u64)
+        .map(|i| {
+            let src = root.join(format!("src{i}"));
+            fs::create_dir(&src).unwrap();
+            for f in 0..6 {
+                write_file(&src.join(format!("f{f}")), &data(700_000, 10 * i + f));
+            }
+            src
+        })
+        .collect();
+    let out = root.join("out");
+    let blobs = out.join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let opts = BuildOptions {
+        threads: 1,
+        chunk_size: 0x1_0000,
+        ..BuildOptions::default()
+    };
+    for round in 0..3 {
+        let boots: Vec<_> = (0..2)
+            .map(|i| out.join(format!("boot-{round}-{i}")))
+            .collect();
+        let start = std::sync::Barrier::new(2);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = srcs
+                .iter()
+                .zip(&boots)
+                .map(|(src, boot)| {
+                    let (start, opts, blobs) = (&start, &opts, &blobs);
+                    s.spawn(move || {
+                        start.wait();
+                        build(src, boot, &BlobTarget::Dir(blobs.clone()), opts, &|_| {})
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for ((result, src), boot) in results.into_iter().zip(&srcs).zip(&boots) {
+            let summary = result.unwrap_or_else(|e| panic!("round {round}: {}", chain(&e)));
+            let blob = summary.blob_path.expect("a blob");
+            let bytes = fs::read(&blob).unwrap();
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            assert_eq!(
+                blob.file_name().unwrap().to_str().unwrap(),
+                sha,
+                "round {round}"
+            );
+            let mut image = Image::open(boot, BlobSource::Dir(blobs.clone())).unwrap();
+            image.validate = true;
+            let source = scan_fs(src);
+            assert_same_scan("concurrent build", &source, &scan_image(&image));
+            assert_same_content(src, &regular_files(&source.0), read_via_image(&image));
+        }
+    }
+    for dir in [&out, &blobs] {
+        let hidden: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(hidden.is_empty(), "temporary files left: {hidden:?}");
+    }
+}

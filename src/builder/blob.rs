@@ -135,10 +135,11 @@ impl<W: Write> BlobWriter<W> {
             }
             .encode_v1(&mut ci);
         }
-        let (ci_compressor, ci_stored) = match compress::compress(self.compressor, &ci) {
-            Some(packed) => (self.compressor, packed),
-            None => (Compressor::None, ci.clone()),
-        };
+        let (ci_compressor, ci_stored) =
+            match compress::compress(self.compressor, &ci).map_err(std::io::Error::other)? {
+                Some(packed) => (self.compressor, packed),
+                None => (Compressor::None, ci.clone()),
+            };
         let features = blob_features::ALIGNED | blob_features::CAP_TAR_TOC;
         let header = Header {
             features,

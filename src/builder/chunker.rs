@@ -243,17 +243,13 @@ pub fn chunk_files<W: Write>(
                 let index = match (done.known.clone(), seen.get(&done.digest)) {
                     (Some(info), _) => ChunkRef::Known(info),
                     (None, Some(&i)) => ChunkRef::New(i),
-                    (None, None) => match store(blob, &done, opts.compressor) {
+                    (None, None) => match store(tree, blob, &done, opts) {
                         Ok(i) => {
                             seen.insert(done.digest, i);
                             ChunkRef::New(i)
                         }
                         Err(e) => {
-                            error = Some(BuildError::Output {
-                                path: "data blob".into(),
-                                what: "cannot write".into(),
-                                source: e,
-                            });
+                            error = Some(e);
                             failed.store(true, Ordering::Relaxed);
                             continue;
                         }
@@ -304,7 +300,7 @@ fn work(
                 Body::Unpacked(handed_on(data, spare))
             } else {
                 match compress::compress_owned(opts.compressor, data) {
-                    Ok((packed, buffer)) => {
+                    Ok(compress::Owned::Packed { packed, buffer }) => {
                         *spare = buffer;
                         // The raw data is gone: only the compressed form's share of the
                         // budget stays taken until it is written.
@@ -316,7 +312,10 @@ fn work(
                         tokens = keep;
                         Body::Packed(packed)
                     }
-                    Err(raw) => Body::Raw(handed_on(raw, spare)),
+                    Ok(compress::Owned::Raw(raw)) => Body::Raw(handed_on(raw, spare)),
+                    Err(e) => {
+                        Body::Failed(compress_failed(tree, job.node, job.file_offset, opts, e))
+                    }
                 }
             };
             (digest, found, body)
@@ -348,24 +347,45 @@ fn handed_on(data: Vec<u8>, spare: &mut Vec<u8>) -> Vec<u8> {
     copy
 }
 
+/// The error of a chunk the codec failed to compress, naming its file and place.
+fn compress_failed(
+    tree: &Tree,
+    node: NodeId,
+    file_offset: u64,
+    opts: ChunkOptions,
+    source: compress::CompressError,
+) -> BuildError {
+    BuildError::Compress {
+        path: tree.nodes[node].source.clone(),
+        chunk: file_offset / opts.chunk_size as u64,
+        offset: file_offset,
+        source,
+    }
+}
+
 /// Appends a chunk to the blob in the form its worker left it in.
 fn store<W: Write>(
+    tree: &Tree,
     blob: &mut BlobWriter<W>,
     done: &Done,
-    compressor: Compressor,
-) -> std::io::Result<u32> {
+    opts: ChunkOptions,
+) -> Result<u32, BuildError> {
     let (digest, len, at) = (done.digest, done.len, done.file_offset);
-    match &done.body {
+    let written = match &done.body {
         Body::Packed(packed) => blob.add_stored(digest, len, packed, true, at),
         Body::Raw(raw) => blob.add_stored(digest, len, raw, false, at),
         Body::Failed(_) => unreachable!("failed chunks are never stored"),
-        Body::Unpacked(raw) => blob.add_chunk(
-            digest,
-            raw,
-            compress::compress(compressor, raw).as_deref(),
-            at,
-        ),
-    }
+        Body::Unpacked(raw) => {
+            let packed = compress::compress(opts.compressor, raw)
+                .map_err(|e| compress_failed(tree, done.node, at, opts, e))?;
+            blob.add_chunk(digest, raw, packed.as_deref(), at)
+        }
+    };
+    written.map_err(|source| BuildError::Output {
+        path: "data blob".into(),
+        what: "cannot write".into(),
+        source,
+    })
 }
 
 /// Bytes of chunk data one memory-budget token stands for.

@@ -38,7 +38,10 @@ impl ChunkDict {
             path: path.to_path_buf(),
             what,
         };
-        let image = Image::open(path, BlobSource::None).map_err(|e| err(e.to_string()))?;
+        let image = Image::open(path, BlobSource::None).map_err(|source| BuildError::DictRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut skipped: HashMap<String, u64> = HashMap::new();
         let mut usable = vec![false; image.blobs().len()];
         for (i, b) in image.blobs().iter().enumerate() {

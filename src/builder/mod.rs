@@ -31,6 +31,7 @@ use thiserror::Error;
 
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::format::{Compressor, Digester};
+use crate::reader::ReadError;
 use blob::BlobWriter;
 use output::PendingFile;
 
@@ -38,7 +39,7 @@ use output::PendingFile;
 #[derive(Debug, Error)]
 pub enum BuildError {
     /// A source entry could not be read.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}", path.display())]
     Io {
         /// The source path.
         path: PathBuf,
@@ -57,7 +58,7 @@ pub enum BuildError {
         what: String,
     },
     /// An output could not be written.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}", path.display())]
     Output {
         /// The output path.
         path: PathBuf,
@@ -67,10 +68,24 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A chunk of a source file could not be compressed: the codec failed (data that
+    /// does not shrink is stored raw, which is no error).
+    #[error("{}: chunk {chunk} at offset {offset}: cannot compress it", path.display())]
+    Compress {
+        /// The source file.
+        path: PathBuf,
+        /// The chunk's index in the file.
+        chunk: u64,
+        /// The chunk's offset in the file.
+        offset: u64,
+        /// The codec's failure.
+        #[source]
+        source: crate::storage::compress::CompressError,
+    },
     /// The options do not make sense.
     #[error("{0}")]
     Options(String),
-    /// The chunk dictionary is missing, unreadable, corrupt or unusable.
+    /// The chunk dictionary is unusable for this build.
     #[error("chunk dictionary {}: {what}", path.display())]
     Dict {
         /// The dictionary bootstrap.
@@ -78,7 +93,25 @@ pub enum BuildError {
         /// What is wrong.
         what: String,
     },
-    /// The parent bootstrap is missing, unreadable, corrupt or incompatible.
+    /// The chunk dictionary is missing, unreadable or corrupt.
+    #[error("chunk dictionary {}: cannot read it", path.display())]
+    DictRead {
+        /// The dictionary bootstrap.
+        path: PathBuf,
+        /// Why, with the offset where the bootstrap is bad.
+        #[source]
+        source: ReadError,
+    },
+    /// The parent bootstrap is missing, unreadable or corrupt.
+    #[error("parent bootstrap {}: cannot read it", path.display())]
+    ParentRead {
+        /// The parent bootstrap.
+        path: PathBuf,
+        /// Why, with the offset where the bootstrap is bad.
+        #[source]
+        source: ReadError,
+    },
+    /// The parent bootstrap holds what a build cannot use, or does not fit this build.
     #[error("parent bootstrap {}: {what}", path.display())]
     Parent {
         /// The parent bootstrap.
@@ -228,13 +261,12 @@ pub(crate) fn load_parent(
     let Some(path) = &opts.parent_bootstrap else {
         return Ok(None);
     };
-    let image =
-        crate::reader::Image::open(path, crate::storage::blobs::BlobSource::None).map_err(|e| {
-            BuildError::Parent {
-                path: path.clone(),
-                what: e.to_string(),
-            }
-        })?;
+    let image = crate::reader::Image::open(path, crate::storage::blobs::BlobSource::None).map_err(
+        |source| BuildError::ParentRead {
+            path: path.clone(),
+            source,
+        },
+    )?;
     let sb = image.super_block();
     if let Some(want) = chunk_size.filter(|&c| c != sb.chunk_size) {
         return Err(BuildError::Parent {
@@ -424,11 +456,10 @@ pub fn build(
 
     // Open both outputs before the long part, so an unwritable path fails early.
     let (mut boot_pending, boot_file) = PendingFile::create(bootstrap_path)?;
-    let blob_path = match blob_target {
-        BlobTarget::File(p) => p.clone(),
-        BlobTarget::Dir(d) => d.join(format!(".blob-{}", std::process::id())),
+    let (mut blob_pending, blob_file) = match blob_target {
+        BlobTarget::File(p) => PendingFile::create(p)?,
+        BlobTarget::Dir(d) => PendingFile::create_in(d, "blob")?,
     };
-    let (mut blob_pending, blob_file) = PendingFile::create(&blob_path)?;
 
     let chunk_opts = chunker::ChunkOptions {
         chunk_size: opts.chunk_size,

@@ -1,10 +1,15 @@
 //! Output files that appear whole or not at all: written under a temporary name in the
 //! destination directory and renamed into place once complete. A FIFO is written in place.
+//!
+//! Temporary names are `.NAME.tmp-PID-N`: the process id and a counter of this process,
+//! so that builds and compactions running at once in one process (or in several) never
+//! write to one file; a file a killed process left under a name is not reused.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::BuildError;
 
@@ -35,28 +40,35 @@ impl PendingFile {
             ));
         }
         let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
         };
         let name = target.file_name().ok_or_else(|| BuildError::Output {
             path: target.to_path_buf(),
             what: "output path has no file name".into(),
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".tmp-{}", std::process::id()));
-        let temp = dir.join(temp_name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
+        let (temp, file) = create_temp(dir, name)
             .map_err(|e| BuildError::output(target, "cannot create output", e))?;
         Ok((
             PendingFile {
                 temp: Some(temp),
                 target: target.to_path_buf(),
+            },
+            file,
+        ))
+    }
+
+    /// Creates a temporary file in `dir` for an output whose name is known only once it
+    /// is written (a blob named by its digest): `.STEM.tmp-PID-N`. Its target is `dir`
+    /// until [`retarget`](Self::retarget) names it.
+    pub fn create_in(dir: &Path, stem: &str) -> Result<(Self, File), BuildError> {
+        let (temp, file) = create_temp(dir, stem.as_ref())
+            .map_err(|e| BuildError::output(dir, &format!("cannot create a {stem} in it"), e))?;
+        Ok((
+            PendingFile {
+                temp: Some(temp),
+                target: dir.to_path_buf(),
             },
             file,
         ))
@@ -96,6 +108,33 @@ impl PendingFile {
             }
         }
         Ok(self.target.clone())
+    }
+}
+
+/// Temporary files this process has named so far.
+static TEMP_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Most names tried before giving up on a directory full of leftovers.
+const TEMP_ATTEMPTS: u32 = 64;
+
+/// Creates `dir/.NAME.tmp-PID-N`, a name no other file has: the counter makes it unique in
+/// this process, the process id among live processes, and a leftover of a killed process
+/// that had this id is stepped over.
+fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<(PathBuf, File)> {
+    let mut attempt = 0;
+    loop {
+        let n = TEMP_COUNT.fetch_add(1, Ordering::Relaxed);
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".tmp-{}-{n}", std::process::id()));
+        let temp = dir.join(temp_name);
+        match OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < TEMP_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -165,5 +204,49 @@ impl Drop for PendingFile {
         if let Some(temp) = self.temp.take() {
             let _ = fs::remove_file(temp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Two outputs for one target, pending at once, write to two temporary files, each
+    /// named `.NAME.tmp-PID-N`; a dropped one leaves nothing.
+    #[test]
+    fn pending_outputs_never_share_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("boot");
+        let (first, mut f1) = PendingFile::create(&target).unwrap();
+        let (second, mut f2) = PendingFile::create(&target).unwrap();
+        let (blob, _) = PendingFile::create_in(dir.path(), "blob").unwrap();
+        let temps = names(dir.path());
+        assert_eq!(temps.len(), 3, "{temps:?}");
+        let prefix = format!(".boot.tmp-{}-", std::process::id());
+        assert_eq!(
+            temps.iter().filter(|n| n.starts_with(&prefix)).count(),
+            2,
+            "{temps:?}"
+        );
+        assert!(
+            temps.iter().any(|n| n.starts_with(".blob.tmp-")),
+            "{temps:?}"
+        );
+        f1.write_all(b"first").unwrap();
+        f2.write_all(b"second").unwrap();
+        drop(blob);
+        drop(second);
+        assert_eq!(first.commit().unwrap(), target);
+        assert_eq!(fs::read(&target).unwrap(), b"first");
+        assert_eq!(names(dir.path()), ["boot"]);
     }
 }

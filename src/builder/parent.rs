@@ -10,10 +10,10 @@ use super::tree::{FileData, Kind, Node};
 use super::BuildError;
 use crate::reader::{Image, ReadError, MAX_DEPTH};
 
-fn read_err(path: &Path, e: ReadError) -> BuildError {
-    BuildError::Parent {
+fn read_err(path: &Path, source: ReadError) -> BuildError {
+    BuildError::ParentRead {
         path: path.to_path_buf(),
-        what: e.to_string(),
+        source,
     }
 }
 

@@ -183,11 +183,6 @@ impl ChunkLocation {
             uncompressed_size: (((u >> 44) | ((u & 0xf00) << 12)) + 1) as u32,
         }
     }
-
-    /// Whether the stored bytes are compressed (upstream's rule: the sizes differ).
-    pub fn is_compressed(&self) -> bool {
-        self.compressed_size != self.uncompressed_size
-    }
 }
 
 #[cfg(test)]

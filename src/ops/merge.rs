@@ -47,10 +47,11 @@ pub fn merge(layers: &[PathBuf], out: &Path) -> Result<MergeSummary, BuildError>
     let mut merged: Option<Entry> = None;
     let mut settings = None;
     for (i, path) in layers.iter().enumerate() {
-        let image = Image::open(path, BlobSource::None).map_err(|e| BuildError::Parent {
-            path: path.clone(),
-            what: e.to_string(),
-        })?;
+        let image =
+            Image::open(path, BlobSource::None).map_err(|source| BuildError::ParentRead {
+                path: path.clone(),
+                source,
+            })?;
         let sb = image.super_block();
         let these = (sb.chunk_size, sb.digester, sb.compressor);
         match settings {

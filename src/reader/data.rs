@@ -33,6 +33,15 @@ fn chunk_at(pos: u64, size: u64, chunk_size: u64) -> (usize, u64, u64) {
 
 impl Image {
     fn blob_error(&self, blob: usize, what: String) -> ReadError {
+        self.blob_error_from(blob, what, None)
+    }
+
+    fn blob_error_from(
+        &self,
+        blob: usize,
+        what: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ReadError {
         ReadError::Blob {
             blob_id: self
                 .blobs
@@ -41,6 +50,7 @@ impl Image {
                 .unwrap_or_default(),
             path: self.blob_paths.get(blob).cloned().flatten(),
             what,
+            source,
         }
     }
 
@@ -79,9 +89,9 @@ impl Image {
                 ),
             ));
         }
-        let file = self.blob_files[blob]
-            .as_ref()
-            .map_err(|e| self.blob_error(blob, e.clone()))?;
+        let file = self.blob_files[blob].as_ref().map_err(|e| {
+            self.blob_error_from(blob, "not available".into(), Some(Box::new(e.clone())))
+        })?;
         // An eStargz layer's chunks (gzip, no blob meta) carry an upper bound as their
         // stored size, which may run past the layer's end: read what is there.
         let gzip_layer = self.blobs[blob].compressor == crate::format::Compressor::Gzip;
@@ -108,7 +118,11 @@ impl Image {
         let (window, at) = self
             .stored_bytes(blob, file, info.compressed_offset, stored_len)
             .map_err(|e| {
-                self.blob_error(blob, format!("cannot read chunk {}: {e}", addr.chunk_index))
+                self.blob_error_from(
+                    blob,
+                    format!("cannot read chunk {}", addr.chunk_index),
+                    Some(Box::new(e)),
+                )
             })?;
         let stored = &window[at..at + stored_len as usize];
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
@@ -126,20 +140,22 @@ impl Image {
                 let mut more = vec![0u8; len as usize];
                 file.read_exact_at(&mut more, info.compressed_offset)
                     .map_err(|e| {
-                        self.blob_error(
+                        self.blob_error_from(
                             blob,
-                            format!("cannot read chunk {}: {e}", addr.chunk_index),
+                            format!("cannot read chunk {}", addr.chunk_index),
+                            Some(Box::new(e)),
                         )
                     })?;
                 result = compress::decompress(self.blobs[blob].compressor, &more, &mut out);
             }
             result.map_err(|e| {
-                self.blob_error(
+                self.blob_error_from(
                     blob,
                     format!(
-                        "chunk {} at 0x{:x}: {e}",
+                        "chunk {} at 0x{:x}",
                         addr.chunk_index, info.compressed_offset
                     ),
+                    Some(Box::new(e)),
                 )
             })?;
             Arc::new(out)

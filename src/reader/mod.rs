@@ -29,7 +29,7 @@ use crate::format::v6::super_block::{DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
 use crate::format::v6::tables::{BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE};
 use crate::format::v6::BLOCK_SIZE;
 use crate::format::FormatError;
-use crate::storage::blobs::{BlobFile, BlobSource};
+use crate::storage::blobs::{BlobFile, BlobOpenError, BlobSource};
 
 /// Largest bootstrap we load (upstream's metadata limit is 2 GiB too).
 const MAX_BOOTSTRAP: u64 = 1 << 31;
@@ -42,7 +42,7 @@ pub const MAX_DEPTH: usize = 4096;
 #[derive(Debug, Error)]
 pub enum ReadError {
     /// The bootstrap breaks the format.
-    #[error("bootstrap {}: {source}", path.display())]
+    #[error("bootstrap {}", path.display())]
     Format {
         /// The bootstrap.
         path: PathBuf,
@@ -51,7 +51,7 @@ pub enum ReadError {
         source: FormatError,
     },
     /// A file could not be read.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -70,6 +70,9 @@ pub enum ReadError {
         path: Option<PathBuf>,
         /// What is wrong.
         what: String,
+        /// What failed underneath: the blob file's OS error, the backend's, the codec's.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The caller asked for something that is not there (wrong kind of inode, say).
     #[error("{0}")]
@@ -158,7 +161,7 @@ pub struct Image {
     /// entries are decoded from `meta` when asked for (12 bytes per chunk instead of a
     /// decoded copy of every entry).
     chunks: Vec<(u32, u32, u64)>,
-    blob_files: Vec<Result<BlobFile, String>>,
+    blob_files: Vec<Result<BlobFile, std::sync::Arc<BlobOpenError>>>,
     blob_paths: Vec<Option<PathBuf>>,
     cache: ChunkCache,
     windows: std::sync::Mutex<std::collections::VecDeque<BlobWindow>>,
@@ -276,18 +279,23 @@ impl Image {
         let blob_files = match &blobs {
             BlobSource::Backend(b) => ids
                 .iter()
-                .map(|id| BlobFile::remote(b.clone(), id))
-                .collect(),
+                .map(|id| BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend))
+                .collect::<Vec<_>>(),
             _ => blob_paths
                 .iter()
                 .map(|p| match p {
-                    Some(p) => {
-                        BlobFile::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
-                    }
-                    None => Err("no blob file given".to_string()),
+                    Some(p) => BlobFile::open(p).map_err(|source| BlobOpenError::File {
+                        path: p.clone(),
+                        source,
+                    }),
+                    None => Err(BlobOpenError::NotGiven),
                 })
                 .collect(),
         };
+        let blob_files = blob_files
+            .into_iter()
+            .map(|f| f.map_err(std::sync::Arc::new))
+            .collect();
         let image = Image {
             path: path.to_path_buf(),
             meta,
@@ -341,12 +349,15 @@ impl Image {
         ChunkInfo::decode(bytes, at).expect("chunk entries were decoded at open")
     }
 
-    /// Blobs whose file could not be opened: (blob id, why).
+    /// Blobs whose file could not be opened: (blob id, why, causes included).
     pub fn missing_blobs(&self) -> Vec<(String, String)> {
         self.blob_files
             .iter()
             .zip(&self.blobs)
-            .filter_map(|(f, b)| f.as_ref().err().map(|e| (b.blob_id.clone(), e.clone())))
+            .filter_map(|(f, b)| {
+                let e: &BlobOpenError = f.as_ref().err()?;
+                Some((b.blob_id.clone(), crate::error::Chain(e).to_string()))
+            })
             .collect()
     }
 

@@ -5,6 +5,28 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::backend::BackendError;
+
+/// Why a blob an image references cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobOpenError {
+    /// The blob file could not be opened or measured.
+    #[error("cannot open {}", path.display())]
+    File {
+        /// The blob file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend could not tell the blob's size (its error names blob and backend).
+    #[error(transparent)]
+    Backend(BackendError),
+    /// Neither a file nor a backend was given for the blob.
+    #[error("no blob file given")]
+    NotGiven,
+}
+
 /// Where to look for blobs.
 #[derive(Clone, Debug, Default)]
 pub enum BlobSource {
@@ -52,8 +74,8 @@ impl BlobFile {
     pub fn remote(
         backend: std::sync::Arc<dyn super::backend::Backend>,
         id: &str,
-    ) -> Result<Self, String> {
-        let len = backend.size(id).map_err(|e| e.to_string())?;
+    ) -> Result<Self, BackendError> {
+        let len = backend.size(id)?;
         Ok(BlobFile {
             path: PathBuf::from(format!("{}/{id}", backend.describe())),
             source: Source::Backend(backend, id.to_string()),
@@ -82,9 +104,7 @@ impl BlobFile {
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match &self.source {
             Source::File(f) => f.read_exact_at(buf, offset),
-            Source::Backend(b, id) => b
-                .read_at(id, offset, buf)
-                .map_err(|e| std::io::Error::other(e.what)),
+            Source::Backend(b, id) => b.read_at(id, offset, buf).map_err(std::io::Error::other),
         }
     }
 }

@@ -18,42 +18,71 @@ thread_local! {
     static ZSTD_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Compresses `data`. Returns `None` when the result would not be smaller (or the
-/// compressor is `None`): the chunk is then stored uncompressed and flagged so.
-pub fn compress(algo: Compressor, data: &[u8]) -> Option<Vec<u8>> {
+/// A codec failed while compressing. Data that merely does not shrink is no error: it is
+/// stored raw. A failure is, so that a chunk is never stored raw because of one.
+#[derive(Debug, thiserror::Error)]
+#[error("{} compression failed", algo.name())]
+pub struct CompressError {
+    /// The compressor.
+    pub algo: Compressor,
+    /// The codec's error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Compresses `data`. `Ok(None)` when the result would not be smaller (or the compressor
+/// is `None`): the chunk is then stored uncompressed and flagged so.
+pub fn compress(algo: Compressor, data: &[u8]) -> Result<Option<Vec<u8>>, CompressError> {
     if data.is_empty() {
-        return None;
+        return Ok(None);
     }
     let out = match algo {
-        Compressor::None => return None,
+        Compressor::None => return Ok(None),
         Compressor::Lz4Block => lz4_flex::block::compress(data),
         Compressor::Zstd => return zstd_scratch(data, |_, packed| packed.map(<[u8]>::to_vec)),
         Compressor::Gzip => {
             use std::io::Write;
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            enc.write_all(data).ok()?;
-            enc.finish().ok()?
+            enc.write_all(data)
+                .and_then(|_| enc.finish())
+                .map_err(|source| CompressError { algo, source })?
         }
     };
-    (out.len() < data.len()).then_some(out)
+    Ok((out.len() < data.len()).then_some(out))
 }
 
-/// Like [`compress`] for data the caller gives up: `Ok` with the compressed form and the
-/// data's buffer, emptied, for the caller to read its next chunk into; or the data back
-/// when compressing does not make it smaller.
-pub fn compress_owned(algo: Compressor, data: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), Vec<u8>> {
+/// What [`compress_owned`] made of a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Owned {
+    /// Compressed smaller: the compressed form, and the data's buffer, emptied, for the
+    /// caller to read its next chunk into.
+    Packed {
+        /// The compressed bytes.
+        packed: Vec<u8>,
+        /// The data's buffer, emptied.
+        buffer: Vec<u8>,
+    },
+    /// Compressing does not make it smaller: the data back, to be stored raw.
+    Raw(Vec<u8>),
+}
+
+/// Like [`compress`] for data the caller gives up.
+pub fn compress_owned(algo: Compressor, data: Vec<u8>) -> Result<Owned, CompressError> {
     if !matches!(algo, Compressor::Zstd) {
-        return match compress(algo, &data) {
-            Some(packed) => Ok((packed, emptied(data))),
-            None => Err(data),
-        };
+        return Ok(match compress(algo, &data)? {
+            Some(packed) => Owned::Packed {
+                packed,
+                buffer: emptied(data),
+            },
+            None => Owned::Raw(data),
+        });
     }
     zstd_scratch(data, |data, packed| match packed {
-        Some(packed) => {
-            let buffer = emptied(data);
-            Ok((packed.to_vec(), buffer))
-        }
-        None => Err(data),
+        Some(packed) => Owned::Packed {
+            packed: packed.to_vec(),
+            buffer: emptied(data),
+        },
+        None => Owned::Raw(data),
     })
 }
 
@@ -65,46 +94,60 @@ fn emptied(mut data: Vec<u8>) -> Vec<u8> {
 /// Compresses `data` with zstd into this thread's reused buffer and hands `then` the data
 /// back with the result when it is smaller. A chunk waiting for the writer then holds its
 /// compressed size, not the worst case.
-fn zstd_scratch<D: AsRef<[u8]>, R>(data: D, then: impl FnOnce(D, Option<&[u8]>) -> R) -> R {
+fn zstd_scratch<D: AsRef<[u8]>, R>(
+    data: D,
+    then: impl FnOnce(D, Option<&[u8]>) -> R,
+) -> Result<R, CompressError> {
+    let failed = |source| CompressError {
+        algo: Compressor::Zstd,
+        source,
+    };
     ZSTD_ENCODER.with(|c| {
         // One encoder context per thread: creating one per chunk cost a tenth of the
         // build's CPU time.
         let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-        }
+        let c = match &mut *c {
+            Some(c) => c,
+            empty => empty.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(failed)?),
+        };
         ZSTD_OUT.with(|out| {
             let mut out = out.borrow_mut();
             let bytes = data.as_ref();
-            let len = bytes.len();
             // Always the worst case's room, as upstream gives it: zstd encodes a block
             // differently when its output might not fit (it falls back to storing it), so
             // a room that depended on the previous chunks' sizes made the same tree
             // compress to different bytes from one build to the next.
-            let room = zstd::zstd_safe::compress_bound(len);
-            let n = match c.as_mut() {
-                Some(c) if len > 0 => {
-                    if looks_incompressible(c, &mut out, bytes) {
-                        None
-                    } else {
-                        // Grown only now, for a chunk that is compressed whole: a buffer
-                        // of a chunk's size taken for a sample kept a chunk's worth of
-                        // memory resident in each worker that only ever sampled.
-                        // Exactly: amortized growth could leave it twice the chunk size.
-                        out.clear();
-                        out.reserve_exact(room);
-                        c.compress_to_buffer(bytes, &mut Room::new(&mut out, room))
-                            .ok()
-                    }
-                }
-                _ => None,
-            };
-            match n {
-                Some(n) if n < len => then(data, Some(&out[..n])),
-                _ => then(data, None),
-            }
+            let room = zstd::zstd_safe::compress_bound(bytes.len());
+            let n =
+                if bytes.is_empty() || looks_incompressible(c, &mut out, bytes).map_err(failed)? {
+                    None
+                } else {
+                    zstd_smaller(c, &mut out, bytes, room).map_err(failed)?
+                };
+            Ok(match n {
+                Some(n) => then(data, Some(&out[..n])),
+                None => then(data, None),
+            })
         })
     })
+}
+
+/// Compresses `data` whole into `out`, offering zstd `room` bytes: the compressed length
+/// when it is smaller than the data, `None` when it is not. A zstd error is an error, never
+/// taken for data that does not shrink.
+fn zstd_smaller(
+    c: &mut zstd::bulk::Compressor<'static>,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    room: usize,
+) -> std::io::Result<Option<usize>> {
+    // Grown only now, for a chunk that is compressed whole: a buffer of a chunk's size
+    // taken for a sample kept a chunk's worth of memory resident in each worker that only
+    // ever sampled. Exactly: amortized growth could leave it twice the chunk size.
+    out.clear();
+    out.reserve_exact(room);
+    let n = c.compress_to_buffer(data, &mut Room::new(out, room))?;
+    Ok((n < data.len()).then_some(n))
 }
 
 /// Chunks at least this long are sampled before they are compressed.
@@ -127,9 +170,9 @@ fn looks_incompressible(
     c: &mut zstd::bulk::Compressor<'static>,
     out: &mut Vec<u8>,
     data: &[u8],
-) -> bool {
+) -> std::io::Result<bool> {
     if data.len() < SAMPLE_FROM {
-        return false;
+        return Ok(false);
     }
     let mut sample = [0u8; SAMPLE_PIECES * SAMPLE_PIECE];
     let step = (data.len() - SAMPLE_PIECE) / (SAMPLE_PIECES - 1);
@@ -139,10 +182,8 @@ fn looks_incompressible(
     let room = zstd::zstd_safe::compress_bound(sample.len());
     out.clear();
     out.reserve_exact(room);
-    match c.compress_to_buffer(&sample[..], &mut Room::new(out, room)) {
-        Ok(n) => n >= sample.len(),
-        Err(_) => false,
-    }
+    let n = c.compress_to_buffer(&sample[..], &mut Room::new(out, room))?;
+    Ok(n >= sample.len())
 }
 
 /// The first `room` bytes of an empty vector's capacity, as zstd's output buffer: unlike
@@ -178,46 +219,75 @@ unsafe impl zstd::zstd_safe::WriteBuf for Room<'_> {
     }
 }
 
+/// Why stored chunk bytes did not give the chunk back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecompressError {
+    /// Data stored uncompressed is not of the chunk's size.
+    #[error("stored size {stored} differs from the expected {expected}")]
+    StoredSize {
+        /// Bytes stored.
+        stored: usize,
+        /// Bytes the chunk holds.
+        expected: usize,
+    },
+    /// The LZ4 block does not decode.
+    #[error("lz4 block does not decode")]
+    Lz4(#[source] lz4_flex::block::DecompressError),
+    /// The zstd frame does not decode (or no decoder could be made).
+    #[error("zstd frame does not decode")]
+    Zstd(#[source] std::io::Error),
+    /// The gzip member does not decode.
+    #[error("gzip member does not decode")]
+    Gzip(#[source] std::io::Error),
+    /// The data decoded to another size than the chunk's.
+    #[error("decompressed to {got} bytes, {expected} expected")]
+    Length {
+        /// Bytes decoded.
+        got: usize,
+        /// Bytes the chunk holds.
+        expected: usize,
+    },
+}
+
 /// Decompresses `src` into exactly `dst.len()` bytes.
-pub fn decompress(algo: Compressor, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
+pub fn decompress(algo: Compressor, src: &[u8], dst: &mut [u8]) -> Result<(), DecompressError> {
     let got = match algo {
         Compressor::None => {
             if src.len() != dst.len() {
-                return Err(format!(
-                    "stored size {} differs from expected {}",
-                    src.len(),
-                    dst.len()
-                ));
+                return Err(DecompressError::StoredSize {
+                    stored: src.len(),
+                    expected: dst.len(),
+                });
             }
             dst.copy_from_slice(src);
             dst.len()
         }
         Compressor::Lz4Block => {
-            lz4_flex::block::decompress_into(src, dst).map_err(|e| format!("lz4: {e}"))?
+            lz4_flex::block::decompress_into(src, dst).map_err(DecompressError::Lz4)?
         }
-        Compressor::Zstd => ZSTD_DECODER.with(|d| -> Result<usize, String> {
+        Compressor::Zstd => ZSTD_DECODER.with(|d| -> Result<usize, DecompressError> {
             // One decoder context per thread: creating one per chunk costs more than
             // decompressing a small chunk.
             let mut d = d.borrow_mut();
             if d.is_none() {
-                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+                *d = Some(zstd::bulk::Decompressor::new().map_err(DecompressError::Zstd)?);
             }
             d.as_mut()
                 .expect("just set")
                 .decompress_to_buffer(src, dst)
-                .map_err(|e| format!("zstd: {e}"))
+                .map_err(DecompressError::Zstd)
         })?,
         Compressor::Gzip => {
             let mut dec = flate2::read::GzDecoder::new(src);
-            dec.read_exact(dst).map_err(|e| format!("gzip: {e}"))?;
+            dec.read_exact(dst).map_err(DecompressError::Gzip)?;
             dst.len()
         }
     };
     if got != dst.len() {
-        return Err(format!(
-            "decompressed to {got} bytes, expected {}",
-            dst.len()
-        ));
+        return Err(DecompressError::Length {
+            got,
+            expected: dst.len(),
+        });
     }
     Ok(())
 }
@@ -267,7 +337,7 @@ mod tests {
             cases
                 .iter()
                 .map(|c| {
-                    s.spawn(move || compress(Compressor::Zstd, c))
+                    s.spawn(move || compress(Compressor::Zstd, c).unwrap())
                         .join()
                         .unwrap()
                 })
@@ -281,10 +351,12 @@ mod tests {
             let cases = cases.clone();
             move || {
                 let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 7) as u8).collect();
-                compress(Compressor::Zstd, &big).expect("compressible");
+                compress(Compressor::Zstd, &big)
+                    .unwrap()
+                    .expect("compressible");
                 cases
                     .iter()
-                    .map(|c| compress(Compressor::Zstd, c))
+                    .map(|c| compress(Compressor::Zstd, c).unwrap())
                     .collect()
             }
         })
@@ -306,13 +378,19 @@ mod tests {
         // Whether `data` is compressed, and then to plain zstd's bytes (lengths in messages:
         // the data is megabytes).
         let packs_as_plain = |data: &[u8]| -> Option<bool> {
-            let ours = compress(Compressor::Zstd, data)?;
-            let (owned, _) = compress_owned(Compressor::Zstd, data.to_vec()).ok()?;
+            let ours = compress(Compressor::Zstd, data).unwrap()?;
+            let Owned::Packed { packed: owned, .. } =
+                compress_owned(Compressor::Zstd, data.to_vec()).unwrap()
+            else {
+                return None;
+            };
             Some(ours == owned && ours == zstd::bulk::compress(data, ZSTD_LEVEL).unwrap())
         };
         let mut random = noise(1 << 20, 7);
         assert_eq!(packs_as_plain(&random), None);
-        assert!(compress_owned(Compressor::Zstd, random.clone()) == Err(random.clone()));
+        assert!(
+            compress_owned(Compressor::Zstd, random.clone()).unwrap() == Owned::Raw(random.clone())
+        );
 
         // Random but for one stretch of text where the fourth piece is taken.
         let at = 3 * ((1 << 20) - SAMPLE_PIECE) / (SAMPLE_PIECES - 1) - 1000;
@@ -344,13 +422,13 @@ mod tests {
     fn every_compressor_round_trips() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         for algo in [Compressor::Lz4Block, Compressor::Zstd, Compressor::Gzip] {
-            let packed = compress(algo, &data).expect("compressible");
+            let packed = compress(algo, &data).unwrap().expect("compressible");
             assert!(packed.len() < data.len());
             let mut out = vec![0u8; data.len()];
             decompress(algo, &packed, &mut out).unwrap();
             assert_eq!(out, data);
         }
-        assert_eq!(compress(Compressor::None, &data), None);
+        assert_eq!(compress(Compressor::None, &data).unwrap(), None);
     }
 
     #[test]
@@ -358,9 +436,79 @@ mod tests {
         let data: Vec<u8> = (0..4096u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        assert_eq!(compress(Compressor::Lz4Block, &data[..16]), None);
+        assert_eq!(compress(Compressor::Lz4Block, &data[..16]).unwrap(), None);
         let mut out = vec![0u8; 8];
         assert!(decompress(Compressor::Zstd, b"garbage!", &mut out).is_err());
+    }
+
+    /// Issue 17: a zstd failure is an error, never taken for data that does not shrink
+    /// (which is stored raw). Here zstd is offered too little room to finish; in a build
+    /// the room is the worst case, and only a real failure (no memory) gets this far.
+    #[test]
+    fn zstd_failure_is_not_taken_for_incompressible_data() {
+        let text = b"compressible text, said once and then again. ".repeat(100);
+        let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
+        let mut out = Vec::new();
+        let room = zstd::zstd_safe::compress_bound(text.len());
+        let n = zstd_smaller(&mut c, &mut out, &text, room).unwrap();
+        assert!(n.is_some_and(|n| n < text.len() / 10), "{n:?}");
+        assert!(zstd_smaller(&mut c, &mut out, &text, 8).is_err());
+        // Incompressible data is no error.
+        let noise = noise(4096, 3);
+        let room = zstd::zstd_safe::compress_bound(noise.len());
+        assert_eq!(zstd_smaller(&mut c, &mut out, &noise, room).unwrap(), None);
+    }
+
+    /// Each way stored bytes can fail to give the chunk back is its own error, and a
+    /// codec's error stays the cause.
+    #[test]
+    fn decompress_errors_say_what_failed() {
+        let zstd_of_10 = zstd::bulk::compress(&[7u8; 10], ZSTD_LEVEL).unwrap();
+        type Check = fn(&DecompressError) -> bool;
+        let cases: [(&str, Compressor, &[u8], usize, Check); 5] = [
+            ("raw, short", Compressor::None, b"abc", 4, |e| {
+                matches!(
+                    e,
+                    DecompressError::StoredSize {
+                        stored: 3,
+                        expected: 4
+                    }
+                )
+            }),
+            (
+                "lz4 garbage",
+                Compressor::Lz4Block,
+                b"\xff\xff\xff",
+                64,
+                |e| matches!(e, DecompressError::Lz4(_)),
+            ),
+            ("zstd garbage", Compressor::Zstd, b"garbage!", 8, |e| {
+                matches!(e, DecompressError::Zstd(_))
+            }),
+            ("gzip garbage", Compressor::Gzip, b"garbage!", 8, |e| {
+                matches!(e, DecompressError::Gzip(_))
+            }),
+            ("zstd, short", Compressor::Zstd, &zstd_of_10, 20, |e| {
+                matches!(
+                    e,
+                    DecompressError::Length {
+                        got: 10,
+                        expected: 20
+                    }
+                )
+            }),
+        ];
+        for (name, algo, stored, len, check) in cases {
+            let mut out = vec![0u8; len];
+            let e = decompress(algo, stored, &mut out).expect_err(name);
+            assert!(check(&e), "{name}: {e:?}");
+            let has_cause = std::error::Error::source(&e).is_some();
+            let codec = matches!(
+                e,
+                DecompressError::Lz4(_) | DecompressError::Zstd(_) | DecompressError::Gzip(_)
+            );
+            assert_eq!(has_cause, codec, "{name}: {e:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,12 @@ use std::process::Command;
 
 use nydus_image::reader::Image;
 
+/// An error with all its causes, as the CLI prints it (`{:#}`): library errors keep their
+/// causes as sources, out of their own message.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    nydus_image::error::Chain(e).to_string()
+}
+
 /// A tmpfs mounted for one test (tmpfs takes xattr values up to 64 KiB and any namespace;
 /// ext4 here stops near 4 KiB). Unmounted on drop.
 pub struct Scratch {

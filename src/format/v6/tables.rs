@@ -111,8 +111,6 @@ pub mod blob_features {
     pub const HAS_TOC: u32 = 0x2000_0000;
     /// Reader capability bit: tar-framed TOC.
     pub const CAP_TAR_TOC: u32 = 0x4000_0000;
-    /// v5 only: no extended blob table.
-    pub const V5_NO_EXT_BLOB_TABLE: u32 = 0x8000_0000;
 }
 
 /// A blob as the bootstrap describes it.
