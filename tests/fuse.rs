@@ -270,7 +270,7 @@ fn verifier_catches_each_kind_of_difference() {
         (
             "changed mtime",
             |src, _| set_mtime(&src.join("other"), 1234, 5678),
-            "/other: mtime: source 1234.000005678",
+            "/other: mtime: source 1970-01-01T00:20:34.000005678Z",
         ),
         (
             "changed symlink",
