@@ -218,11 +218,22 @@ fn create_verify_builds_mounts_and_compares() {
     );
     for flag in ["--verify", "--verify=fuse", "--verify=library"] {
         let out = scratch.path().join(flag.trim_start_matches('-'));
-        let o = build_cli(&src, &out, &[flag]);
+        let json = scratch
+            .path()
+            .join(format!("{}.json", flag.trim_start_matches('-')));
+        let o = build_cli(&src, &out, &[flag, "-J", json.to_str().unwrap()]);
         assert!(o.status.success(), "{flag}: {}", text(&o));
         assert!(
             text(&o).contains(", 0 difference(s)"),
             "{flag}: {}",
+            text(&o)
+        );
+        // Hard-linked files count once on both sides (verify once counted each name).
+        let report: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+        let bytes = format!(" {} bytes of content,", report["data_bytes"]);
+        assert!(
+            text(&o).contains(&bytes),
+            "{flag}: {bytes:?} in {}",
             text(&o)
         );
     }
