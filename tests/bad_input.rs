@@ -1,13 +1,21 @@
 //! Bad input: clear errors naming the file and the problem, no panic, and nothing left at
 //! the final output paths.
 
-mod common;
+mod common {
+    pub mod attrs;
+    pub mod errors;
+    pub mod files;
+    pub mod ours;
+    pub mod privileged;
+    pub mod sample;
+    pub mod scratch;
+}
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use common::{attrs::*, errors::chain, files::*, ours::*, sample::*, scratch::*};
 use nydus_image::builder::blob::BlobWriter;
 use nydus_image::builder::chunker::{chunk_files, ChunkOptions};
 use nydus_image::builder::source::dir::read_tree;

@@ -3,14 +3,27 @@
 //! against the layer stack, mounted by upstream nydusd, and checked for what must not
 //! change (the original bootstrap and blobs).
 
-mod common;
+mod common {
+    pub mod commands;
+    pub mod compare;
+    pub mod errors;
+    pub mod files;
+    pub mod ours;
+    pub mod output;
+    pub mod scratch;
+    pub mod upstream;
+}
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::*;
+use common::{
+    commands::*, compare::*, errors::chain, files::*, output::*, scratch::*, upstream::*,
+};
+use nydus_image::mount::ImageTree;
+use nydus_verify::FsTree;
 use sha2::Digest;
 
 /// The blob table of the image at `boot`, as blob ids.
@@ -153,24 +166,11 @@ fn compact_rebuilds_sparse_and_merges_small_blobs() {
     )
     .unwrap();
     let daemon = Nydusd::mount(&out, &new, &root.join("nydusd"));
-    let reference = scan_image(&original);
-    let mounted = scan_fs(&daemon.mnt);
-    assert_eq!(
-        reference.0.keys().collect::<Vec<_>>(),
-        mounted.0.keys().collect::<Vec<_>>()
+    assert_identical(
+        "nydusd on the compacted image against the original",
+        &ImageTree(&original),
+        &FsTree::new(&daemon.mnt),
     );
-    for path in regular_files(&reference.0) {
-        let rel = std::ffi::OsStr::new(std::str::from_utf8(&path[1..]).unwrap());
-        let got = fs::read(daemon.mnt.join(rel)).unwrap();
-        let want = original
-            .read_all(original.resolve(&path).unwrap().unwrap())
-            .unwrap();
-        assert!(
-            got == want,
-            "{}: nydusd reads other bytes",
-            String::from_utf8_lossy(&path)
-        );
-    }
 }
 
 #[test]

@@ -2,14 +2,17 @@
 //! leaves a bootstrap or blob at a final path that is not complete. Temporary files
 //! (`.NAME.tmp-PID-N`, `.blob.tmp-PID-N`) may remain; nothing at a final name is partial.
 
-mod common;
+mod common {
+    pub mod files;
+    pub mod ours;
+}
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::*;
+use common::{files::*, ours::*};
 use nydus_image::ops::check::check;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;

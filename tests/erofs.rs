@@ -4,16 +4,27 @@
 //! their uncompressed block addresses, while RAFS blobs pack chunks densely (upstream
 //! does the same), so only nydusd and our reader serve contents.
 
-mod common;
+mod common {
+    pub mod attrs;
+    pub mod compare;
+    pub mod files;
+    pub mod privileged;
+    pub mod sample;
+    pub mod scratch;
+    pub mod upstream;
+}
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use common::compare::{assert_identical, assert_identical_except, Except};
+use common::{attrs::*, files::*, sample::*, scratch::Scratch, upstream::Nydusd};
 use nydus_image::builder::{build, BlobTarget, BuildOptions};
+use nydus_image::mount::ImageTree;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
+use nydus_verify::FsTree;
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -104,12 +115,14 @@ fn fsck_erofs_and_the_kernel_accept_our_images() {
         let out = scratch.path().join(format!("out{i}"));
         let blob = build_and_fsck(&src, &out, chunk_size);
         let mount = kernel_mount(&out.join("boot"), &blob, &out.join("mnt"));
-        let source = scan_fs(&src);
-        let shown = scan_fs(&mount.mnt);
-        assert_same_scan(
+        assert_identical_except(
             &format!("kernel EROFS mount, chunk size 0x{chunk_size:x}"),
-            &source,
-            &shown,
+            &FsTree::new(&src),
+            &FsTree::new(&mount.mnt),
+            Except {
+                content: true,
+                ..Except::default()
+            },
         );
     }
 }
@@ -144,15 +157,20 @@ fn inodes_across_block_boundaries_are_read_by_everyone() {
         .filter(|nid| nid % 128 == 127)
         .count();
     assert!(crossing > 0, "no inode crosses a block boundary");
-    let source = scan_fs(&src);
-    assert_same_scan("kernel EROFS mount", &source, &scan_fs(&mount.mnt));
+    let source = FsTree::new(&src);
+    assert_identical_except(
+        "kernel EROFS mount",
+        &source,
+        &FsTree::new(&mount.mnt),
+        Except {
+            content: true,
+            ..Except::default()
+        },
+    );
     drop(mount);
 
     let image = Image::open(&out.join("boot"), BlobSource::Dir(out.clone())).unwrap();
-    assert_same_scan("our reader", &source, &scan_image(&image));
-    let files = regular_files(&source.0);
-    assert_same_content(&src, &files, read_via_image(&image));
+    assert_identical("our reader", &source, &ImageTree(&image));
     let nydusd = Nydusd::mount(&out.join("boot"), &out, &scratch.path().join("nydusd"));
-    assert_same_scan("upstream nydusd", &source, &scan_fs(&nydusd.mnt));
-    assert_same_content(&src, &files, read_via_mount(&nydusd.mnt));
+    assert_identical("upstream nydusd", &source, &FsTree::new(&nydusd.mnt));
 }

@@ -5,13 +5,18 @@
 //! the layers with `--whiteout-spec overlayfs`, one from their OCI form with `oci`.
 //! PROPTEST_CASES sets the number of stacks (default 12 here); failures shrink.
 
-mod common;
+mod common {
+    pub mod attrs;
+    pub mod files;
+    pub mod privileged;
+    pub mod scratch;
+}
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use common::{attrs::*, files::*, privileged::*, scratch::*};
 use nydus_image::builder::overlay::WhiteoutSpec;
 use nydus_image::builder::{build, BlobTarget, BuildOptions};
 use nydus_image::mount::BackgroundMount;

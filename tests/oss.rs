@@ -4,10 +4,17 @@
 //! bucket name through its HTTP proxy setting, so the server sees absolute URLs.
 //! The published signature examples are checked in `src/storage/oss.rs`.
 
-mod common;
-#[allow(dead_code)]
-#[path = "common/http.rs"]
-mod http;
+mod common {
+    pub mod attrs;
+    pub mod commands;
+    pub mod files;
+    pub mod http;
+    pub mod ours;
+    pub mod output;
+    pub mod privileged;
+    pub mod sample;
+    pub mod scratch;
+}
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,9 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::Engine;
-use common::*;
+use common::http::*;
+use common::{commands::*, output::*, sample::*, scratch::*};
 use hmac::Mac;
-use http::*;
 
 const KEY_ID: &str = "test-key-id";
 const SECRET: &str = "test-key-secret";

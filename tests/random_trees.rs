@@ -4,18 +4,25 @@
 //! compressor, digester and chunk size; building twice gives identical bytes.
 //! PROPTEST_CASES sets the number of trees (default 8 here).
 
-mod common;
+mod common {
+    pub mod attrs;
+    pub mod compare;
+    pub mod files;
+    pub mod privileged;
+    pub mod scratch;
+}
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use common::*;
+use common::{attrs::*, compare::assert_identical, files::*, privileged::*, scratch::Scratch};
 use nydus_image::builder::{build, BlobTarget, BuildOptions};
 use nydus_image::format::{Compressor, Digester};
-use nydus_image::mount::BackgroundMount;
+use nydus_image::mount::{BackgroundMount, ImageTree};
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
+use nydus_verify::FsTree;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -264,22 +271,20 @@ fn check_tree(
         fs::read(b.join("boot")).unwrap(),
         "repeatable bootstrap"
     );
-    let source = scan_fs(&src);
+    let source = FsTree::new(&src);
+    let mut image = Image::open(&a.join("boot"), BlobSource::Dir(a.clone())).unwrap();
+    image.validate = true;
+    let report = assert_identical("library", &source, &ImageTree(&image));
     if std::env::var_os("TREES_DEBUG").is_some() {
         eprintln!(
             "{} entries, {compressor:?} {digester:?} 0x{chunk_size:x}",
-            source.0.len()
+            report.entries_compared
         );
     }
-    let mut image = Image::open(&a.join("boot"), BlobSource::Dir(a.clone())).unwrap();
-    image.validate = true;
-    assert_same_scan("library", &source, &scan_image(&image));
-    assert_same_content(&src, &regular_files(&source.0), read_via_image(&image));
     let mnt = scratch.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let mount = BackgroundMount::start(image, &mnt, 2).expect("FUSE");
-    assert_same_scan("FUSE", &source, &scan_fs(&mnt));
-    assert_same_content(&src, &regular_files(&source.0), read_via_mount(&mnt));
+    assert_identical("FUSE", &source, &FsTree::new(&mnt));
     mount.stop().unwrap();
     Ok(())
 }

@@ -3,10 +3,15 @@
 //! distribution API), and against a scripted server for bearer tokens and transient
 //! failures: mount, verify and compaction read blobs from it.
 
-mod common;
-#[allow(dead_code)]
-#[path = "common/http.rs"]
-mod http;
+mod common {
+    pub mod commands;
+    pub mod files;
+    pub mod http;
+    pub mod ours;
+    pub mod output;
+    pub mod registry_server;
+    pub mod scratch;
+}
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,8 +19,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
-use http::*;
+use common::http::*;
+use common::registry_server::*;
+use common::{commands::*, files::*, output::*, scratch::*};
 
 /// Two layers, the lower one mostly deleted by the upper: (layers, bootstrap, blob dir).
 fn two_layers(root: &Path) -> (Vec<PathBuf>, PathBuf, PathBuf) {

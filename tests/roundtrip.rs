@@ -1,16 +1,26 @@
 //! Build a generated tree covering every entry kind, read it back through the library
 //! reader, and compare field by field and byte by byte with the source.
 
-mod common;
+mod common {
+    pub mod attrs;
+    pub mod compare;
+    pub mod errors;
+    pub mod files;
+    pub mod privileged;
+    pub mod sample;
+    pub mod scratch;
+}
 
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use common::{compare::assert_identical, errors::chain, files::*, sample::*, scratch::Scratch};
 use nydus_image::builder::{build, BlobTarget, BuildOptions, BuildSummary};
 use nydus_image::format::{Compressor, Digester};
+use nydus_image::mount::ImageTree;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
+use nydus_verify::FsTree;
 
 fn build_into(src: &Path, out: &Path, opts: &BuildOptions) -> BuildSummary {
     fs::create_dir_all(out.join("blobs")).unwrap();
@@ -28,10 +38,7 @@ fn assert_image_matches(src: &Path, out: &Path) {
     let mut image =
         Image::open(&out.join("boot"), BlobSource::Dir(out.join("blobs"))).expect("open image");
     image.validate = true;
-    let source = scan_fs(src);
-    let built = scan_image(&image);
-    assert_same_scan("library reader", &source, &built);
-    assert_same_content(src, &regular_files(&source.0), read_via_image(&image));
+    assert_identical("library reader", &FsTree::new(src), &ImageTree(&image));
 }
 
 #[test]
@@ -216,7 +223,7 @@ fn tree_without_file_data_has_no_blob() {
     assert_eq!(fs::read_dir(out.join("blobs")).unwrap().count(), 0);
     let image = Image::open(&out.join("boot"), BlobSource::None).unwrap();
     assert!(image.blobs().is_empty());
-    assert_same_scan("empty image", &scan_fs(&src), &scan_image(&image));
+    assert_identical("empty image", &FsTree::new(&src), &ImageTree(&image));
 }
 
 #[test]
@@ -350,9 +357,7 @@ fn concurrent_builds_in_one_process_keep_their_outputs_apart() {
             );
             let mut image = Image::open(boot, BlobSource::Dir(blobs.clone())).unwrap();
             image.validate = true;
-            let source = scan_fs(src);
-            assert_same_scan("concurrent build", &source, &scan_image(&image));
-            assert_same_content(src, &regular_files(&source.0), read_via_image(&image));
+            assert_identical("concurrent build", &FsTree::new(src), &ImageTree(&image));
         }
     }
     for dir in [&out, &blobs] {

@@ -605,3 +605,322 @@ fn is_hole(file: &File, offset: u64, len: u64) -> bool {
         next as u64 >= offset + len
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::source::dir::read_tree;
+    use std::path::Path;
+
+    const CS: usize = 0x1000;
+
+    fn opts(compressor: Compressor, digester: Digester, threads: usize) -> ChunkOptions {
+        ChunkOptions {
+            chunk_size: CS as u32,
+            compressor,
+            digester,
+            threads,
+        }
+    }
+
+    /// Pseudo-random bytes (incompressible), one stream per seed.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// What chunking a directory gave.
+    struct Chunking {
+        tree: Tree,
+        chunked: Chunked,
+        table: Vec<ChunkInfo>,
+        blob: Vec<u8>,
+        progress: Vec<Progress>,
+    }
+
+    fn chunk_dir(root: &Path, opts: ChunkOptions, known: KnownChunks) -> Chunking {
+        let tree = read_tree(root).unwrap();
+        let mut blob = Vec::new();
+        let mut writer = BlobWriter::new(&mut blob, opts.compressor, opts.digester, CS as u32);
+        let progress = Mutex::new(Vec::new());
+        let chunked = chunk_files(&tree, opts, &mut writer, known, &|p| {
+            progress.lock().unwrap().push(*p)
+        })
+        .unwrap();
+        let (_, table) = writer.finish(None).unwrap();
+        Chunking {
+            tree,
+            chunked,
+            table,
+            blob,
+            progress: progress.into_inner().unwrap(),
+        }
+    }
+
+    fn nothing_known(_: &[u8; 32]) -> Option<ChunkInfo> {
+        None
+    }
+
+    impl Chunking {
+        fn id(&self, name: &str) -> NodeId {
+            self.tree
+                .nodes
+                .iter()
+                .position(|n| n.name == name.as_bytes())
+                .expect("name in the tree")
+        }
+
+        /// Indexes of the new chunks of `name`, in file order.
+        fn chunks_of(&self, name: &str) -> Vec<u32> {
+            self.chunked.file_chunks[self.id(name)]
+                .iter()
+                .map(|c| match c {
+                    ChunkRef::New(i) => *i,
+                    ChunkRef::Known(_) => panic!("{name}: a known chunk"),
+                })
+                .collect()
+        }
+
+        /// Chunk `i` as stored, uncompressed.
+        fn chunk(&self, i: u32, compressor: Compressor) -> Vec<u8> {
+            let info = &self.table[i as usize];
+            let at = info.compressed_offset as usize;
+            let stored = &self.blob[at..at + info.compressed_size as usize];
+            if !info.compressed {
+                return stored.to_vec();
+            }
+            let mut out = vec![0; info.uncompressed_size as usize];
+            compress::decompress(compressor, stored, &mut out).unwrap();
+            out
+        }
+
+        /// The file `name` put back together from the blob.
+        fn content(&self, name: &str, compressor: Compressor) -> Vec<u8> {
+            let chunks = self.chunks_of(name);
+            chunks
+                .iter()
+                .flat_map(|&i| self.chunk(i, compressor))
+                .collect()
+        }
+    }
+
+    fn independent_digest(digester: Digester, data: &[u8]) -> [u8; 32] {
+        match digester {
+            Digester::Blake3 => *blake3::hash(data).as_bytes(),
+            Digester::Sha256 => {
+                use sha2::Digest;
+                sha2::Sha256::digest(data).into()
+            }
+        }
+    }
+
+    #[test]
+    fn files_split_at_chunk_boundaries_and_come_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // (name, size, chunks, bytes in the last chunk)
+        let files = [
+            ("b-one", 1, 1, 1),
+            ("c-cs-1", CS - 1, 1, CS - 1),
+            ("d-cs", CS, 1, CS),
+            ("e-cs+1", CS + 1, 2, 1),
+            ("f-3cs+7", 3 * CS + 7, 4, 7),
+        ];
+        std::fs::write(dir.path().join("a-empty"), b"").unwrap();
+        for (i, (name, size, _, _)) in files.iter().enumerate() {
+            let mut bytes = noise(*size, i as u64);
+            // Half of each chunk compressible, so both stored forms occur.
+            for chunk in bytes.chunks_mut(CS) {
+                let half = chunk.len() / 2;
+                chunk[..half].fill(b'z');
+            }
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        for compressor in [Compressor::None, Compressor::Lz4Block, Compressor::Zstd] {
+            for digester in [Digester::Blake3, Digester::Sha256] {
+                let c = chunk_dir(dir.path(), opts(compressor, digester, 3), &nothing_known);
+                let case = format!("{compressor:?} {digester:?}");
+                assert!(c.chunks_of("a-empty").is_empty(), "{case}");
+                for (name, size, count, last) in files {
+                    let chunks = c.chunks_of(name);
+                    assert_eq!(chunks.len(), count, "{case} {name}");
+                    let info = &c.table[*chunks.last().unwrap() as usize];
+                    assert_eq!(info.uncompressed_size as usize, last, "{case} {name}");
+                    let want = std::fs::read(dir.path().join(name)).unwrap();
+                    assert_eq!(c.content(name, compressor), want, "{case} {name}");
+                    for (k, &i) in chunks.iter().enumerate() {
+                        let info = &c.table[i as usize];
+                        let raw = &want[k * CS..(k * CS + CS).min(size)];
+                        assert_eq!(info.digest, independent_digest(digester, raw), "{case}");
+                        assert_eq!(info.file_offset, (k * CS) as u64, "{case} {name}");
+                        assert_eq!(info.uncompressed_offset % 4096, 0);
+                        // Compressed only when that is smaller (never, for None).
+                        let size = (info.compressed_size, info.uncompressed_size);
+                        if info.compressed {
+                            assert!(compressor != Compressor::None && size.0 < size.1);
+                        } else {
+                            assert_eq!(size.0, size.1, "{case} {name}");
+                        }
+                    }
+                }
+                let compressed = c.table.iter().filter(|i| i.compressed).count();
+                assert_eq!(compressed > 0, compressor != Compressor::None, "{case}");
+                let total: usize = files.iter().map(|f| f.2).sum();
+                assert_eq!(c.chunked.total_chunks, total as u64, "{case}");
+                assert_eq!(c.table.len(), total, "{case}: no two chunks alike");
+                let bytes: usize = files.iter().map(|f| f.1).sum();
+                assert_eq!(c.chunked.bytes_read, bytes as u64, "{case}");
+                let last = c.progress.last().unwrap();
+                assert_eq!((last.files_done, last.files_total), (5, 5), "{case}");
+                assert_eq!(last.bytes_done, last.bytes_total, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn identical_chunks_are_stored_once_in_depth_first_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, q, r) = (noise(CS, 1), noise(CS, 2), noise(CS, 3));
+        let write = |name: &str, parts: &[&[u8]]| {
+            std::fs::write(dir.path().join(name), parts.concat()).unwrap()
+        };
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        // Depth first in name order: a, c, sub/b, z (breadth first would put z before b).
+        write("z", &[&q, b"tail"]);
+        write("sub/b", &[&p, &r]);
+        write("c", &[&p, &p, &p]);
+        write("a", &[&q, &p]);
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("a-link")).unwrap();
+        let c = chunk_dir(
+            dir.path(),
+            opts(Compressor::Zstd, Digester::Blake3, 2),
+            &nothing_known,
+        );
+        assert_eq!(c.chunks_of("a"), [0, 1]);
+        assert_eq!(c.chunks_of("c"), [1, 1, 1]);
+        assert_eq!(c.chunks_of("b"), [1, 2]);
+        assert_eq!(c.chunks_of("z"), [0, 3]);
+        assert!(c.chunks_of("a-link").is_empty(), "a hard link is read once");
+        assert_eq!(c.table.len(), 4);
+        assert_eq!(c.chunked.total_chunks, 9);
+        for (i, want) in [&q[..], &p, &r, b"tail"].into_iter().enumerate() {
+            assert_eq!(c.chunk(i as u32, Compressor::Zstd), want, "chunk {i}");
+        }
+        // Chunks lie in the blob in the order of their indexes.
+        let offsets: Vec<u64> = c.table.iter().map(|i| i.compressed_offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    }
+
+    #[test]
+    fn holes_read_as_zeros_and_share_one_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let data = noise(CS, 7);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = File::create(&path).unwrap();
+            f.write_all_at(&data, 2 * CS as u64).unwrap();
+            f.set_len(5 * CS as u64).unwrap();
+        }
+        let f = File::open(&path).unwrap();
+        // ext4 and tmpfs report holes; a file system that does not reads zeros anyway.
+        if is_hole(&f, 0, CS as u64) {
+            assert!(!is_hole(&f, 2 * CS as u64, CS as u64), "data is no hole");
+            assert!(
+                !is_hole(&f, CS as u64, 2 * CS as u64),
+                "a range ending in data"
+            );
+            assert!(
+                is_hole(&f, 3 * CS as u64, 2 * CS as u64),
+                "the end is a hole"
+            );
+        }
+        let c = chunk_dir(
+            dir.path(),
+            opts(Compressor::Zstd, Digester::Sha256, 2),
+            &nothing_known,
+        );
+        assert_eq!(c.chunks_of("sparse"), [0, 0, 1, 0, 0]);
+        assert_eq!(c.chunk(0, Compressor::Zstd), vec![0; CS]);
+        assert_eq!(c.chunk(1, Compressor::Zstd), data);
+        assert_eq!(
+            c.table[0].digest,
+            independent_digest(Digester::Sha256, &[0; CS])
+        );
+        assert_eq!(
+            c.content("sparse", Compressor::Zstd),
+            std::fs::read(&path).unwrap()
+        );
+    }
+
+    #[test]
+    fn any_thread_count_writes_the_same_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..40u64 {
+            let len = (i as usize * 1777) % (3 * CS) + 1;
+            std::fs::write(dir.path().join(format!("f{i:02}")), noise(len, i % 7)).unwrap();
+        }
+        let one = chunk_dir(
+            dir.path(),
+            opts(Compressor::Zstd, Digester::Blake3, 1),
+            &nothing_known,
+        );
+        for threads in [2, 4, 7] {
+            let many = chunk_dir(
+                dir.path(),
+                opts(Compressor::Zstd, Digester::Blake3, threads),
+                &nothing_known,
+            );
+            assert!(many.blob == one.blob, "{threads} threads");
+            assert_eq!(
+                many.chunked.file_chunks, one.chunked.file_chunks,
+                "{threads} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn known_chunks_are_referenced_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, q) = (noise(CS, 1), noise(CS, 2));
+        std::fs::write(dir.path().join("f"), [&p[..], &q[..], &p[..]].concat()).unwrap();
+        let p_digest = independent_digest(Digester::Blake3, &p);
+        let elsewhere = ChunkInfo {
+            digest: p_digest,
+            blob_index: 3,
+            compressed: true,
+            compressed_size: 99,
+            uncompressed_size: CS as u32,
+            compressed_offset: 1 << 20,
+            uncompressed_offset: 1 << 20,
+            file_offset: 0,
+            index: 42,
+        };
+        let known = |d: &[u8; 32]| (*d == p_digest).then(|| elsewhere.clone());
+        let c = chunk_dir(
+            dir.path(),
+            opts(Compressor::Zstd, Digester::Blake3, 2),
+            &known,
+        );
+        let f = &c.chunked.file_chunks[c.id("f")];
+        assert_eq!(
+            f,
+            &[
+                ChunkRef::Known(elsewhere.clone()),
+                ChunkRef::New(0),
+                ChunkRef::Known(elsewhere)
+            ]
+        );
+        assert_eq!(c.table.len(), 1, "only q is stored");
+        assert_eq!(
+            (c.chunked.known_chunks, c.chunked.known_bytes),
+            (2, 2 * CS as u64)
+        );
+    }
+}

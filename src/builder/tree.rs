@@ -120,3 +120,167 @@ impl Tree {
         out
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Also a tree sketcher for the unit tests of later stages (the bootstrap writer, the
+    //! reader), which need trees that no directory on disk has to hold.
+
+    use super::*;
+
+    /// Builds a [`Tree`] by hand, keeping its invariants: children sorted by name,
+    /// directory link counts of 2 plus subdirectories, hard links counted on the first
+    /// name. Nodes get fixed metadata, to be changed through [`Sketch::node`].
+    pub(crate) struct Sketch {
+        /// The tree so far.
+        pub tree: Tree,
+    }
+
+    impl Sketch {
+        /// A tree of only its root, mode 0755.
+        pub fn new() -> Self {
+            let mut sketch = Sketch {
+                tree: Tree::default(),
+            };
+            sketch.push(0, b"", Kind::Dir(Vec::new()), 0o755);
+            sketch
+        }
+
+        fn push(&mut self, parent: NodeId, name: &[u8], kind: Kind, perm: u32) -> NodeId {
+            let file_type = match kind {
+                Kind::Dir(_) => libc::S_IFDIR,
+                Kind::File => libc::S_IFREG,
+                Kind::Symlink(_) => libc::S_IFLNK,
+                Kind::CharDevice => libc::S_IFCHR,
+                Kind::BlockDevice => libc::S_IFBLK,
+                Kind::Fifo => libc::S_IFIFO,
+                Kind::Socket => libc::S_IFSOCK,
+            };
+            let (size, nlink) = match &kind {
+                Kind::Symlink(target) => (target.len() as u64, 1),
+                Kind::Dir(_) => (0, 2),
+                _ => (0, 1),
+            };
+            self.tree.nodes.push(Node {
+                name: name.to_vec(),
+                source: PathBuf::from(String::from_utf8_lossy(name).into_owned()),
+                parent,
+                kind,
+                mode: file_type | perm,
+                uid: 1000,
+                gid: 100,
+                size,
+                mtime: 1_700_000_000,
+                mtime_nsec: 0,
+                rdev: 0,
+                xattrs: Vec::new(),
+                hardlink_of: None,
+                nlink,
+                data: FileData::Source,
+            });
+            self.tree.nodes.len() - 1
+        }
+
+        /// Adds `name` under directory `parent`.
+        pub fn add(&mut self, parent: NodeId, name: &[u8], kind: Kind, perm: u32) -> NodeId {
+            let is_dir = matches!(kind, Kind::Dir(_));
+            let id = self.push(parent, name, kind, perm);
+            let nodes = &mut self.tree.nodes;
+            if is_dir {
+                nodes[parent].nlink += 1;
+            }
+            let mut children = match &mut nodes[parent].kind {
+                Kind::Dir(children) => std::mem::take(children),
+                _ => panic!("parent {parent} is not a directory"),
+            };
+            let at = children.partition_point(|&c| nodes[c].name.as_slice() < name);
+            children.insert(at, id);
+            nodes[parent].kind = Kind::Dir(children);
+            id
+        }
+
+        /// Adds a directory.
+        pub fn dir(&mut self, parent: NodeId, name: &str) -> NodeId {
+            self.add(parent, name.as_bytes(), Kind::Dir(Vec::new()), 0o755)
+        }
+
+        /// Adds a regular file of `size` bytes.
+        pub fn file(&mut self, parent: NodeId, name: &str, size: u64) -> NodeId {
+            let id = self.add(parent, name.as_bytes(), Kind::File, 0o644);
+            self.tree.nodes[id].size = size;
+            id
+        }
+
+        /// Adds a symlink.
+        pub fn symlink(&mut self, parent: NodeId, name: &str, target: &[u8]) -> NodeId {
+            self.add(
+                parent,
+                name.as_bytes(),
+                Kind::Symlink(target.to_vec()),
+                0o777,
+            )
+        }
+
+        /// Adds another name for the inode of `first`.
+        pub fn hard_link(&mut self, parent: NodeId, name: &str, first: NodeId) -> NodeId {
+            let of = self.tree.nodes[first].clone();
+            let id = self.add(parent, name.as_bytes(), of.kind, of.mode & 0o7777);
+            let node = &mut self.tree.nodes[id];
+            (node.size, node.hardlink_of) = (of.size, Some(first));
+            self.tree.nodes[first].nlink += 1;
+            id
+        }
+
+        /// A node, to change its metadata.
+        pub fn node(&mut self, id: NodeId) -> &mut Node {
+            &mut self.tree.nodes[id]
+        }
+    }
+
+    /// root: a, d/ (x, e/ (y)), b: a hard link of a.
+    fn sample() -> (Tree, [NodeId; 7]) {
+        let mut s = Sketch::new();
+        let d = s.dir(0, "d");
+        let a = s.file(0, "a", 10);
+        let x = s.file(d, "x", 0);
+        let e = s.dir(d, "e");
+        let y = s.symlink(e, "y", b"../x");
+        let b = s.hard_link(0, "b", a);
+        (s.tree, [0, d, a, x, e, y, b])
+    }
+
+    #[test]
+    fn depth_first_visits_children_in_name_order() {
+        let (tree, [root, d, a, x, e, y, b]) = sample();
+        assert_eq!(tree.depth_first(), [root, a, b, d, e, y, x]);
+    }
+
+    #[test]
+    fn image_paths_join_names_from_the_root() {
+        let (tree, [root, d, a, x, e, y, b]) = sample();
+        let cases = [
+            (root, "/"),
+            (d, "/d"),
+            (a, "/a"),
+            (x, "/d/x"),
+            (e, "/d/e"),
+            (y, "/d/e/y"),
+            (b, "/b"),
+        ];
+        for (id, path) in cases {
+            assert_eq!(tree.image_path(id), path.as_bytes(), "node {id}");
+        }
+    }
+
+    #[test]
+    fn hard_links_count_once_and_link_counts_add_up() {
+        let (tree, [root, d, a, _, e, y, b]) = sample();
+        assert_eq!(tree.nodes.len(), 7);
+        assert_eq!(tree.inode_count(), 6);
+        assert_eq!(tree.nodes[a].nlink, 2);
+        assert_eq!(tree.nodes[b].hardlink_of, Some(a));
+        assert_eq!((tree.nodes[root].nlink, tree.nodes[d].nlink), (3, 3));
+        assert_eq!(tree.nodes[e].nlink, 2);
+        assert_eq!(tree.nodes[y].size, 4);
+    }
+}

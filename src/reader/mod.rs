@@ -712,3 +712,258 @@ fn slice(bytes: &[u8], offset: u64, len: u64) -> Result<&[u8], FormatError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hostile bootstraps: each damage is an error naming what is wrong, never a panic.
+
+    use super::*;
+    use crate::builder::bootstrap::v6::tests::bootstrap_of;
+    use crate::builder::tree::tests::Sketch;
+    use crate::format::v6::inode::decode_dirents;
+
+    /// root: d/ (e/ (deep), f), l -> d/f, x (xattrs), p (fifo).
+    fn small() -> Vec<u8> {
+        let mut s = Sketch::new();
+        let d = s.dir(0, "d");
+        let e = s.dir(d, "e");
+        s.file(e, "deep", 0);
+        s.file(d, "f", 0);
+        s.symlink(0, "l", b"d/f");
+        let x = s.file(0, "x", 0);
+        s.node(x).xattrs = vec![(b"user.k".to_vec(), b"v".to_vec())];
+        s.add(0, b"p", crate::builder::tree::Kind::Fifo, 0o644);
+        bootstrap_of(&s.tree)
+    }
+
+    fn open(bytes: Vec<u8>) -> Result<Image, ReadError> {
+        Image::from_bytes("hostile.boot".as_ref(), bytes, BlobSource::None)
+    }
+
+    /// Opens the bootstrap and reads everything a mount would: every entry's attributes,
+    /// xattrs, directory listing, symlink target and chunk indexes. Returns the entries.
+    fn exercise(bytes: Vec<u8>) -> Result<usize, ReadError> {
+        let image = open(bytes)?;
+        let mut nids = Vec::new();
+        image.walk(|_, nid| {
+            nids.push(nid);
+            Ok(())
+        })?;
+        for &nid in &nids {
+            let st = image.stat(nid)?;
+            image.xattrs(nid)?;
+            match st.mode & libc::S_IFMT {
+                libc::S_IFDIR => drop(image.read_dir(nid)?),
+                libc::S_IFLNK => drop(image.readlink(nid)?),
+                libc::S_IFREG => drop(image.chunk_addrs(nid)?),
+                _ => {}
+            }
+        }
+        Ok(nids.len())
+    }
+
+    /// Byte offsets of the dirent for `name` in the (single-block, inline) directory
+    /// `dir`, and of the name itself.
+    fn dirent_offset(bytes: &[u8], dir: &[u8], name: &[u8]) -> (usize, usize) {
+        let image = open(bytes.to_vec()).unwrap();
+        let v = image.inode(image.resolve(dir).unwrap().unwrap()).unwrap();
+        assert_eq!(v.inode.layout, DataLayout::FlatInline);
+        let at = v.body_offset as usize;
+        let data = &bytes[at..at + v.inode.size as usize];
+        let entries = decode_dirents(data, 0).unwrap();
+        let i = entries
+            .iter()
+            .position(|e| e.0 == name)
+            .expect("name in the directory");
+        let name_at = entries[i].0.as_ptr() as usize - data.as_ptr() as usize;
+        (at + i * inode::DIRENT_SIZE, at + name_at)
+    }
+
+    /// Byte offset of the inode at `path`.
+    fn inode_offset(bytes: &[u8], path: &[u8]) -> usize {
+        let image = open(bytes.to_vec()).unwrap();
+        let nid = image.resolve(path).unwrap().unwrap();
+        image.inode(nid).unwrap().offset as usize
+    }
+
+    fn nid_of(bytes: &[u8], path: &[u8]) -> u64 {
+        let image = open(bytes.to_vec()).unwrap();
+        image.resolve(path).unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_sample_reads_whole() {
+        assert_eq!(exercise(small()).unwrap(), 8);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let full = small();
+        let mut lens: Vec<usize> = vec![0, 1, 1024, 1100, 1408, 4095, full.len() - 1];
+        lens.extend((1..full.len() / 4096).map(|b| b * 4096));
+        for len in lens {
+            let err = exercise(full[..len].to_vec()).expect_err(&format!("{len} bytes"));
+            let text = crate::error::Chain(&err).to_string();
+            assert!(
+                text.starts_with("bootstrap hostile.boot: at 0x"),
+                "{len}: {text}"
+            );
+            if len < 4096 {
+                assert!(
+                    matches!(
+                        err,
+                        ReadError::Format {
+                            source: FormatError::Truncated { .. },
+                            ..
+                        }
+                    ),
+                    "{len}: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_damage_is_named() {
+        type Damage = fn(&mut Vec<u8>);
+        let cases: &[(&str, Damage, &str)] = &[
+            ("bad magic", |b| b[1024] ^= 0xff, "magic"),
+            (
+                "root nid past the end",
+                |b| b[1038..1040].copy_from_slice(&u16::MAX.to_le_bytes()),
+                "nid 65535 points outside",
+            ),
+            (
+                "dirent nid past the end",
+                |b| {
+                    let (at, _) = dirent_offset(b, b"/", b"d");
+                    b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                },
+                "nid 1099511627776 points outside",
+            ),
+            (
+                "dirent nid whose offset overflows",
+                |b| {
+                    let (at, _) = dirent_offset(b, b"/", b"x");
+                    b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+                },
+                "points outside",
+            ),
+            (
+                "directory pointing at the root",
+                |b| {
+                    let root = nid_of(b, b"/");
+                    let (at, _) = dirent_offset(b, b"/d", b"e");
+                    b[at..at + 8].copy_from_slice(&root.to_le_bytes());
+                },
+                "directory cycle at /d/e",
+            ),
+            (
+                "directory pointing at itself",
+                |b| {
+                    let d = nid_of(b, b"/d");
+                    let (at, _) = dirent_offset(b, b"/d", b"e");
+                    b[at..at + 8].copy_from_slice(&d.to_le_bytes());
+                },
+                "directory cycle at /d/e",
+            ),
+            (
+                "name with a slash",
+                |b| {
+                    let (_, name) = dirent_offset(b, b"/", b"x");
+                    b[name] = b'/';
+                },
+                "contains '/' or NUL",
+            ),
+            (
+                "symlink with file layout",
+                |b| {
+                    let at = inode_offset(b, b"/l");
+                    b[at] = 1 | 4 << 1;
+                },
+                "mode 0o120777 with layout ChunkBased",
+            ),
+            (
+                "unknown layout",
+                |b| {
+                    let at = inode_offset(b, b"/d/f");
+                    b[at] = 1 | 3 << 1;
+                },
+                "unsupported data layout 3",
+            ),
+            (
+                "directory larger than the bootstrap",
+                |b| {
+                    let at = inode_offset(b, b"/d");
+                    b[at + 8..at + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                },
+                "exceeds the bootstrap",
+            ),
+            (
+                "xattrs running past the end",
+                |b| {
+                    let at = inode_offset(b, b"/x");
+                    b[at + 2..at + 4].copy_from_slice(&u16::MAX.to_le_bytes());
+                },
+                "xattrs run past the end",
+            ),
+        ];
+        for (name, damage, says) in cases {
+            let mut bytes = small();
+            damage(&mut bytes);
+            match exercise(bytes) {
+                Err(e) => {
+                    let text = crate::error::Chain(&e).to_string();
+                    assert!(text.contains(says), "{name}: {text:?} lacks {says:?}");
+                }
+                Ok(n) => panic!("{name}: read {n} entries"),
+            }
+        }
+    }
+
+    /// A chain of `depth` directories below the root.
+    fn chain(depth: usize) -> Vec<u8> {
+        let mut s = Sketch::new();
+        let mut parent = 0;
+        for _ in 0..depth {
+            parent = s.dir(parent, "d");
+        }
+        bootstrap_of(&s.tree)
+    }
+
+    #[test]
+    fn nesting_stops_at_the_depth_limit() {
+        assert_eq!(exercise(chain(MAX_DEPTH - 1)).unwrap(), MAX_DEPTH);
+        let err = exercise(chain(MAX_DEPTH)).unwrap_err();
+        let err = crate::error::Chain(&err).to_string();
+        assert!(err.contains("nested deeper than 4096"), "{err}");
+    }
+
+    /// Every byte of the superblock and of the metadata, set to each of a few values: an
+    /// error or a readable image, never a panic.
+    #[test]
+    fn no_single_byte_damage_panics() {
+        let base = small();
+        let meta_start = open(base.clone()).unwrap().super_block().meta_blkaddr as usize * 4096;
+        let offsets = (1024..1408).chain(meta_start..base.len());
+        let (mut errors, mut tried) = (0, 0);
+        for at in offsets {
+            let was = base[at];
+            for value in [0, 0xff, was ^ 0x80, was.wrapping_add(1)] {
+                if value == was {
+                    continue;
+                }
+                let mut bytes = base.clone();
+                bytes[at] = value;
+                let outcome = std::panic::catch_unwind(|| exercise(bytes));
+                match outcome {
+                    Ok(result) => errors += result.is_err() as usize,
+                    Err(_) => panic!("byte {at} set to 0x{value:02x}: panic"),
+                }
+                tried += 1;
+            }
+        }
+        // Damage is noticed (most bytes are padding, where it is harmless).
+        assert!(errors > 100, "{errors} errors in {tried} damages");
+    }
+}

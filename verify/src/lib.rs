@@ -7,6 +7,10 @@
 //! is a mount, no code of the image builder or reader takes part in the comparison, so a
 //! builder bug cannot hide itself.
 //!
+//! [`compare_with`] takes [`Options`]; [`compare_metadata`] leaves file contents out, for
+//! an image side that shows metadata it cannot serve the data of. [`OverlayTree`] merges
+//! a stack of layers, whiteouts applied, into the tree an image of them must show.
+//!
 //! ```no_run
 //! use nydus_verify::{compare, FsTree};
 //! let report = compare(&FsTree::new("rootfs"), &FsTree::new("/mnt/image")).unwrap();
@@ -234,6 +238,10 @@ fn sized_call(mut call: impl FnMut(&mut [u8]) -> isize) -> std::io::Result<Vec<u
 }
 
 /// One difference between source and image.
+///
+/// `source` and `image` hold exact values, as the JSON report keeps them: an mtime is
+/// `SECONDS.NANOSECONDS` since the epoch. Displayed, an mtime reads as a UTC date (see
+/// [`utc`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Difference {
     /// Path of the entry.
@@ -246,14 +254,73 @@ pub struct Difference {
     pub image: String,
 }
 
+/// The attribute name of an mtime difference.
+const MTIME: &str = "mtime";
+
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |v: &str| {
+            if self.attribute == MTIME {
+                parse_mtime(v).map_or_else(|| v.to_string(), |(s, ns)| utc(s, ns))
+            } else {
+                v.to_string()
+            }
+        };
         write!(
             f,
             "{}: {}: source {} image {}",
-            self.path, self.attribute, self.source, self.image
+            self.path,
+            self.attribute,
+            shown(&self.source),
+            shown(&self.image)
         )
     }
+}
+
+/// An mtime as a difference holds it (`SECONDS.NANOSECONDS`), or `None`.
+pub fn parse_mtime(value: &str) -> Option<(i64, u32)> {
+    let (secs, nsec) = value.split_once('.')?;
+    Some((secs.parse().ok()?, nsec.parse().ok()?))
+}
+
+fn exact_mtime(secs: i64, nsec: u32) -> String {
+    format!("{secs}.{nsec:09}")
+}
+
+/// A time as UTC, `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (proleptic Gregorian calendar; years
+/// before 1 or after 9999 get a sign or more digits).
+pub fn utc(secs: i64, nsec: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nsec:09}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
+/// The Gregorian date `days` after 1970-01-01: count in 400-year eras (146,097 days
+/// each) from 0000-03-01, so that a leap day ends each year of the count; then the year
+/// of the era, the day of that March-based year, and its month (153 days per 5 months).
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    // 0000-03-01 is 719,468 days before 1970-01-01. i128: no overflow for any i64 input.
+    let z = days as i128 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + (month <= 2) as i128;
+    (year as i64, month as u32, day as u32)
 }
 
 /// The outcome of a comparison.
@@ -261,7 +328,8 @@ impl fmt::Display for Difference {
 pub struct Report {
     /// Entries compared (the union of both trees).
     pub entries_compared: u64,
-    /// Bytes of file content compared.
+    /// Bytes of file content compared, each inode's once (as `create` counts them): a
+    /// hard-link group's content is compared at every name and counted at the first.
     pub bytes_compared: u64,
     /// Every difference found.
     pub differences: Vec<Difference>,
@@ -324,6 +392,26 @@ pub fn compare(source: &dyn Tree, image: &dyn Tree) -> Result<Report, String> {
 
 /// [`compare`] with options.
 pub fn compare_with(source: &dyn Tree, image: &dyn Tree, opts: Options) -> Result<Report, String> {
+    run(source, image, opts, true)
+}
+
+/// [`compare_with`] without file contents: for an image side that shows the metadata
+/// but cannot serve the data (a kernel EROFS mount of a bootstrap alone, a daemon that
+/// cannot read a blob's format). `bytes_compared` stays 0.
+pub fn compare_metadata(
+    source: &dyn Tree,
+    image: &dyn Tree,
+    opts: Options,
+) -> Result<Report, String> {
+    run(source, image, opts, false)
+}
+
+fn run(
+    source: &dyn Tree,
+    image: &dyn Tree,
+    opts: Options,
+    with_content: bool,
+) -> Result<Report, String> {
     let src = source.scan()?;
     let img = image
         .scan()
@@ -392,9 +480,9 @@ pub fn compare_with(source: &dyn Tree, image: &dyn Tree, opts: Options) -> Resul
         if s_mtime != (i.mtime, i.mtime_nsec) {
             diff(
                 path,
-                "mtime",
-                format!("{}.{:09}", s.mtime, s.mtime_nsec),
-                format!("{}.{:09}", i.mtime, i.mtime_nsec),
+                MTIME,
+                exact_mtime(s.mtime, s.mtime_nsec),
+                exact_mtime(i.mtime, i.mtime_nsec),
             );
         }
         if s.rdev != i.rdev {
@@ -441,14 +529,19 @@ pub fn compare_with(source: &dyn Tree, image: &dyn Tree, opts: Options) -> Resul
                 diff(path, "nlink", ig.len().to_string(), i.nlink.to_string());
             }
         }
-        if s.mode & libc::S_IFMT == libc::S_IFREG && s.size == i.size {
-            content.push(path.clone());
+        if with_content && s.mode & libc::S_IFMT == libc::S_IFREG && s.size == i.size {
+            // Every name is read (a reader could resolve one name of a group wrongly);
+            // the bytes count once per source inode.
+            let counted = src_links
+                .get(path)
+                .is_none_or(|group| group.first() == Some(path));
+            content.push((path.clone(), counted));
         }
     }
     report.entries_compared = compared;
-    for path in content {
+    for (path, counted) in content {
         match compare_content(source, image, &path) {
-            Ok(Ok(n)) => report.bytes_compared += n,
+            Ok(Ok(n)) => report.bytes_compared += if counted { n } else { 0 },
             Ok(Err((attribute, s, i))) => report.differences.push(Difference {
                 path: String::from_utf8_lossy(&path).into_owned(),
                 attribute,
@@ -719,5 +812,544 @@ impl Tree for OverlayTree<'_> {
             )
         })?;
         self.layers[*layer].open(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree held in memory: facts and content by path.
+    #[derive(Clone, Default)]
+    struct Mem(BTreeMap<Vec<u8>, (Facts, Vec<u8>)>);
+
+    impl Tree for Mem {
+        fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, String> {
+            Ok(self
+                .0
+                .iter()
+                .map(|(p, (f, _))| (p.clone(), f.clone()))
+                .collect())
+        }
+
+        fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, String> {
+            let (_, content) = self.0.get(path).ok_or("no such entry")?;
+            Ok(Box::new(&content[..]))
+        }
+    }
+
+    fn facts(mode: u32) -> Facts {
+        Facts {
+            mode,
+            uid: 1000,
+            gid: 100,
+            size: 0,
+            mtime: 1_700_000_000,
+            mtime_nsec: 5,
+            rdev: 0,
+            nlink: if mode & libc::S_IFMT == libc::S_IFDIR {
+                0
+            } else {
+                1
+            },
+            target: None,
+            xattrs: BTreeMap::new(),
+            link_key: None,
+        }
+    }
+
+    impl Mem {
+        fn put(mut self, path: &str, facts: Facts, content: &[u8]) -> Self {
+            self.0
+                .insert(path.as_bytes().to_vec(), (facts, content.to_vec()));
+            self
+        }
+
+        fn dir(self, path: &str) -> Self {
+            self.put(path, facts(libc::S_IFDIR | 0o755), b"")
+        }
+
+        fn file(self, path: &str, content: &[u8]) -> Self {
+            let f = Facts {
+                size: content.len() as u64,
+                ..facts(libc::S_IFREG | 0o644)
+            };
+            self.put(path, f, content)
+        }
+
+        fn symlink(self, path: &str, target: &str) -> Self {
+            let f = Facts {
+                size: target.len() as u64,
+                target: Some(target.as_bytes().to_vec()),
+                ..facts(libc::S_IFLNK | 0o777)
+            };
+            self.put(path, f, b"")
+        }
+
+        fn node(self, path: &str, mode: u32, rdev: u64) -> Self {
+            self.put(
+                path,
+                Facts {
+                    rdev,
+                    ..facts(mode)
+                },
+                b"",
+            )
+        }
+
+        /// Names of one inode (`key`), each with the group's link count.
+        fn hard_links(mut self, paths: &[&str], content: &[u8], key: u64) -> Self {
+            for p in paths {
+                self = self.file(p, content);
+                self.edit(p, |f, _| {
+                    f.nlink = paths.len() as u64;
+                    f.link_key = Some(key);
+                });
+            }
+            self
+        }
+
+        fn xattr(mut self, path: &str, name: &str, value: &[u8]) -> Self {
+            self.edit(path, |f, _| {
+                f.xattrs.insert(name.as_bytes().to_vec(), value.to_vec());
+            });
+            self
+        }
+
+        fn edit(&mut self, path: &str, change: impl FnOnce(&mut Facts, &mut Vec<u8>)) {
+            let (f, c) = self.0.get_mut(path.as_bytes()).expect("path in the tree");
+            change(f, c);
+        }
+
+        fn remove(&mut self, path: &str) {
+            self.0.remove(path.as_bytes()).expect("path in the tree");
+        }
+
+        fn paths(&self) -> Vec<String> {
+            self.0
+                .keys()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        }
+    }
+
+    /// One of each kind of entry; "/a" and "/d/b" are one inode of 6 bytes.
+    fn sample() -> Mem {
+        Mem::default()
+            .dir("/")
+            .dir("/d")
+            .file("/f", b"hello")
+            .xattr("/f", "user.k", b"v")
+            .symlink("/d/l", "../f")
+            .hard_links(&["/a", "/d/b"], b"linked", 7)
+            .node("/c", libc::S_IFCHR | 0o620, libc::makedev(1, 3))
+            .node("/p", libc::S_IFIFO | 0o644, 0)
+    }
+
+    /// (path, attribute) of each difference.
+    fn found(report: &Report) -> Vec<(String, String)> {
+        report
+            .differences
+            .iter()
+            .map(|d| (d.path.clone(), d.attribute.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn identical_trees_count_a_hard_linked_inode_once() {
+        let report = compare(&sample(), &sample()).unwrap();
+        assert!(report.identical(), "{:?}", report.differences);
+        assert_eq!(report.entries_compared, 8);
+        // "hello" and "linked" once: `create` counts 11 bytes for this tree, not 17.
+        assert_eq!(report.bytes_compared, 11);
+    }
+
+    #[test]
+    fn hard_links_on_disk_are_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("f"), b"linked").unwrap();
+        fs::hard_link(root.join("f"), root.join("g")).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/h"), b"hello").unwrap();
+        std::os::unix::fs::symlink("../f", root.join("d/s")).unwrap();
+        let tree = FsTree::new(root);
+        let scan = tree.scan().unwrap();
+        let (f, g) = (&scan[&b"/f"[..]], &scan[&b"/g"[..]]);
+        assert_eq!((f.nlink, f.link_key.is_some()), (2, true));
+        assert_eq!(f.link_key, g.link_key);
+        assert_eq!(scan[&b"/d/s"[..]].target.as_deref(), Some(&b"../f"[..]));
+        let report = compare(&tree, &FsTree::new(root)).unwrap();
+        assert!(report.identical(), "{:?}", report.differences);
+        assert_eq!((report.entries_compared, report.bytes_compared), (6, 11));
+    }
+
+    #[test]
+    fn each_kind_of_difference_is_reported() {
+        type Change = fn(&mut Mem);
+        /// (path, attribute) of each difference expected.
+        type Found = &'static [(&'static str, &'static str)];
+        let cases: &[(&str, Change, Found)] = &[
+            (
+                "type",
+                |m| m.edit("/f", |f, _| f.mode = libc::S_IFDIR | 0o644),
+                &[("/f", "type")],
+            ),
+            (
+                "permissions",
+                |m| m.edit("/f", |f, _| f.mode = libc::S_IFREG | 0o4644),
+                &[("/f", "permissions")],
+            ),
+            ("uid", |m| m.edit("/f", |f, _| f.uid = 0), &[("/f", "uid")]),
+            ("gid", |m| m.edit("/d", |f, _| f.gid = 0), &[("/d", "gid")]),
+            (
+                "size",
+                |m| {
+                    m.edit("/f", |f, c| {
+                        c.push(b'!');
+                        f.size += 1;
+                    })
+                },
+                &[("/f", "size")],
+            ),
+            (
+                "mtime nanoseconds",
+                |m| m.edit("/d/l", |f, _| f.mtime_nsec = 6),
+                &[("/d/l", "mtime")],
+            ),
+            (
+                "mtime seconds",
+                |m| m.edit("/", |f, _| f.mtime = 0),
+                &[("/", "mtime")],
+            ),
+            (
+                "rdev",
+                |m| m.edit("/c", |f, _| f.rdev = libc::makedev(1, 5)),
+                &[("/c", "rdev")],
+            ),
+            (
+                "xattr value",
+                |m| {
+                    m.edit("/f", |f, _| {
+                        f.xattrs.insert(b"user.k".to_vec(), b"w".to_vec());
+                    })
+                },
+                &[("/f", "xattr user.k")],
+            ),
+            (
+                "xattr missing",
+                |m| m.edit("/f", |f, _| f.xattrs.clear()),
+                &[("/f", "xattr user.k")],
+            ),
+            (
+                "xattr extra",
+                |m| {
+                    m.edit("/p", |f, _| {
+                        f.xattrs.insert(b"trusted.x".to_vec(), Vec::new());
+                    })
+                },
+                &[("/p", "xattr trusted.x")],
+            ),
+            (
+                "content",
+                |m| m.edit("/f", |_, c| c[4] = b'O'),
+                &[("/f", "content at byte 4")],
+            ),
+            (
+                "content shorter than the size",
+                |m| m.edit("/f", |_, c| c.truncate(3)),
+                &[("/f", "content length")],
+            ),
+            (
+                "content of a later hard link",
+                |m| m.edit("/d/b", |_, c| c[0] = b'L'),
+                &[("/d/b", "content at byte 0")],
+            ),
+            (
+                "symlink target",
+                |m| m.edit("/d/l", |f, _| f.target = Some(b"../g".to_vec())),
+                &[("/d/l", "symlink target")],
+            ),
+            (
+                "hard-link group split",
+                |m| {
+                    for p in ["/a", "/d/b"] {
+                        m.edit(p, |f, _| (f.nlink, f.link_key) = (1, None));
+                    }
+                },
+                &[("/a", "hard links"), ("/d/b", "hard links")],
+            ),
+            (
+                "hard-link group joined",
+                |m| {
+                    m.edit("/f", |f, c| {
+                        (f.nlink, f.link_key, f.size) = (3, Some(7), 6);
+                        (f.xattrs, *c) = (BTreeMap::new(), b"linked".to_vec());
+                    });
+                    for p in ["/a", "/d/b"] {
+                        m.edit(p, |f, _| f.nlink = 3);
+                    }
+                },
+                &[
+                    ("/a", "hard links"),
+                    ("/f", "size"),
+                    ("/f", "xattr user.k"),
+                    ("/f", "hard links"),
+                ],
+            ),
+            (
+                "nlink",
+                |m| m.edit("/f", |f, _| f.nlink = 2),
+                &[("/f", "nlink")],
+            ),
+            (
+                "missing entry",
+                |m| m.remove("/d/l"),
+                &[("/d/l", "presence")],
+            ),
+            (
+                "extra entry",
+                |m| {
+                    *m = std::mem::take(m).node("/s", libc::S_IFSOCK | 0o755, 0);
+                },
+                &[("/s", "presence")],
+            ),
+        ];
+        for (name, change, want) in cases {
+            let mut image = sample();
+            change(&mut image);
+            let report = compare(&sample(), &image).unwrap();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(p, a)| (p.to_string(), a.to_string()))
+                .collect();
+            assert_eq!(found(&report), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn differences_name_both_values() {
+        let mut image = sample();
+        image.remove("/d/l");
+        image.edit("/f", |f, _| f.mode = libc::S_IFREG | 0o600);
+        image.edit("/d/b", |_, c| c[5] = b'D');
+        let shown: Vec<String> = compare(&sample(), &image)
+            .unwrap()
+            .differences
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "/d/l: presence: source symlink image missing",
+                "/f: permissions: source 0644 image 0600",
+                "/d/b: content at byte 5: source 0x64 image 0x44",
+            ]
+        );
+    }
+
+    #[test]
+    fn mtimes_show_as_utc_and_stay_exact_in_json() {
+        let mut image = sample();
+        image.edit("/f", |f, _| (f.mtime, f.mtime_nsec) = (-86_400, 5));
+        let report = compare(&sample(), &image).unwrap();
+        let d = &report.differences[0];
+        assert_eq!(
+            d.to_string(),
+            "/f: mtime: source 2023-11-14T22:13:20.000000005Z \
+             image 1969-12-31T00:00:00.000000005Z"
+        );
+        let json = serde_json::to_value(d).unwrap();
+        assert_eq!(json["source"], "1700000000.000000005");
+        assert_eq!(json["image"], "-86400.000000005");
+        // Other attributes are shown as they are.
+        let other = Difference {
+            attribute: "uid".into(),
+            source: "1234.000005678".into(),
+            ..d.clone()
+        };
+        assert!(other.to_string().contains("source 1234.000005678"));
+    }
+
+    #[test]
+    fn utc_dates() {
+        let cases: &[(i64, u32, &str)] = &[
+            (0, 0, "1970-01-01T00:00:00.000000000Z"),
+            (1234, 5678, "1970-01-01T00:20:34.000005678Z"),
+            (-1, 0, "1969-12-31T23:59:59.000000000Z"),
+            (-86_400, 5, "1969-12-31T00:00:00.000000005Z"),
+            (951_782_400, 0, "2000-02-29T00:00:00.000000000Z"),
+            (951_868_800, 0, "2000-03-01T00:00:00.000000000Z"),
+            (1_700_000_000, 123_456_789, "2023-11-14T22:13:20.123456789Z"),
+            (2_500_000_000, 1, "2049-03-22T04:26:40.000000001Z"),
+            (4_102_444_800, 999_999_999, "2100-01-01T00:00:00.999999999Z"),
+            (4_107_542_400, 0, "2100-03-01T00:00:00.000000000Z"),
+            (-62_135_596_800, 0, "0001-01-01T00:00:00.000000000Z"),
+            (253_402_300_799, 0, "9999-12-31T23:59:59.000000000Z"),
+        ];
+        for &(secs, nsec, want) in cases {
+            assert_eq!(utc(secs, nsec), want, "{secs}.{nsec}");
+            assert_eq!(parse_mtime(&exact_mtime(secs, nsec)), Some((secs, nsec)));
+        }
+        // Any stored value prints, however absurd.
+        for secs in [i64::MIN, i64::MAX] {
+            assert!(utc(secs, 999_999_999).ends_with(".999999999Z"));
+        }
+    }
+
+    #[test]
+    fn metadata_only_comparison_reads_no_content() {
+        let mut image = sample();
+        image.edit("/f", |_, c| c[0] = b'J');
+        image.edit("/d", |f, _| f.uid = 0);
+        let report = compare_metadata(&sample(), &image, Options::default()).unwrap();
+        assert_eq!(found(&report), [("/d".to_string(), "uid".to_string())]);
+        assert_eq!(report.bytes_compared, 0);
+    }
+
+    #[test]
+    fn mtime_seconds_rounds_the_source_only() {
+        type Time = (i64, u32);
+        // (source, image, compare equal)
+        let cases: &[(Time, Time, bool)] = &[
+            ((10, 499_999_999), (10, 0), true),
+            ((10, 500_000_000), (11, 0), true),
+            ((10, 500_000_000), (10, 0), false),
+            ((10, 0), (10, 1), false),
+        ];
+        let opts = Options {
+            mtime_seconds: true,
+        };
+        for &(src, img, same) in cases {
+            let (mut source, mut image) = (
+                Mem::default().file("/f", b"x"),
+                Mem::default().file("/f", b"x"),
+            );
+            source.edit("/f", |f, _| (f.mtime, f.mtime_nsec) = src);
+            image.edit("/f", |f, _| (f.mtime, f.mtime_nsec) = img);
+            let report = compare_with(&source, &image, opts).unwrap();
+            assert_eq!(report.identical(), same, "{src:?} against {img:?}");
+        }
+    }
+
+    /// Lower layer of the whiteout tests: "/k" and "/k2" are one inode.
+    fn lower() -> Mem {
+        Mem::default()
+            .dir("/")
+            .file("/a", b"a")
+            .dir("/d")
+            .file("/d/x", b"lower x")
+            .dir("/o")
+            .file("/o/y", b"y")
+            .dir("/t")
+            .file("/t/inside", b"i")
+            .hard_links(&["/k", "/k2"], b"k", 1)
+    }
+
+    #[test]
+    fn overlay_applies_whiteouts_opaque_dirs_and_replacements() {
+        let whiteout = |m: Mem, p: &str| m.node(p, libc::S_IFCHR, 0);
+        let cases: Vec<(&str, Whiteouts, Mem, &[&str])> = vec![
+            (
+                "oci",
+                Whiteouts::Oci,
+                Mem::default()
+                    .dir("/")
+                    .file("/.wh.a", b"")
+                    .file("/.wh.k2", b"")
+                    .dir("/o")
+                    .file("/o/.wh..wh..opq", b"")
+                    .file("/o/z", b"z")
+                    .file("/t", b"now a file")
+                    .file("/d/x", b"upper x"),
+                &["/", "/d", "/d/x", "/k", "/o", "/o/z", "/t"],
+            ),
+            (
+                "overlayfs",
+                Whiteouts::Overlayfs,
+                whiteout(whiteout(Mem::default().dir("/"), "/a"), "/k2")
+                    .dir("/o")
+                    .xattr("/o", "trusted.overlay.opaque", b"y")
+                    .file("/o/z", b"z")
+                    .node("/dev-not-whiteout", libc::S_IFCHR, libc::makedev(1, 3))
+                    .file("/t", b"now a file")
+                    .file("/d/x", b"upper x"),
+                &[
+                    "/",
+                    "/d",
+                    "/d/x",
+                    "/dev-not-whiteout",
+                    "/k",
+                    "/o",
+                    "/o/z",
+                    "/t",
+                ],
+            ),
+            (
+                "no whiteouts",
+                Whiteouts::None,
+                Mem::default()
+                    .dir("/")
+                    .file("/.wh.a", b"")
+                    .dir("/o")
+                    .file("/o/.wh..wh..opq", b""),
+                &[
+                    "/",
+                    "/.wh.a",
+                    "/a",
+                    "/d",
+                    "/d/x",
+                    "/k",
+                    "/k2",
+                    "/o",
+                    "/o/.wh..wh..opq",
+                    "/o/y",
+                    "/t",
+                    "/t/inside",
+                ],
+            ),
+        ];
+        for (name, spec, upper, want) in cases {
+            let lower = lower();
+            let overlay = OverlayTree::new(vec![&lower, &upper], spec);
+            let merged = overlay.scan().unwrap();
+            let paths: Vec<String> = merged
+                .keys()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            assert_eq!(paths, *want, "{name}");
+            let k = &merged[&b"/k"[..]];
+            if spec == Whiteouts::None {
+                assert_eq!((k.nlink, k.link_key.is_some()), (2, true), "{name}");
+                continue;
+            }
+            // The surviving name of a hard-link pair is a plain file now.
+            assert_eq!((k.nlink, k.link_key), (1, None), "{name}");
+            // An opaque marker leaves no xattr behind.
+            assert!(merged[&b"/o"[..]].xattrs.is_empty(), "{name}");
+            // Content comes from the layer that provides the entry.
+            let mut x = Vec::new();
+            overlay.open(b"/d/x").unwrap().read_to_end(&mut x).unwrap();
+            assert_eq!(x, b"upper x", "{name}");
+            // The merged tree compares like any other.
+            let mut expected = Mem::default();
+            for p in want {
+                let from = if upper.0.contains_key(p.as_bytes()) {
+                    &upper
+                } else {
+                    &lower
+                };
+                let (mut f, c) = from.0[p.as_bytes()].clone();
+                if *p == "/k" {
+                    (f.nlink, f.link_key) = (1, None);
+                }
+                f.xattrs.remove(OPAQUE_XATTR);
+                expected = expected.put(p, f, &c);
+            }
+            let report = compare(&overlay, &expected).unwrap();
+            assert!(report.identical(), "{name}: {:?}", report.differences);
+            assert_eq!(expected.paths(), *want);
+        }
     }
 }

@@ -398,3 +398,358 @@ fn dir_data(
     }
     out
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::builder::tree::tests::Sketch;
+    use crate::format::v6::inode::decode_dirents;
+    use crate::format::v6::tables::blob_features;
+    use crate::reader::Image;
+    use crate::storage::blobs::BlobSource;
+
+    const CHUNK_SIZE: u32 = 0x1000;
+
+    /// The bootstrap of `tree` without file data: files are all holes.
+    pub(crate) fn bootstrap_of(tree: &Tree) -> Vec<u8> {
+        let file_chunks = vec![Vec::new(); tree.nodes.len()];
+        let input = BootstrapInput {
+            tree,
+            file_chunks: &file_chunks,
+            chunks: &[],
+            blobs: &[],
+        };
+        write(&input, options())
+    }
+
+    fn options() -> BootstrapOptions {
+        BootstrapOptions {
+            chunk_size: CHUNK_SIZE,
+            compressor: Compressor::Zstd,
+            digester: Digester::Blake3,
+        }
+    }
+
+    pub(crate) fn open(bytes: Vec<u8>) -> Image {
+        Image::from_bytes("test.boot".as_ref(), bytes, BlobSource::None).expect("opens")
+    }
+
+    /// Names of the big directory: long enough that it takes several blocks.
+    fn big_name(i: usize) -> String {
+        format!("entry-{i:04}-{}", "n".repeat(i % 50))
+    }
+
+    /// One of each kind of entry, names that sort around "." and "..", symlinks inline and
+    /// not, a directory of several blocks, xattrs, a hard link and a file of 3 chunks.
+    struct Sample {
+        tree: Tree,
+        file_chunks: Vec<Vec<u32>>,
+        chunks: Vec<ChunkInfo>,
+        blobs: Vec<BlobEntry>,
+    }
+
+    fn sample() -> Sample {
+        let mut s = Sketch::new();
+        s.file(0, "!bang", 0);
+        s.add(0, b"-dash", Kind::Fifo, 0o600);
+        let a = s.file(0, "a", 2 * CHUNK_SIZE as u64 + 10);
+        let big = s.dir(0, "big");
+        for i in 0..300 {
+            s.file(big, &big_name(i), 0);
+        }
+        let dev = s.add(0, b"dev", Kind::CharDevice, 0o620);
+        s.node(dev).rdev = libc::makedev(8, 1);
+        s.symlink(0, "link", b"a");
+        s.symlink(0, "mid", &[b'm'; 4000]);
+        s.symlink(0, "long", &[b'l'; 4095]);
+        s.hard_link(0, "hl", a);
+        let x = s.file(0, "x", 0);
+        let node = s.node(x);
+        node.xattrs = vec![
+            (b"trusted.t".to_vec(), b"t".to_vec()),
+            (b"user.k".to_vec(), b"value".to_vec()),
+        ];
+        (node.uid, node.gid, node.mode) = (100_000, 4_000_000_000, libc::S_IFREG | 0o4755);
+        (node.mtime, node.mtime_nsec) = (4_102_444_800, 999_999_999);
+        let mut file_chunks = vec![Vec::new(); s.tree.nodes.len()];
+        file_chunks[a] = vec![0, 1, 2];
+        let chunks = (0..3u32)
+            .map(|i| ChunkInfo {
+                digest: [i as u8; 32],
+                blob_index: 0,
+                compressed: true,
+                compressed_size: 100,
+                uncompressed_size: if i < 2 { CHUNK_SIZE } else { 10 },
+                compressed_offset: i as u64 * 100,
+                uncompressed_offset: i as u64 * BLOCK_SIZE,
+                file_offset: i as u64 * CHUNK_SIZE as u64,
+                index: i,
+            })
+            .collect();
+        let blobs = vec![BlobEntry {
+            blob_id: "ab".repeat(32),
+            chunk_size: CHUNK_SIZE,
+            chunk_count: 3,
+            compressor: Compressor::Zstd,
+            digester: Digester::Blake3,
+            features: blob_features::ALIGNED,
+            compressed_size: 300,
+            uncompressed_size: 3 * BLOCK_SIZE,
+            toc_size: 0,
+            ci_compressor: Compressor::None,
+            ci_offset: 300,
+            ci_compressed_size: 48,
+            ci_uncompressed_size: 48,
+            toc_digest: [0; 32],
+        }];
+        Sample {
+            tree: s.tree,
+            file_chunks,
+            chunks,
+            blobs,
+        }
+    }
+
+    fn write_sample(sample: &Sample) -> Vec<u8> {
+        write(
+            &BootstrapInput {
+                tree: &sample.tree,
+                file_chunks: &sample.file_chunks,
+                chunks: &sample.chunks,
+                blobs: &sample.blobs,
+            },
+            options(),
+        )
+    }
+
+    #[test]
+    fn a_written_tree_reads_back_entry_by_entry() {
+        let sample = sample();
+        let bytes = write_sample(&sample);
+        assert_eq!(bytes.len() % BLOCK_SIZE as usize, 0);
+        let image = open(bytes);
+        let sb = image.super_block();
+        // The blob table takes block 1, inodes start at block 2: the root is nid 128.
+        assert_eq!((sb.root_nid, sb.meta_blkaddr), (128, 1));
+        assert_eq!(sb.inodes, sample.tree.inode_count() as u64);
+        assert_eq!(sb.blob_table_offset, BLOCK_SIZE);
+        assert_eq!(image.blobs(), &sample.blobs[..]);
+        assert_eq!(image.chunk_table().collect::<Vec<_>>(), sample.chunks);
+        assert_eq!(sb.chunk_table_offset % BLOCK_SIZE, 0);
+
+        // Every node, found by its path, has its metadata and contents.
+        let tree = &sample.tree;
+        let mut seen = 0;
+        for (id, node) in tree.nodes.iter().enumerate() {
+            let path = tree.image_path(id);
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            let nid = image.resolve(&path).unwrap().expect(&shown);
+            let first = node.hardlink_of.unwrap_or(id);
+            let st = image.stat(nid).unwrap();
+            assert_eq!(st.mode, node.mode, "{shown}");
+            assert_eq!((st.uid, st.gid), (node.uid, node.gid), "{shown}");
+            assert_eq!((st.mtime, st.mtime_nsec), (node.mtime, node.mtime_nsec));
+            assert_eq!(st.nlink, tree.nodes[first].nlink, "{shown}");
+            assert_eq!(st.rdev, node.rdev, "{shown}");
+            assert_eq!(image.xattrs(nid).unwrap(), node.xattrs, "{shown}");
+            match &node.kind {
+                Kind::Symlink(target) => {
+                    assert_eq!(&image.readlink(nid).unwrap(), target, "{shown}");
+                    assert_eq!(st.size, target.len() as u64);
+                }
+                Kind::File => assert_eq!(st.size, node.size, "{shown}"),
+                Kind::Dir(children) => {
+                    let names: Vec<Vec<u8>> = image
+                        .read_dir(nid)
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| e.name)
+                        .collect();
+                    let want: Vec<Vec<u8>> = children
+                        .iter()
+                        .map(|&c| tree.nodes[c].name.clone())
+                        .collect();
+                    assert_eq!(names, want, "{shown}: entries in name order");
+                }
+                _ => assert_eq!(st.size, 0, "{shown}"),
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 311);
+        let mut walked = 0;
+        image
+            .walk(|_, _| {
+                walked += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(walked, seen);
+        let a = image.resolve(b"/a").unwrap().unwrap();
+        assert_eq!(
+            image.resolve(b"/hl").unwrap(),
+            Some(a),
+            "one inode, two names"
+        );
+        let addrs: Vec<_> = image.chunk_addrs(a).unwrap();
+        let want: Vec<_> = (0..3u32)
+            .map(|i| {
+                Some(ChunkAddr {
+                    blob_index: 0,
+                    chunk_index: i,
+                    block_addr: i,
+                })
+            })
+            .collect();
+        assert_eq!(addrs, want);
+        assert_eq!(image.resolve(b"/big/absent").unwrap(), None);
+        assert_eq!(image.resolve(b"/a/under-a-file").ok().flatten(), None);
+    }
+
+    #[test]
+    fn dirents_sort_by_bytes_with_dot_and_dotdot() {
+        let bytes = write_sample(&sample());
+        let image = open(bytes.clone());
+        let root = image.inode(image.root()).unwrap();
+        assert_eq!(root.inode.layout, DataLayout::FlatInline);
+        let at = root.body_offset as usize;
+        let data = &bytes[at..at + root.inode.size as usize];
+        let entries = decode_dirents(data, root.body_offset).unwrap();
+        let names: Vec<&[u8]> = entries.iter().map(|e| e.0).collect();
+        let want: [&[u8]; 12] = [
+            b"!bang", b"-dash", b".", b"..", b"a", b"big", b"dev", b"hl", b"link", b"long", b"mid",
+            b"x",
+        ];
+        assert_eq!(names, want);
+        // "." and ".." of the root are the root.
+        assert_eq!((entries[2].1, entries[3].1), (128, 128));
+        // File types as EROFS codes them.
+        let types: Vec<u8> = entries.iter().map(|e| e.2).collect();
+        assert_eq!(types, [1, 5, 2, 2, 1, 2, 3, 1, 7, 7, 7, 1]);
+    }
+
+    #[test]
+    fn data_goes_inline_when_it_fits_with_the_inode() {
+        let image = open(write_sample(&sample()));
+        // (path, layout, whole blocks outside the inode area)
+        let cases: &[(&[u8], DataLayout, u64)] = &[
+            (b"/", DataLayout::FlatInline, 0),
+            (b"/link", DataLayout::FlatInline, 0),
+            (b"/mid", DataLayout::FlatInline, 0),
+            (b"/long", DataLayout::FlatPlain, 1),
+            (b"/a", DataLayout::ChunkBased, 0),
+            (b"/big", DataLayout::FlatInline, 3),
+        ];
+        for &(path, layout, blocks) in cases {
+            let shown = String::from_utf8_lossy(path);
+            let nid = image.resolve(path).unwrap().unwrap();
+            let v = image.inode(nid).unwrap();
+            assert_eq!(v.inode.layout, layout, "{shown}");
+            assert!(v.inode.extended, "{shown}: extended inodes only");
+            assert_eq!(v.offset % SLOT_SIZE, 0, "{shown}");
+            let size = v.inode.size;
+            let (outside, inline) = match layout {
+                DataLayout::FlatPlain => (size.div_ceil(BLOCK_SIZE), 0),
+                DataLayout::FlatInline => (size / BLOCK_SIZE, size % BLOCK_SIZE),
+                DataLayout::ChunkBased => (0, 0),
+            };
+            assert_eq!(outside, blocks, "{shown}");
+            if layout != DataLayout::ChunkBased {
+                // The inode, its xattrs and any inline tail stay in one block.
+                let end = v.body_offset + inline;
+                assert_eq!(v.offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE, "{shown}");
+            }
+            if blocks > 0 {
+                // Whole blocks live after the inodes, before the chunk table.
+                let at = v.inode.u as u64 * BLOCK_SIZE;
+                assert!(at > v.offset, "{shown}");
+                assert!(at + blocks * BLOCK_SIZE <= image.super_block().chunk_table_offset);
+            }
+        }
+    }
+
+    #[test]
+    fn directories_split_into_blocks_that_each_fit() {
+        let mut s = Sketch::new();
+        let d = s.dir(0, "d");
+        for i in 0..300 {
+            s.file(d, &big_name(i), 0);
+        }
+        let entries = dir_entries(&s.tree, d);
+        let blocks = dir_blocks(&entries);
+        assert!(blocks.len() >= 4, "{} blocks", blocks.len());
+        let used = |r: &std::ops::Range<usize>| -> usize {
+            entries[r.clone()]
+                .iter()
+                .map(|(n, _)| DIRENT_SIZE + n.len())
+                .sum()
+        };
+        for (i, r) in blocks.iter().enumerate() {
+            assert!(used(r) <= BLOCK_SIZE as usize, "block {i}");
+            if let Some(next) = entries.get(r.end) {
+                // Greedy: the next entry would not have fitted.
+                let more = used(r) + DIRENT_SIZE + next.0.len();
+                assert!(more > BLOCK_SIZE as usize, "block {i}");
+            }
+        }
+        assert_eq!(blocks.first().unwrap().start, 0);
+        assert_eq!(blocks.last().unwrap().end, entries.len());
+        let inode_of: Vec<usize> = (0..s.tree.nodes.len()).collect();
+        let data = dir_data(&s.tree, d, &inode_of, &|i| i as u64);
+        assert_eq!(data.len(), dir_data_len(&s.tree, d));
+        let (full, tail) = data.split_at((blocks.len() - 1) * BLOCK_SIZE as usize);
+        let mut names = Vec::new();
+        for (i, block) in full.chunks(BLOCK_SIZE as usize).chain([tail]).enumerate() {
+            for (name, nid, _) in decode_dirents(block, i as u64).unwrap() {
+                names.push((name.to_vec(), nid));
+            }
+        }
+        let want: Vec<(Vec<u8>, u64)> = entries
+            .iter()
+            .map(|(n, id)| (n.to_vec(), *id as u64))
+            .collect();
+        assert_eq!(names, want);
+    }
+
+    /// File inodes are packed as upstream packs them, some across a block boundary
+    /// (EROFS reads those in two pieces); their 8-byte chunk indexes never straddle one.
+    #[test]
+    fn file_inodes_pack_across_block_boundaries() {
+        let mut s = Sketch::new();
+        for i in 0..400u64 {
+            // 0 to 3 chunks: records of 64, 72, 80 or 88 bytes.
+            s.file(0, &format!("f{i:03}"), (i % 4) * CHUNK_SIZE as u64);
+        }
+        let image = open(bootstrap_of(&s.tree));
+        let mut crossing = 0;
+        for entry in image.read_dir(image.root()).unwrap() {
+            let v = image.inode(entry.nid).unwrap();
+            let chunks = v.inode.size.div_ceil(CHUNK_SIZE as u64);
+            let table = v.body_offset.next_multiple_of(8);
+            let end = table + chunks * 8;
+            crossing += (v.offset / BLOCK_SIZE != (end - 1) / BLOCK_SIZE) as usize;
+            assert_eq!(table % 8, 0);
+            let addrs = image.chunk_addrs(entry.nid).unwrap();
+            assert_eq!(addrs, vec![None; chunks as usize], "holes only");
+        }
+        assert!(crossing > 0, "no file inode crosses a block");
+    }
+
+    #[test]
+    fn slots_keep_records_in_a_block_and_fill_gaps_later() {
+        let mut slots = SlotAllocator::new(0);
+        // (record length, bytes that must not cross a block, expected offset)
+        let steps = [
+            (4064, 4064, 0),
+            (64, 64, 4096),  // would cross: next block, gap 4064..4096 remembered
+            (32, 32, 4064),  // fills the gap
+            (100, 0, 4160),  // files may cross
+            (4000, 0, 4288), // ... and do
+            (64, 64, 8288),
+            (5000, 5000, 8352), // longer than a block: cannot help crossing
+        ];
+        for (i, &(len, unbroken, want)) in steps.iter().enumerate() {
+            assert_eq!(slots.alloc(len, unbroken), want, "step {i}");
+        }
+        assert_eq!(slots.end, (8352u64 + 5000).next_multiple_of(SLOT_SIZE));
+    }
+}

@@ -420,3 +420,281 @@ impl DeviceSlot {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bootstrap size the sample superblock describes.
+    const FILE_SIZE: u64 = 16 * BLOCK_SIZE;
+
+    fn sample() -> SuperBlock {
+        SuperBlock {
+            root_nid: 128,
+            inodes: 10,
+            blocks: 3,
+            meta_blkaddr: 1,
+            extra_devices: 1,
+            flags: flags::COMPRESSION_ZSTD
+                | flags::HASH_BLAKE3
+                | flags::EXPLICIT_UID_GID
+                | flags::HAS_XATTR,
+            compressor: Compressor::Zstd,
+            digester: Digester::Blake3,
+            chunk_size: 0x10_0000,
+            blob_table_offset: BLOCK_SIZE,
+            blob_table_size: 256,
+            chunk_table_offset: 3 * BLOCK_SIZE,
+            chunk_table_size: 160,
+            prefetch_table_offset: 0,
+            prefetch_table_size: 0,
+        }
+    }
+
+    /// The first block of a bootstrap holding `sb`.
+    fn block_of(sb: &SuperBlock) -> Vec<u8> {
+        let (a, b) = sb.encode();
+        let mut block = vec![0u8; BLOCK_SIZE as usize];
+        block[1024..1152].copy_from_slice(&a);
+        block[1152..1408].copy_from_slice(&b);
+        block
+    }
+
+    fn put(block: &mut [u8], at: usize, bytes: &[u8]) {
+        block[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    #[test]
+    fn round_trips_and_lays_out_fields_where_erofs_expects_them() {
+        let variants = [
+            sample(),
+            SuperBlock {
+                flags: flags::COMPRESSION_LZ4 | flags::HASH_SHA256,
+                compressor: Compressor::Lz4Block,
+                digester: Digester::Sha256,
+                chunk_size: 0x1000,
+                chunk_table_offset: 0,
+                chunk_table_size: 0,
+                ..sample()
+            },
+            SuperBlock {
+                flags: flags::COMPRESSION_NONE | flags::HASH_BLAKE3,
+                compressor: Compressor::None,
+                chunk_size: MAX_CHUNK_SIZE as u32,
+                prefetch_table_offset: 4 * BLOCK_SIZE,
+                prefetch_table_size: 12,
+                root_nid: u16::MAX,
+                inodes: u64::MAX,
+                ..sample()
+            },
+        ];
+        for sb in variants {
+            let block = block_of(&sb);
+            assert_eq!(SuperBlock::decode(&block, FILE_SIZE), Ok(sb.clone()));
+            // Fixed fields, at the offsets of `struct erofs_super_block`.
+            assert_eq!(block[1024..1028], EROFS_MAGIC.to_le_bytes());
+            assert_eq!(block[1032..1036], FEATURE_COMPAT_RAFS_V6.to_le_bytes());
+            assert_eq!(block[1036], 12, "blkszbits");
+            assert_eq!(block[1038..1040], sb.root_nid.to_le_bytes());
+            assert_eq!(block[1040..1048], sb.inodes.to_le_bytes());
+            assert_eq!(block[1064..1068], sb.meta_blkaddr.to_le_bytes());
+            assert_eq!(block[1104..1108], 12u32.to_le_bytes(), "incompat");
+            assert_eq!(block[1110..1112], sb.extra_devices.to_le_bytes());
+            assert_eq!(block[1112..1114], 11u16.to_le_bytes(), "devt_slotoff");
+            assert_eq!(block[1152..1160], sb.flags.to_le_bytes());
+            assert_eq!(block[1172..1176], sb.chunk_size.to_le_bytes());
+            // Nothing else is written in the block.
+            assert!(block[..1024].iter().all(|&b| b == 0));
+            assert!(block[1408..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn refuses_each_bad_field_naming_its_offset() {
+        type Edit = fn(&mut Vec<u8>);
+        let cases: &[(&str, Edit, u64, &str)] = &[
+            ("magic", |b| put(b, 1024, &[0; 4]), 1024, "magic 0x00000000"),
+            ("block size", |b| b[1036] = 9, 1036, "block size bits 9"),
+            (
+                "no RAFS v6 bit",
+                |b| put(b, 1032, &0u32.to_le_bytes()),
+                1032,
+                "lack the RAFS v6 bit",
+            ),
+            (
+                "unknown incompat feature",
+                |b| put(b, 1104, &0x1fu32.to_le_bytes()),
+                1104,
+                "incompat features 0x1f",
+            ),
+            (
+                "device table elsewhere",
+                |b| put(b, 1112, &12u16.to_le_bytes()),
+                1112,
+                "slot offset 12",
+            ),
+            (
+                "shared xattrs",
+                |b| put(b, 1068, &1u32.to_le_bytes()),
+                1068,
+                "shared xattr",
+            ),
+            (
+                "no inodes",
+                |b| put(b, 1040, &0u64.to_le_bytes()),
+                1040,
+                "inode count is 0",
+            ),
+            (
+                "metadata past the end",
+                |b| put(b, 1064, &16u32.to_le_bytes()),
+                1064,
+                "metadata block 16",
+            ),
+            (
+                "two compressors",
+                |b| b[1152] |= flags::COMPRESSION_LZ4 as u8,
+                1152,
+                "no single compressor",
+            ),
+            (
+                "no digester",
+                |b| b[1152] &= !(flags::HASH_BLAKE3 as u8),
+                1152,
+                "no single digester",
+            ),
+            (
+                "chunk size not a power of two",
+                |b| put(b, 1172, &0x3000u32.to_le_bytes()),
+                1172,
+                "chunk size 0x3000",
+            ),
+            (
+                "chunk size below a block",
+                |b| put(b, 1172, &0x800u32.to_le_bytes()),
+                1172,
+                "chunk size 0x800",
+            ),
+            (
+                "chunk size above 16 MiB",
+                |b| put(b, 1172, &0x200_0000u32.to_le_bytes()),
+                1172,
+                "chunk size 0x2000000",
+            ),
+            (
+                "blob table past the end",
+                |b| put(b, 1160, &(FILE_SIZE - 128).to_le_bytes()),
+                1160,
+                "blob table",
+            ),
+            (
+                "blob table offset overflows",
+                |b| put(b, 1160, &u64::MAX.to_le_bytes()),
+                1160,
+                "blob table",
+            ),
+            (
+                "blob table in the superblock's block",
+                |b| put(b, 1160, &1024u64.to_le_bytes()),
+                1160,
+                "blob table at 0x400",
+            ),
+            (
+                "blob table of a partial entry",
+                |b| put(b, 1168, &300u32.to_le_bytes()),
+                1168,
+                "multiple of 256",
+            ),
+            (
+                "chunk table past the end",
+                |b| put(b, 1184, &FILE_SIZE.to_le_bytes()),
+                1176,
+                "chunk table",
+            ),
+            (
+                "chunk table of a partial entry",
+                |b| put(b, 1184, &100u64.to_le_bytes()),
+                1184,
+                "multiple of 80",
+            ),
+            (
+                "prefetch table past the end",
+                |b| {
+                    put(b, 1192, &(FILE_SIZE - 4).to_le_bytes());
+                    put(b, 1200, &8u32.to_le_bytes());
+                },
+                1192,
+                "prefetch table",
+            ),
+        ];
+        for (name, edit, offset, says) in cases {
+            let mut block = block_of(&sample());
+            edit(&mut block);
+            match SuperBlock::decode(&block, FILE_SIZE) {
+                Err(FormatError::Invalid { offset: at, what }) => {
+                    assert_eq!(at, *offset, "{name}: {what}");
+                    assert!(what.contains(says), "{name}: {what:?} lacks {says:?}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_file_or_block_is_truncated() {
+        let block = block_of(&sample());
+        for (len, file_size) in [(4096, 4095), (4095, FILE_SIZE), (0, 0)] {
+            assert!(
+                matches!(
+                    SuperBlock::decode(&block[..len], file_size),
+                    Err(FormatError::Truncated { offset: 0, .. })
+                ),
+                "{len} bytes of a {file_size} byte file"
+            );
+        }
+    }
+
+    #[test]
+    fn device_slots_round_trip_and_refuse_bad_ids() {
+        let slot = DeviceSlot {
+            blob_id: "0123456789abcdef".repeat(4),
+            blocks: 77,
+        };
+        let bytes = slot.encode();
+        assert_eq!(bytes[64..68], 77u32.to_le_bytes());
+        assert_eq!(DeviceSlot::decode(&bytes, 1408), Ok(slot));
+        let short = DeviceSlot {
+            blob_id: "short-id".into(),
+            blocks: 1,
+        };
+        assert_eq!(DeviceSlot::decode(&short.encode(), 0), Ok(short));
+        type Edit = fn(&mut [u8; 128]);
+        let cases: &[(&str, Edit)] = &[
+            ("empty id", |b| b[..64].fill(0)),
+            ("byte after the NUL padding", |b| {
+                b[10] = 0;
+                b[20] = b'x';
+            }),
+            ("control character", |b| b[3] = b'\n'),
+        ];
+        for (name, edit) in cases {
+            let mut bytes = DeviceSlot {
+                blob_id: "ab".repeat(32),
+                blocks: 1,
+            }
+            .encode();
+            edit(&mut bytes);
+            assert!(
+                matches!(
+                    DeviceSlot::decode(&bytes, 1536),
+                    Err(FormatError::Invalid { offset: 1536, .. })
+                ),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            DeviceSlot::decode(&[0; 100], 1408),
+            Err(FormatError::Truncated { need: 128, .. })
+        ));
+    }
+}
