@@ -12,14 +12,14 @@ use nydus_fuse::{Attr, Bytes, Entry, FsStats, ReadOnlyFs};
 use nydus_verify::{Facts, Tree};
 
 use crate::error::Chain;
-use crate::format::v6::BLOCK_SIZE;
+use crate::format::v6::{Nid, BLOCK_SIZE};
 use crate::reader::{Image, ReadError, SharedRead};
 
 /// An image served over FUSE.
 pub struct ImageFs {
     image: Image,
     /// Paths already found for inodes named in log messages (only failures look).
-    paths: Mutex<HashMap<u64, String>>,
+    paths: Mutex<HashMap<Nid, String>>,
 }
 
 /// Directories searched, at most, to name an inode in a log message.
@@ -36,7 +36,7 @@ impl ImageFs {
 
     /// The path of `nid` for a log message: found by walking the tree from the root, on
     /// failures only, so serving keeps no name table in memory.
-    fn path_of(&self, nid: u64) -> String {
+    fn path_of(&self, nid: Nid) -> String {
         if let Some(p) = self.paths.lock().expect("paths lock").get(&nid) {
             return p.clone();
         }
@@ -49,7 +49,7 @@ impl ImageFs {
     }
 
     /// Breadth-first search for an entry naming `nid`; `None` if not found (or damaged).
-    fn search(&self, nid: u64) -> Option<String> {
+    fn search(&self, nid: Nid) -> Option<String> {
         let root = self.image.root();
         if nid == root {
             return Some("/".into());
@@ -76,7 +76,7 @@ impl ImageFs {
         None
     }
 
-    fn fail(&self, nid: u64, what: &str, e: ReadError) -> i32 {
+    fn fail(&self, nid: Nid, what: &str, e: ReadError) -> i32 {
         log::error!("{}: {what}: {}", self.path_of(nid), Chain(&e));
         match e {
             ReadError::Request(_) => libc::EINVAL,
@@ -84,13 +84,13 @@ impl ImageFs {
         }
     }
 
-    fn attr(&self, nid: u64) -> Result<Attr, i32> {
+    fn attr(&self, nid: Nid) -> Result<Attr, i32> {
         let st = self
             .image
             .stat(nid)
             .map_err(|e| self.fail(nid, "stat", e))?;
         Ok(Attr {
-            id: nid,
+            id: nid.0,
             mode: st.mode,
             nlink: st.nlink,
             uid: st.uid,
@@ -105,14 +105,15 @@ impl ImageFs {
 
 impl ReadOnlyFs for ImageFs {
     fn root(&self) -> u64 {
-        self.image.root()
+        self.image.root().0
     }
 
     fn getattr(&self, id: u64) -> Result<Attr, i32> {
-        self.attr(id)
+        self.attr(Nid(id))
     }
 
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, i32> {
+        let parent = Nid(parent);
         match self.image.lookup(parent, name) {
             Ok(Some(nid)) => self.attr(nid),
             Ok(None) => Err(libc::ENOENT),
@@ -121,6 +122,7 @@ impl ReadOnlyFs for ImageFs {
     }
 
     fn readdir(&self, id: u64) -> Result<Vec<Entry>, i32> {
+        let id = Nid(id);
         let entries = self
             .image
             .read_dir(id)
@@ -140,7 +142,7 @@ impl ReadOnlyFs for ImageFs {
                 };
                 Entry {
                     name: e.name,
-                    id: e.nid,
+                    id: e.nid.0,
                     kind,
                 }
             })
@@ -148,6 +150,7 @@ impl ReadOnlyFs for ImageFs {
     }
 
     fn read(&self, id: u64, offset: u64, size: u32) -> Result<Bytes, i32> {
+        let id = Nid(id);
         let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
         if let SharedRead::Shared(buf, range) = self
             .image
@@ -163,12 +166,14 @@ impl ReadOnlyFs for ImageFs {
     }
 
     fn readlink(&self, id: u64) -> Result<Vec<u8>, i32> {
+        let id = Nid(id);
         self.image
             .readlink(id)
             .map_err(|e| self.fail(id, "readlink", e))
     }
 
     fn listxattr(&self, id: u64) -> Result<Vec<Vec<u8>>, i32> {
+        let id = Nid(id);
         let pairs = self
             .image
             .xattrs(id)
@@ -177,6 +182,7 @@ impl ReadOnlyFs for ImageFs {
     }
 
     fn getxattr(&self, id: u64, name: &[u8]) -> Result<Vec<u8>, i32> {
+        let id = Nid(id);
         let pairs = self
             .image
             .xattrs(id)
@@ -236,7 +242,7 @@ impl Tree for ImageTree<'_> {
                             None
                         },
                         xattrs: image.xattrs(nid)?.into_iter().collect(),
-                        link_key: (!is_dir && st.nlink > 1).then_some(nid),
+                        link_key: (!is_dir && st.nlink > 1).then_some(nid.0),
                     },
                 );
                 Ok(())
@@ -261,7 +267,7 @@ impl Tree for ImageTree<'_> {
 
 struct ImageFile<'a> {
     image: &'a Image,
-    nid: u64,
+    nid: Nid,
     offset: u64,
 }
 

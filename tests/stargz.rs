@@ -293,9 +293,7 @@ fn default_chunk_size_and_big_files() {
     let image = Image::open(&boot, BlobSource::Dir(blobs.clone())).unwrap();
     let nid = image.resolve(b"/random").unwrap().unwrap();
     let addr = image.chunk_addrs(nid).unwrap()[0].unwrap();
-    let info = image
-        .chunk_info(addr.blob_index as u32, addr.chunk_index)
-        .unwrap();
+    let info = image.chunk_info(addr.blob(), addr.chunk()).unwrap();
     assert_eq!(info.compressed_size, 40);
     let o = verify(&boot, &blobs, "library", &[&one]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::overlay::Entry;
 use super::tree::{FileData, Kind, Node};
 use super::BuildError;
-use crate::reader::{Image, ReadError, MAX_DEPTH};
+use crate::reader::{Image, Nid, ReadError, MAX_DEPTH};
 
 fn read_err(path: &Path, source: ReadError) -> BuildError {
     BuildError::ParentRead {
@@ -27,7 +27,7 @@ pub fn load(image: &Image, layer: u32) -> Result<Entry, BuildError> {
 fn load_entry(
     image: &Image,
     boot: &Path,
-    nid: u64,
+    nid: Nid,
     name: Vec<u8>,
     shown: PathBuf,
     layer: u32,
@@ -78,15 +78,15 @@ fn load_entry(
                         shown.display()
                     ),
                 })?;
-                let info = image
-                    .chunk_info(addr.blob_index as u32, addr.chunk_index)
-                    .ok_or_else(|| BuildError::Parent {
+                let info = image.chunk_info(addr.blob(), addr.chunk()).ok_or_else(|| {
+                    BuildError::Parent {
                         path: boot.to_path_buf(),
                         what: format!(
                             "{}: chunk {i} is missing from the chunk table",
                             shown.display()
                         ),
-                    })?;
+                    }
+                })?;
                 chunks.push(info);
             }
             data = FileData::Chunks(chunks);
@@ -124,7 +124,7 @@ fn load_entry(
     let linked = fmt != libc::S_IFDIR && st.nlink > 1;
     Ok(Entry {
         node,
-        link: linked.then_some((layer, nid)),
+        link: linked.then_some((layer, nid.0)),
         children,
     })
 }

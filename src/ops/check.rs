@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::format::v6::super_block::flags;
 use crate::format::v6::tables::blob_features;
-use crate::reader::{Image, ReadError};
+use crate::reader::{Image, Nid, ReadError};
 
 /// One blob as `check` reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -34,7 +34,7 @@ pub struct EntryReport {
     /// Path in the image.
     pub path: String,
     /// nid.
-    pub nid: u64,
+    pub nid: Nid,
     /// Mode bits.
     pub mode: u32,
     /// Size.
@@ -140,7 +140,7 @@ pub fn check(image: &Image, verbose: bool) -> Result<CheckReport, ReadError> {
                         )));
                     }
                     let want = (st.size - i as u64 * chunk_size).min(chunk_size);
-                    match image.chunk_info(addr.blob_index as u32, addr.chunk_index) {
+                    match image.chunk_info(addr.blob(), addr.chunk()) {
                         Some(info) if info.uncompressed_size as u64 == want => {}
                         Some(info) => {
                             return Err(ReadError::Request(format!(

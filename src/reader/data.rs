@@ -14,6 +14,7 @@ const KEPT_WINDOWS: usize = 4;
 
 use super::{Image, ReadError};
 use crate::format::v6::inode::ChunkAddr;
+use crate::format::v6::Nid;
 use crate::storage::compress;
 
 /// What [`Image::read_shared`] found for a range of a file.
@@ -71,7 +72,7 @@ impl Image {
                 what: format!("chunk index names blob {blob} of {}", self.blobs.len()),
             }));
         }
-        let info = self.chunk_info(key.0, key.1).ok_or_else(|| {
+        let info = self.chunk_info(addr.blob(), addr.chunk()).ok_or_else(|| {
             self.blob_error(
                 blob,
                 format!(
@@ -225,7 +226,7 @@ impl Image {
 
     /// Reads up to `buf.len()` bytes of regular file `nid` at `offset`; returns the count
     /// (0 at or past the end). Holes read as zeros.
-    pub fn read(&self, nid: u64, offset: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+    pub fn read(&self, nid: Nid, offset: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
         let table = self.chunk_table_of(nid)?;
         let size = table.size;
         if offset >= size || buf.is_empty() {
@@ -253,7 +254,7 @@ impl Image {
 
     /// The bytes of regular file `nid` at `[offset, offset + len)` (cut at its end), from
     /// the one stored chunk holding them, with no copy: see [`SharedRead`].
-    pub fn read_shared(&self, nid: u64, offset: u64, len: u64) -> Result<SharedRead, ReadError> {
+    pub fn read_shared(&self, nid: Nid, offset: u64, len: u64) -> Result<SharedRead, ReadError> {
         let table = self.chunk_table_of(nid)?;
         let size = table.size;
         if offset >= size || len == 0 {
@@ -273,7 +274,7 @@ impl Image {
     }
 
     /// Reads all of regular file `nid`.
-    pub fn read_all(&self, nid: u64) -> Result<Vec<u8>, ReadError> {
+    pub fn read_all(&self, nid: Nid) -> Result<Vec<u8>, ReadError> {
         let size = self.inode(nid)?.inode.size;
         let mut out = Vec::new();
         let mut offset = 0u64;

@@ -17,6 +17,7 @@
 mod cache;
 mod data;
 
+pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
 pub use data::SharedRead;
 
@@ -27,7 +28,7 @@ use thiserror::Error;
 use crate::format::v6::inode::{self, ChunkAddr, DataLayout, Inode, SLOT_SIZE};
 use crate::format::v6::super_block::{DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
 use crate::format::v6::tables::{BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE};
-use crate::format::v6::BLOCK_SIZE;
+use crate::format::v6::{BlobIndex, ChunkIndex, BLOCK_SIZE};
 use crate::format::FormatError;
 use crate::storage::blobs::{BlobFile, BlobOpenError, BlobSource};
 
@@ -117,7 +118,7 @@ pub struct DirEntry {
     /// Name bytes.
     pub name: Vec<u8>,
     /// Target nid.
-    pub nid: u64,
+    pub nid: Nid,
     /// EROFS file type code.
     pub file_type: u8,
 }
@@ -173,7 +174,7 @@ pub struct Image {
 #[derive(Clone, Debug)]
 pub struct InodeView {
     /// The nid.
-    pub nid: u64,
+    pub nid: Nid,
     /// Decoded fields.
     pub inode: Inode,
     /// Byte offset of the inode.
@@ -362,10 +363,10 @@ impl Image {
     }
 
     /// The chunk table entry for chunk `index` of blob `blob`.
-    pub fn chunk_info(&self, blob: u32, index: u32) -> Option<ChunkInfo> {
+    pub fn chunk_info(&self, blob: BlobIndex, index: ChunkIndex) -> Option<ChunkInfo> {
         let at = self
             .chunks
-            .binary_search_by(|c| (c.0, c.1).cmp(&(blob, index)))
+            .binary_search_by(|c| (c.0, c.1).cmp(&(blob.0, index.0)))
             .ok()?;
         Some(self.decode_chunk(self.chunks[at].2))
     }
@@ -376,8 +377,8 @@ impl Image {
     }
 
     /// The root directory's nid.
-    pub fn root(&self) -> u64 {
-        self.sb.root_nid as u64
+    pub fn root(&self) -> Nid {
+        Nid(self.sb.root_nid as u64)
     }
 
     fn fmt_err(&self, source: FormatError) -> ReadError {
@@ -392,8 +393,9 @@ impl Image {
     }
 
     /// Decodes the inode `nid`.
-    pub fn inode(&self, nid: u64) -> Result<InodeView, ReadError> {
+    pub fn inode(&self, nid: Nid) -> Result<InodeView, ReadError> {
         let offset = nid
+            .0
             .checked_mul(SLOT_SIZE)
             .and_then(|o| o.checked_add(self.sb.meta_blkaddr as u64 * BLOCK_SIZE))
             .filter(|&o| o < self.meta.len() as u64)
@@ -437,12 +439,12 @@ impl Image {
     }
 
     /// Attributes of `nid`.
-    pub fn stat(&self, nid: u64) -> Result<Stat, ReadError> {
+    pub fn stat(&self, nid: Nid) -> Result<Stat, ReadError> {
         let v = self.inode(nid)?;
         let i = &v.inode;
         let kind = i.mode as u32 & libc::S_IFMT;
         Ok(Stat {
-            ino: nid,
+            ino: nid.0,
             mode: i.mode as u32,
             nlink: i.nlink,
             uid: i.uid,
@@ -463,7 +465,7 @@ impl Image {
     }
 
     /// Inline xattrs of `nid`, in stored order.
-    pub fn xattrs(&self, nid: u64) -> Result<inode::Xattrs, ReadError> {
+    pub fn xattrs(&self, nid: Nid) -> Result<inode::Xattrs, ReadError> {
         let v = self.inode(nid)?;
         let size = v.inode.xattr_size();
         if size == 0 {
@@ -526,7 +528,7 @@ impl Image {
 
     /// The blocks of directory `nid`: (bootstrap offset, bytes) each, the last one possibly
     /// short (the inline tail).
-    fn dir_blocks(&self, nid: u64) -> Result<Vec<(u64, &[u8])>, ReadError> {
+    fn dir_blocks(&self, nid: Nid) -> Result<Vec<(u64, &[u8])>, ReadError> {
         let v = self.inode(nid)?;
         if v.inode.mode as u32 & libc::S_IFMT != libc::S_IFDIR {
             return Err(ReadError::Request(format!(
@@ -545,7 +547,7 @@ impl Image {
 
     fn block_entries<'a>(
         &self,
-        nid: u64,
+        nid: Nid,
         at: u64,
         block: &'a [u8],
     ) -> Result<Vec<inode::RawDirent<'a>>, ReadError> {
@@ -565,14 +567,14 @@ impl Image {
     }
 
     /// Entries of directory `nid`, "." and ".." excluded, in stored (name) order.
-    pub fn read_dir(&self, nid: u64) -> Result<Vec<DirEntry>, ReadError> {
+    pub fn read_dir(&self, nid: Nid) -> Result<Vec<DirEntry>, ReadError> {
         let mut out = Vec::new();
         for (at, block) in self.dir_blocks(nid)? {
             for (name, child, ft) in self.block_entries(nid, at, block)? {
                 if name != b"." && name != b".." {
                     out.push(DirEntry {
                         name: name.to_vec(),
-                        nid: child,
+                        nid: Nid(child),
                         file_type: ft,
                     });
                 }
@@ -583,7 +585,7 @@ impl Image {
 
     /// Finds `name` in directory `dir`: binary search over the blocks by their first
     /// name, then inside the block (EROFS keeps entries sorted by name bytes).
-    pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<Option<u64>, ReadError> {
+    pub fn lookup(&self, dir: Nid, name: &[u8]) -> Result<Option<Nid>, ReadError> {
         if name == b"." || name == b".." {
             return Ok(None);
         }
@@ -606,11 +608,11 @@ impl Image {
         Ok(entries
             .binary_search_by(|(n, _, _)| (*n).cmp(name))
             .ok()
-            .map(|i| entries[i].1))
+            .map(|i| Nid(entries[i].1)))
     }
 
     /// Resolves an absolute path inside the image (no symlink following).
-    pub fn resolve(&self, path: &[u8]) -> Result<Option<u64>, ReadError> {
+    pub fn resolve(&self, path: &[u8]) -> Result<Option<Nid>, ReadError> {
         let mut nid = self.root();
         for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
             match self.lookup(nid, part)? {
@@ -622,7 +624,7 @@ impl Image {
     }
 
     /// Target of symlink `nid`.
-    pub fn readlink(&self, nid: u64) -> Result<Vec<u8>, ReadError> {
+    pub fn readlink(&self, nid: Nid) -> Result<Vec<u8>, ReadError> {
         let v = self.inode(nid)?;
         if v.inode.mode as u32 & libc::S_IFMT != libc::S_IFLNK {
             return Err(ReadError::Request(format!("inode {nid} is not a symlink")));
@@ -631,13 +633,13 @@ impl Image {
     }
 
     /// Chunk indexes of regular file `nid`, one per chunk of the superblock's chunk size.
-    pub fn chunk_addrs(&self, nid: u64) -> Result<Vec<Option<ChunkAddr>>, ReadError> {
+    pub fn chunk_addrs(&self, nid: Nid) -> Result<Vec<Option<ChunkAddr>>, ReadError> {
         let table = self.chunk_table_of(nid)?;
         (0..table.count).map(|i| table.get(self, i)).collect()
     }
 
     /// The chunk index array of regular file `nid`, bounds checked once.
-    pub(crate) fn chunk_table_of(&self, nid: u64) -> Result<ChunkTable<'_>, ReadError> {
+    pub(crate) fn chunk_table_of(&self, nid: Nid) -> Result<ChunkTable<'_>, ReadError> {
         let v = self.inode(nid)?;
         if v.inode.layout != DataLayout::ChunkBased {
             return Err(ReadError::Request(format!(
@@ -659,11 +661,11 @@ impl Image {
     /// cycles and nesting deeper than `MAX_DEPTH`.
     pub fn walk(
         &self,
-        mut visit: impl FnMut(&[u8], u64) -> Result<(), ReadError>,
+        mut visit: impl FnMut(&[u8], Nid) -> Result<(), ReadError>,
     ) -> Result<(), ReadError> {
         let root = self.root();
         visit(b"/", root)?;
-        let mut on_path: Vec<u64> = vec![root];
+        let mut on_path: Vec<Nid> = vec![root];
         let mut stack: Vec<(Vec<u8>, std::vec::IntoIter<DirEntry>)> =
             vec![(Vec::new(), self.read_dir(root)?.into_iter())];
         while let Some((prefix, iter)) = stack.last_mut() {
@@ -788,7 +790,7 @@ mod tests {
 
     fn nid_of(bytes: &[u8], path: &[u8]) -> u64 {
         let image = open(bytes.to_vec()).unwrap();
-        image.resolve(path).unwrap().unwrap()
+        image.resolve(path).unwrap().unwrap().0
     }
 
     #[test]

@@ -441,6 +441,16 @@ pub struct ChunkAddr {
 }
 
 impl ChunkAddr {
+    /// Which blob of the blob table holds the chunk.
+    pub fn blob(&self) -> super::BlobIndex {
+        super::BlobIndex(u32::from(self.blob_index))
+    }
+
+    /// Which chunk of that blob it is.
+    pub fn chunk(&self) -> super::ChunkIndex {
+        super::ChunkIndex(self.chunk_index)
+    }
+
     /// Encodes the index.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let hi = ((self.chunk_index >> 8) as u16 & 0xff00) | (self.blob_index as u16 + 1);
