@@ -1,0 +1,321 @@
+//! Data blobs with inline metadata (upstream 2.2.0's `create --blob-inline-meta`, with and
+//! without `--features blob-toc`): such a blob stands where a bootstrap is expected.
+//!
+//! Upstream's own blobs are made from tars (`--type tar-rafs`) of a tree with every entry
+//! kind, written by GNU tar in POSIX format (xattrs in PAX headers). Upstream 2.2.0's tar
+//! reader keeps whole seconds of each mtime only, so the trees' mtimes are whole seconds
+//! to begin with; sockets are left out by tar, ACLs by upstream's xattr check (see
+//! tests/upstream.rs), xattr values holding a newline by upstream's PAX parsing, hard
+//! links to a symlink, owners of 2^21 and more and mtimes before 1970 by upstream's tar
+//! reader (notes in `tree`). The image is compared with the tar as GNU tar extracts it.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use nydus_image::reader::{Image, ReadError};
+use nydus_image::storage::blobs::BlobSource;
+
+/// A tree with every entry kind (no ACLs), small enough for several builds.
+fn tree(root: &Path) {
+    let spec = TreeSpec {
+        acls: false,
+        sparse_size: 5_000_000,
+        big_dir_entries: 300,
+        depth: 20,
+        // Upstream 2.2.0's tar reader (tar-rs 0.4.38) splits PAX records at newlines, so
+        // an xattr value holding a 0x0a byte fails its build ("malformed pax
+        // extension"); the big values are random bytes.
+        big_xattrs: false,
+        ..TreeSpec::default()
+    };
+    make_tree(root, &spec);
+    // Upstream 2.2.0's tar reader turns a hard link to a symlink into a file whose chunk
+    // index is the target's bytes (its own `check` then fails: "failed to get chunk info
+    // for chunk 100/28271/0").
+    fs::remove_file(root.join("hardlink-to-symlink")).unwrap();
+    // It also reads 0 for what GNU tar puts in PAX records instead of the header: a gid
+    // of 2^21 or more and a negative mtime.
+    lchown(&root.join("big-owner"), 100_000, 2_000_000);
+    set_mtime(&root.join("cs-1"), 86_400, 0);
+    whole_second_mtimes(root);
+}
+
+/// Drops the nanoseconds of every mtime under `root` (children before their directory,
+/// whose mtime the change would not touch anyway).
+fn whole_second_mtimes(root: &Path) {
+    let mut entries = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < entries.len() {
+        let p = entries[i].clone();
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                entries.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    for p in entries.iter().rev() {
+        use std::os::unix::fs::MetadataExt;
+        set_mtime(p, fs::symlink_metadata(p).unwrap().mtime(), 0);
+    }
+}
+
+fn tar_args(cmd: &mut Command) -> &mut Command {
+    cmd.args([
+        "--xattrs",
+        "--xattrs-include=*",
+        "--format=posix",
+        "--numeric-owner",
+    ])
+}
+
+/// `src` as a POSIX tar, and that tar as GNU tar extracts it into `extracted`.
+fn tar_and_extract(src: &Path, tar: &Path, extracted: &Path) {
+    let o = tar_args(&mut Command::new("tar"))
+        .arg("-cf")
+        .arg(tar)
+        .arg("-C")
+        .arg(src)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tar: {}", text(&o));
+    fs::create_dir_all(extracted).unwrap();
+    let o = tar_args(&mut Command::new("tar"))
+        .arg("-xpf")
+        .arg(tar)
+        .arg("-C")
+        .arg(extracted)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "untar: {}", text(&o));
+}
+
+/// Upstream's inline-meta blob of `tar` at `blob`.
+fn upstream_blob_of_tar(tar: &Path, blob: &Path, toc: bool) {
+    let mut cmd = Command::new(upstream_bin("nydus-image"));
+    cmd.args([
+        "create",
+        "-l",
+        "warn",
+        "--type",
+        "tar-rafs",
+        "--blob-inline-meta",
+    ]);
+    if toc {
+        cmd.args(["--features", "blob-toc"]);
+    }
+    let o = cmd.arg("--blob").arg(blob).arg(tar).output().unwrap();
+    assert!(o.status.success(), "upstream create: {}", text(&o));
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(fs::read(path).unwrap()))
+}
+
+/// `verify --bootstrap BLOB` (no blob flags) `via` fuse or library against `dir`.
+fn verify_blob(blob: &Path, dir: &Path, via: &str) -> Output {
+    run(&[
+        "verify",
+        "-l",
+        "warn",
+        "--bootstrap",
+        s(blob),
+        "--via",
+        via,
+        s(dir),
+    ])
+}
+
+/// Our `check -D`, `verify` (library and FUSE) and library reader take upstream's
+/// inline-meta blobs, with and without a TOC, as the image's bootstrap, and see the tree
+/// of the tar they were made from.
+#[test]
+fn our_check_and_verify_read_upstream_inline_blobs_from_a_tar() {
+    let _dog = watchdog("upstream inline blobs", 600);
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    tree(&src);
+    let tar = scratch.path().join("layer.tar");
+    let extracted = scratch.path().join("extracted");
+    tar_and_extract(&src, &tar, &extracted);
+    let source = scan_fs(&extracted);
+    let empty = scratch.path().join("no-blobs");
+    fs::create_dir_all(&empty).unwrap();
+    for toc in [true, false] {
+        let blob = scratch.path().join(format!("upstream-toc-{toc}.blob"));
+        upstream_blob_of_tar(&tar, &blob, toc);
+        let id = sha256_hex(&blob);
+
+        // check -D reads every file and checks every chunk digest; the blob serves
+        // its own chunks (the directory is empty), and is named by its sha256.
+        let o = run(&[
+            "check",
+            "-l",
+            "warn",
+            "--bootstrap",
+            s(&blob),
+            "-D",
+            s(&empty),
+        ]);
+        assert!(o.status.success(), "check (toc {toc}): {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(&format!("0: {id}, ")), "toc {toc}: {out}");
+        let features = if toc {
+            "aligned cap_toc chunk-digest fs-meta tar-header toc"
+        } else {
+            "aligned cap_toc fs-meta tar-header"
+        };
+        assert!(out.contains(&format!("features: {features}\n")), "{out}");
+
+        for via in ["library", "fuse"] {
+            let o = verify_blob(&blob, &extracted, via);
+            assert!(
+                o.status.success(),
+                "verify via {via} (toc {toc}): {}",
+                text(&o)
+            );
+            assert!(
+                String::from_utf8_lossy(&o.stdout).contains(" 0 difference(s)"),
+                "{}",
+                text(&o)
+            );
+        }
+
+        // mount takes the blob alone too.
+        let mnt = scratch.path().join(format!("mnt-{toc}"));
+        fs::create_dir_all(&mnt).unwrap();
+        let log = scratch.path().join(format!("mount-{toc}.log"));
+        let o = run(&[
+            "mount",
+            "--daemon",
+            "--log-file",
+            s(&log),
+            "--bootstrap",
+            s(&blob),
+            s(&mnt),
+        ]);
+        assert!(o.status.success(), "mount (toc {toc}): {}", text(&o));
+        let mounted = scan_fs(&mnt);
+        let o = run(&["umount", s(&mnt)]);
+        assert!(o.status.success(), "umount: {}", text(&o));
+        assert_same_scan(&format!("our mount, toc {toc}"), &source, &mounted);
+
+        let mut image = Image::open_any(&blob, BlobSource::None).expect("open upstream blob");
+        image.validate = true;
+        let inline = image.inline().expect("taken as a blob");
+        assert_eq!(inline.blob_id, id);
+        assert_eq!(inline.toc.is_some(), toc);
+        assert_eq!(image.blobs()[0].blob_id, id);
+        assert_same_scan(
+            &format!("upstream blob, toc {toc}"),
+            &source,
+            &scan_image(&image),
+        );
+        assert_same_content(
+            &extracted,
+            &regular_files(&source.0),
+            read_via_image(&image),
+        );
+    }
+}
+
+/// A blob named by a blob id keeps that name as its id; a plain bootstrap still opens
+/// through the same call; and a blob without inline metadata is not taken for one.
+#[test]
+fn a_blob_is_named_by_its_file_name_when_that_is_a_blob_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("f"), &data(300_000, 3));
+    let tar = tmp.path().join("t.tar");
+    tar_and_extract(&src, &tar, &tmp.path().join("x"));
+    let named = tmp.path().join("ab".repeat(32));
+    upstream_blob_of_tar(&tar, &named, true);
+    let image = Image::open_any(&named, BlobSource::None).unwrap();
+    assert_eq!(image.blobs()[0].blob_id, "ab".repeat(32));
+    assert_eq!(image.devices()[0].blob_id, "ab".repeat(32));
+
+    let boot = tmp.path().join("boot");
+    let blobs = tmp.path().join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let o = build(&src, &boot, &blobs, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let image = Image::open_any(&boot, BlobSource::Dir(blobs.clone())).unwrap();
+    assert!(image.inline().is_none());
+    let plain_blob = fs::read_dir(&blobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let err = Image::open_any(&plain_blob, BlobSource::None)
+        .err()
+        .expect("not an image");
+    assert!(matches!(err, ReadError::Format { .. }), "{}", chain(&err));
+}
+
+/// Damage anywhere on the way to the bootstrap is an error naming the blob and the
+/// offset, never a panic or a wrong image.
+#[test]
+fn damaged_tails_are_refused_with_the_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("f"), &data(300_000, 4));
+    let tar = tmp.path().join("t.tar");
+    tar_and_extract(&src, &tar, &tmp.path().join("x"));
+    let good = tmp.path().join("good");
+    upstream_blob_of_tar(&tar, &good, true);
+    let bytes = fs::read(&good).unwrap();
+    let len = bytes.len();
+    let toc_at = len - 512 - 640;
+    let boot_record = toc_at + 4 * 128;
+    let boot_offset = u64::from_le_bytes(
+        bytes[boot_record + 56..boot_record + 64]
+            .try_into()
+            .unwrap(),
+    ) as usize;
+    type Damage = (&'static str, usize, u8, &'static str);
+    let cases: [Damage; 5] = [
+        ("last header checksum", len - 512 + 3, b'X', "checksum"),
+        ("TOC flags", boot_record, 11, "flags 0x9"),
+        ("TOC digest", boot_record + 24, 0x5a, "sha256"),
+        (
+            "compressed bootstrap",
+            boot_offset + 20,
+            0x5a,
+            "bootstrap section at",
+        ),
+        ("TOC size", boot_record + 72, 0x7f, "bootstrap section at"),
+    ];
+    for (what, at, value, expect) in cases {
+        let mut bad = bytes.clone();
+        bad[at] ^= value;
+        let path = tmp.path().join("bad");
+        fs::write(&path, &bad).unwrap();
+        let err = Image::open_any(&path, BlobSource::None)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened"));
+        let msg = chain(&err);
+        assert!(matches!(err, ReadError::Inline { .. }), "{what}: {msg}");
+        assert!(msg.contains(&path.display().to_string()), "{what}: {msg}");
+        assert!(msg.contains(expect), "{what}: {msg}");
+        let o = run(&["check", s(&path)]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+    }
+    // Every truncation of the blob fails cleanly too.
+    for cut in [1, 511, 512, 700, 1152, len - 100] {
+        let path = tmp.path().join("short");
+        fs::write(&path, &bytes[..len - cut]).unwrap();
+        assert!(
+            Image::open_any(&path, BlobSource::None).is_err(),
+            "cut {cut}"
+        );
+    }
+}
