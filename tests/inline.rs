@@ -16,6 +16,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
+use nydus_image::format::blob_toc::{names, TarHeader, Toc};
+use nydus_image::format::Compressor;
 use nydus_image::reader::{Image, ReadError};
 use nydus_image::storage::blobs::BlobSource;
 
@@ -316,6 +318,379 @@ fn damaged_tails_are_refused_with_the_offset() {
         assert!(
             Image::open_any(&path, BlobSource::None).is_err(),
             "cut {cut}"
+        );
+    }
+}
+
+/// `nydus-image create --blob-inline-meta` (ours) with `extra` flags, of `src`.
+fn create_inline(src: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["create", "-l", "warn", "--blob-inline-meta"];
+    args.extend_from_slice(extra);
+    args.push(s(src));
+    run(&args)
+}
+
+/// The sections of a blob with inline metadata, walked back from its end: (name, offset,
+/// size) in blob order, and the TOC if there is one.
+fn sections(blob: &[u8]) -> (Vec<(String, u64, u64)>, Option<Toc>) {
+    let mut end = blob.len() as u64;
+    let mut out = Vec::new();
+    let mut toc = None;
+    while end > 0 {
+        let at = end - 512;
+        let h = TarHeader::decode(&blob[at as usize..end as usize], at).unwrap();
+        let start = at - h.size;
+        if h.name == names::TOC {
+            toc = Some(Toc::decode(&blob[start as usize..at as usize], start).unwrap());
+        }
+        out.push((h.name, start, h.size));
+        end = start;
+    }
+    out.reverse();
+    (out, toc)
+}
+
+/// Upstream 2.2.0's `check` and `nydusd` take our inline-meta blobs, with and without a
+/// TOC, as the bootstrap (named by the blob's name in the blob directory, as they need:
+/// see the README), and nydusd shows the source tree; our reader reads them too.
+#[test]
+fn upstream_check_and_nydusd_accept_our_inline_blobs() {
+    let _dog = watchdog("our inline blobs under upstream", 600);
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    // No ACLs: upstream 2.2.0's check refuses them (tests/upstream.rs).
+    let spec = TreeSpec {
+        acls: false,
+        sparse_size: 40_000_000,
+        big_dir_entries: 2000,
+        depth: 40,
+        ..TreeSpec::default()
+    };
+    make_tree(&src, &spec);
+    let source = scan_fs(&src);
+    for (i, (toc, compressor, digester)) in [
+        (true, "zstd", "blake3"),
+        (false, "lz4_block", "sha256"),
+        (true, "none", "blake3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = scratch.path().join(format!("out{i}"));
+        let blobs = out.join("blobs");
+        fs::create_dir_all(&blobs).unwrap();
+        let mut flags = vec!["--compressor", compressor, "--digester", digester];
+        if toc {
+            flags.extend(["--features", "blob-toc"]);
+        }
+        // One build writes to a file, the next into a blob directory.
+        let written = out.join("ours.blob");
+        if i % 2 == 0 {
+            flags.extend(["--blob", s(&written)]);
+        } else {
+            flags.extend(["--blob-dir", s(&blobs)]);
+        }
+        let o = create_inline(&src, &flags);
+        assert!(o.status.success(), "create {flags:?}: {}", text(&o));
+        if i % 2 == 0 {
+            let id = sha256_hex(&written);
+            fs::rename(&written, blobs.join(id)).unwrap();
+        }
+        let blob = fs::read_dir(&blobs)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let id = sha256_hex(&blob);
+        assert_eq!(blob.file_name().unwrap().to_str(), Some(id.as_str()));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            stdout.contains(&format!("data blobs: [\"{id}\"]")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("meta blob path: <none>"), "{stdout}");
+
+        let o = Command::new(upstream_bin("nydus-image"))
+            .args(["check", "--bootstrap", s(&blob), "-D", s(&blobs)])
+            .output()
+            .unwrap();
+        let said = text(&o);
+        assert!(o.status.success(), "upstream check {flags:?}: {said}");
+        assert!(
+            said.contains("RAFS filesystem metadata is valid") && said.contains(&id),
+            "{said}"
+        );
+
+        let daemon = Nydusd::mount(&blob, &blobs, &out);
+        let mut want = source.clone();
+        let mut shown = scan_fs(&daemon.mnt);
+        // nydusd shows the mount time for an mtime of 0 (tests/upstream.rs).
+        for (path, facts) in want.0.iter_mut().filter(|(_, f)| f.mtime == 0) {
+            let got = shown.0.get_mut(path).expect("entry present");
+            (facts.mtime_nsec, got.mtime, got.mtime_nsec) = (0, 0, 0);
+        }
+        assert_same_scan(&format!("nydusd, {flags:?}"), &want, &shown);
+        assert_same_content(&src, &regular_files(&source.0), read_via_mount(&daemon.mnt));
+        drop(daemon);
+
+        let mut image = Image::open_any(&blob, BlobSource::None).unwrap();
+        image.validate = true;
+        assert_same_scan(
+            &format!("our reader, {flags:?}"),
+            &source,
+            &scan_image(&image),
+        );
+        assert_same_content(&src, &regular_files(&source.0), read_via_image(&image));
+    }
+}
+
+/// Our inline-meta blob of a directory is laid out as upstream's of the same directory:
+/// the same sections in the same order, the same TOC records (names, compression), blob
+/// features and superblock flags, the blob's recorded size ending where the bootstrap
+/// starts; and the TOC's digests hold, upstream's quirk for `image.blob` included. Also
+/// for a tree without file data, where both write the bootstrap alone.
+#[test]
+fn our_inline_blobs_are_laid_out_as_upstreams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let with_data = tmp.path().join("data");
+    fs::create_dir_all(with_data.join("d")).unwrap();
+    write_file(&with_data.join("d/big"), &data(3_000_000, 5));
+    write_file(&with_data.join("small"), b"small file\n");
+    std::os::unix::fs::symlink("small", with_data.join("link")).unwrap();
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(empty.join("dir")).unwrap();
+    write_file(&empty.join("dir/nothing"), b"");
+    for (name, src) in [("data", &with_data), ("empty", &empty)] {
+        for toc in [true, false] {
+            let ours = tmp.path().join(format!("ours-{name}-{toc}"));
+            let theirs = tmp.path().join(format!("theirs-{name}-{toc}"));
+            let mut flags = vec!["--blob", s(&ours)];
+            if toc {
+                flags.extend(["--features", "blob-toc"]);
+            }
+            let o = create_inline(src, &flags);
+            assert!(o.status.success(), "{}", text(&o));
+            let mut cmd = Command::new(upstream_bin("nydus-image"));
+            cmd.args([
+                "create",
+                "-l",
+                "warn",
+                "--blob-inline-meta",
+                "--blob",
+                s(&theirs),
+            ]);
+            if toc {
+                cmd.args(["--features", "blob-toc"]);
+            }
+            let o = cmd.arg(src).output().unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+
+            let what = format!("{name}, toc {toc}");
+            let (ours_bytes, theirs_bytes) = (fs::read(&ours).unwrap(), fs::read(&theirs).unwrap());
+            let (our_sections, our_toc) = sections(&ours_bytes);
+            let (their_sections, their_toc) = sections(&theirs_bytes);
+            let names_of =
+                |v: &[(String, u64, u64)]| v.iter().map(|s| s.0.clone()).collect::<Vec<_>>();
+            assert_eq!(names_of(&our_sections), names_of(&their_sections), "{what}");
+            assert_eq!(our_toc.is_some(), toc, "{what}");
+            if let (Some(ours_toc), Some(theirs_toc)) = (&our_toc, &their_toc) {
+                let shape = |t: &Toc| {
+                    t.entries
+                        .iter()
+                        .map(|e| {
+                            (
+                                e.name.clone(),
+                                e.compressor,
+                                e.uncompressed_sha256.is_some(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(shape(ours_toc), shape(theirs_toc), "{what}");
+                for e in &ours_toc.entries {
+                    let stored =
+                        &ours_bytes[e.compressed_offset as usize..e.compressed_end() as usize];
+                    let hashed: Vec<u8> = if e.name == names::BLOB_DATA {
+                        // Upstream's record of the chunk data covers its tar header too.
+                        ours_bytes[..e.compressed_end() as usize + 512].to_vec()
+                    } else if e.compressor == Compressor::None {
+                        stored.to_vec()
+                    } else {
+                        let mut out = vec![0u8; e.uncompressed_size as usize];
+                        nydus_image::storage::compress::decompress(e.compressor, stored, &mut out)
+                            .unwrap();
+                        out
+                    };
+                    use sha2::Digest;
+                    let got: [u8; 32] = sha2::Sha256::digest(&hashed).into();
+                    assert_eq!(Some(got), e.uncompressed_sha256, "{what}: {}", e.name);
+                }
+            }
+            let our_image = Image::open_any(&ours, BlobSource::None).unwrap();
+            let their_image = Image::open_any(&theirs, BlobSource::None).unwrap();
+            assert_eq!(
+                our_image.super_block().flags,
+                their_image.super_block().flags,
+                "{what}: superblock flags"
+            );
+            let features = |i: &Image| i.blobs().iter().map(|b| b.features).collect::<Vec<_>>();
+            assert_eq!(
+                features(&our_image),
+                features(&their_image),
+                "{what}: blob features"
+            );
+            let boot_at = our_sections
+                .iter()
+                .find(|s| s.0 == names::BOOTSTRAP)
+                .map(|s| s.1)
+                .unwrap();
+            for b in our_image.blobs() {
+                assert_eq!(b.compressed_size, boot_at, "{what}: recorded blob size");
+                assert_eq!(b.blob_id, sha256_hex(&ours), "{what}");
+            }
+            let raw = our_image.inline().unwrap();
+            let stored_raw = raw.bootstrap.compressor == Compressor::None;
+            assert_eq!(
+                stored_raw, !toc,
+                "{what}: the bootstrap is compressed with a TOC"
+            );
+            // Upstream's placeholder id stands in the bootstrap itself.
+            let boot_section = &our_sections
+                .iter()
+                .find(|s| s.0 == names::BOOTSTRAP)
+                .unwrap();
+            if !toc && name == "data" {
+                let boot = &ours_bytes
+                    [boot_section.1 as usize..(boot_section.1 + boot_section.2) as usize];
+                assert!(
+                    boot.windows(64).any(|w| w == [b'x'; 64]),
+                    "{what}: placeholder id"
+                );
+            }
+        }
+    }
+}
+
+/// The blob may be a FIFO: written strictly in order, the same bytes as a file gets.
+#[test]
+fn an_inline_blob_can_be_written_to_a_fifo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    write_file(&src.join("a"), &data(2_500_000, 6));
+    write_file(&src.join("d/b"), b"hello");
+    for toc in [true, false] {
+        let fifo = tmp.path().join(format!("blob-{toc}.fifo"));
+        mknod(&fifo, libc::S_IFIFO | 0o600, 0, 0);
+        let fifo2 = fifo.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(fs::read(fifo2).unwrap()));
+        let mut flags = vec!["--blob", s(&fifo)];
+        if toc {
+            flags.extend(["--features", "blob-toc"]);
+        }
+        let o = create_inline(&src, &flags);
+        assert!(o.status.success(), "{}", text(&o));
+        // A build that did not write into the FIFO leaves its reader waiting.
+        let received = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the build wrote the blob into the FIFO");
+        let file = tmp.path().join(format!("blob-{toc}"));
+        let mut flags = vec!["--blob", s(&file)];
+        if toc {
+            flags.extend(["--features", "blob-toc"]);
+        }
+        let o = create_inline(&src, &flags);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            received == fs::read(&file).unwrap(),
+            "toc {toc}: FIFO and file differ"
+        );
+        let got = tmp.path().join(format!("received-{toc}"));
+        fs::write(&got, &received).unwrap();
+        let o = run(&[
+            "verify",
+            "-l",
+            "warn",
+            "--via",
+            "library",
+            "--bootstrap",
+            s(&got),
+            s(&src),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}
+
+/// What upstream refuses, or what is not done here, is refused before any work, saying
+/// why.
+#[test]
+fn inline_meta_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("f"), b"x");
+    let blob = tmp.path().join("blob");
+    let boot = tmp.path().join("boot");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--blob-inline-meta",
+                "--bootstrap",
+                s(&boot),
+                "--blob",
+                s(&blob),
+            ],
+            "--bootstrap",
+        ),
+        (
+            &["--inline-bootstrap", "--blob-id", "abc", "--blob", s(&blob)],
+            "--blob-id",
+        ),
+        (
+            &[
+                "--features",
+                "blob-toc",
+                "--bootstrap",
+                s(&boot),
+                "--blob",
+                s(&blob),
+            ],
+            "blob-toc",
+        ),
+        (
+            &[
+                "--blob-inline-meta",
+                "--type",
+                "stargz_index",
+                "--blob",
+                s(&blob),
+            ],
+            "directory",
+        ),
+        (
+            &[
+                "--blob-inline-meta",
+                "--config",
+                s(&boot),
+                "--blob",
+                s(&blob),
+            ],
+            "compact",
+        ),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["create"];
+        args.extend_from_slice(flags);
+        args.push(s(&src));
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", text(&o));
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert!(
+            !blob.exists() && !boot.exists(),
+            "{flags:?} wrote something"
         );
     }
 }
