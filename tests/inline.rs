@@ -694,3 +694,90 @@ fn inline_meta_refusals() {
         );
     }
 }
+
+/// A layer with inline metadata over a parent image built the usual way: its bootstrap
+/// references the parent's blob (from the blob directory) and its own (itself); ours,
+/// upstream's check and nydusd all see the layers merged.
+#[test]
+fn an_inline_layer_over_a_parent() {
+    let _dog = watchdog("inline layer over a parent", 300);
+    let scratch = Scratch::new();
+    let lower = scratch.path().join("lower");
+    let upper = scratch.path().join("upper");
+    fs::create_dir_all(lower.join("d")).unwrap();
+    fs::create_dir_all(&upper).unwrap();
+    write_file(&lower.join("d/kept"), &data(1_500_000, 7));
+    write_file(&lower.join("gone"), b"removed by the upper layer");
+    write_file(&upper.join("new"), &data(200_000, 8));
+    write_file(&upper.join(".wh.gone"), b"");
+    let blobs = scratch.path().join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let parent = scratch.path().join("parent.boot");
+    let o = build(&lower, &parent, &blobs, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let parent_blobs: Vec<_> = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let o = create_inline(
+        &upper,
+        &[
+            "--features",
+            "blob-toc",
+            "--parent-bootstrap",
+            s(&parent),
+            "--blob-dir",
+            s(&blobs),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let blob = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !parent_blobs.contains(p))
+        .expect("the new blob");
+
+    let o = run(&[
+        "verify",
+        "-l",
+        "warn",
+        "--via",
+        "library",
+        "--bootstrap",
+        s(&blob),
+        "-D",
+        s(&blobs),
+        s(&lower),
+        s(&upper),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let image = Image::open_any(&blob, BlobSource::Dir(blobs.clone())).unwrap();
+    let ids: Vec<_> = image.blobs().iter().map(|b| b.blob_id.clone()).collect();
+    let parent_id = parent_blobs[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ids, [parent_id, sha256_hex(&blob)]);
+
+    let o = Command::new(upstream_bin("nydus-image"))
+        .args(["check", "--bootstrap", s(&blob), "-D", s(&blobs)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "upstream check: {}", text(&o));
+    let work = scratch.path().join("nydusd");
+    fs::create_dir_all(&work).unwrap();
+    let daemon = Nydusd::mount(&blob, &blobs, &work);
+    let mut names: Vec<_> = fs::read_dir(&daemon.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d", "new"]);
+    assert_eq!(
+        fs::read(daemon.mnt.join("d/kept")).unwrap(),
+        data(1_500_000, 7)
+    );
+    assert_eq!(fs::read(daemon.mnt.join("new")).unwrap(), data(200_000, 8));
+}
