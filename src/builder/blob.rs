@@ -1,12 +1,16 @@
 //! Writes a data blob strictly sequentially (it may be a FIFO): chunk data as it comes,
-//! then the chunk info array and the blob meta header, as upstream 2.2.0 lays them out.
-//! The blob's sha256 is computed on the way, so the blob id needs no second read.
+//! then the chunk info array and the blob meta header, as upstream 2.2.0 lays them out;
+//! for a blob that carries its bootstrap (inline metadata), each section followed by its
+//! tar header, then the bootstrap and optionally a table of contents
+//! (`format::blob_toc`). The blob's sha256 is computed on the way, so the blob id needs
+//! no second read.
 
 use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
-use crate::format::blob_meta::{ChunkLocation, Header, MAX_CHUNK_BYTES};
+use crate::format::blob_meta::{ChunkLocation, Header, HEADER_SIZE, MAX_CHUNK_BYTES};
+use crate::format::blob_toc::{names, TarHeader, Toc, TocEntry};
 use crate::format::v6::tables::{blob_features, BlobEntry, ChunkInfo};
 use crate::format::v6::BLOCK_SIZE;
 use crate::format::{Compressor, Digester};
@@ -118,13 +122,10 @@ impl<W: Write> BlobWriter<W> {
         Ok(self.chunks.len() as u32 - 1)
     }
 
-    /// Writes the chunk info array and header, flushes, and returns the blob's description
-    /// and the chunk table. `blob_id` overrides the default id (the blob's sha256).
-    pub fn finish(
-        mut self,
-        blob_id: Option<&str>,
-    ) -> std::io::Result<(FinishedBlob, Vec<ChunkInfo>)> {
-        let data_end = self.compressed_offset;
+    /// Writes the chunk info array and its header (both carrying `features`); returns the
+    /// array's compressor and its stored and uncompressed bytes, and the header's bytes.
+    fn write_meta(&mut self, features: u32) -> std::io::Result<WrittenMeta> {
+        let ci_offset = self.compressed_offset;
         let mut ci = Vec::with_capacity(self.chunks.len() * 16);
         for c in &self.chunks {
             ChunkLocation {
@@ -140,23 +141,30 @@ impl<W: Write> BlobWriter<W> {
                 Some(packed) => (self.compressor, packed),
                 None => (Compressor::None, ci.clone()),
             };
-        let features = blob_features::ALIGNED | blob_features::CAP_TAR_TOC;
         let header = Header {
             features,
             ci_compressor,
             ci_entries: self.chunks.len() as u32,
-            ci_offset: data_end,
+            ci_offset,
             ci_compressed_size: ci_stored.len() as u64,
             ci_uncompressed_size: ci.len() as u64,
-        };
+        }
+        .encode();
         self.write(&ci_stored)?;
-        self.write(&header.encode())?;
-        self.out.flush()?;
-        let sha256 = hex::encode(self.hasher.finalize_reset());
-        let entry = BlobEntry {
-            blob_id: blob_id
-                .map(str::to_string)
-                .unwrap_or_else(|| sha256.clone()),
+        self.write(&header)?;
+        Ok(WrittenMeta {
+            ci_offset,
+            ci_compressor,
+            ci_stored_len: ci_stored.len() as u64,
+            ci,
+            header,
+        })
+    }
+
+    /// The blob table entry for what has been written, with `meta`'s chunk info array.
+    fn entry(&self, blob_id: String, features: u32, meta: &WrittenMeta) -> BlobEntry {
+        BlobEntry {
+            blob_id,
             chunk_size: self.chunk_size,
             chunk_count: self.chunks.len() as u32,
             compressor: self.compressor,
@@ -165,12 +173,28 @@ impl<W: Write> BlobWriter<W> {
             compressed_size: self.compressed_offset,
             uncompressed_size: self.uncompressed_offset,
             toc_size: 0,
-            ci_compressor,
-            ci_offset: data_end,
-            ci_compressed_size: ci_stored.len() as u64,
-            ci_uncompressed_size: ci.len() as u64,
+            ci_compressor: meta.ci_compressor,
+            ci_offset: meta.ci_offset,
+            ci_compressed_size: meta.ci_stored_len,
+            ci_uncompressed_size: meta.ci.len() as u64,
             toc_digest: [0; 32],
-        };
+        }
+    }
+
+    /// Writes the chunk info array and header, flushes, and returns the blob's description
+    /// and the chunk table. `blob_id` overrides the default id (the blob's sha256).
+    pub fn finish(
+        mut self,
+        blob_id: Option<&str>,
+    ) -> std::io::Result<(FinishedBlob, Vec<ChunkInfo>)> {
+        let features = blob_features::ALIGNED | blob_features::CAP_TAR_TOC;
+        let meta = self.write_meta(features)?;
+        self.out.flush()?;
+        let sha256 = hex::encode(self.hasher.finalize_reset());
+        let id = blob_id
+            .map(str::to_string)
+            .unwrap_or_else(|| sha256.clone());
+        let entry = self.entry(id, features, &meta);
         let size = self.compressed_offset;
         Ok((
             FinishedBlob {
@@ -180,5 +204,160 @@ impl<W: Write> BlobWriter<W> {
             },
             self.chunks,
         ))
+    }
+
+    /// Writes a tar header naming the section that ends here.
+    fn write_tar_header(&mut self, name: &str, size: u64) -> std::io::Result<()> {
+        self.write(&TarHeader::encode(name, size))
+    }
+
+    /// Ends the chunk data of a blob that will carry its bootstrap (upstream's
+    /// `--blob-inline-meta`; with `toc`, `--features blob-toc` too): writes each section
+    /// upstream writes before the bootstrap, each followed by its tar header (see
+    /// `format::blob_toc`). Returns the rest of the blob to write, the blob table entry
+    /// for the bootstrap (none when there are no chunks, as upstream's has none), and the
+    /// chunk table. The entry's id is upstream's placeholder, 64 `x` characters: the
+    /// blob's consumer names it.
+    pub fn finish_inline(
+        mut self,
+        toc: bool,
+    ) -> std::io::Result<(InlineTail<W>, Option<BlobEntry>, Vec<ChunkInfo>)> {
+        let mut records = Vec::new();
+        if self.chunks.is_empty() {
+            let tail = InlineTail {
+                writer: self,
+                toc: toc.then_some(records),
+            };
+            return Ok((tail, None, Vec::new()));
+        }
+        let mut features = blob_features::ALIGNED
+            | blob_features::CAP_TAR_TOC
+            | blob_features::INLINED_FS_META
+            | blob_features::HAS_TAR_HEADER;
+        if toc {
+            features |= blob_features::HAS_TOC | blob_features::INLINED_CHUNK_DIGEST;
+        }
+        let data_end = self.compressed_offset;
+        self.write_tar_header(names::BLOB_DATA, data_end)?;
+        // Upstream's record of the chunk data takes the digest of everything written so
+        // far: the data and its tar header.
+        records.push(TocEntry {
+            name: names::BLOB_DATA.into(),
+            compressor: Compressor::None,
+            uncompressed_sha256: Some(self.hasher.clone().finalize().into()),
+            compressed_offset: 0,
+            compressed_size: data_end,
+            uncompressed_size: self.uncompressed_offset,
+        });
+        let meta = self.write_meta(features)?;
+        let header_at = meta.ci_offset + meta.ci_stored_len;
+        self.write_tar_header(names::BLOB_META, meta.ci_stored_len + HEADER_SIZE as u64)?;
+        records.push(TocEntry {
+            name: names::BLOB_META.into(),
+            compressor: meta.ci_compressor,
+            uncompressed_sha256: Some(Sha256::digest(&meta.ci).into()),
+            compressed_offset: meta.ci_offset,
+            compressed_size: meta.ci_stored_len,
+            uncompressed_size: meta.ci.len() as u64,
+        });
+        records.push(TocEntry {
+            name: names::BLOB_META_HEADER.into(),
+            compressor: Compressor::None,
+            uncompressed_sha256: Some(Sha256::digest(&meta.header).into()),
+            compressed_offset: header_at,
+            compressed_size: HEADER_SIZE as u64,
+            uncompressed_size: HEADER_SIZE as u64,
+        });
+        if toc {
+            let digests: Vec<u8> = self.chunks.iter().flat_map(|c| c.digest).collect();
+            let at = self.compressed_offset;
+            self.write(&digests)?;
+            self.write_tar_header(names::CHUNK_DIGESTS, digests.len() as u64)?;
+            records.push(TocEntry {
+                name: names::CHUNK_DIGESTS.into(),
+                compressor: Compressor::None,
+                uncompressed_sha256: Some(Sha256::digest(&digests).into()),
+                compressed_offset: at,
+                compressed_size: digests.len() as u64,
+                uncompressed_size: digests.len() as u64,
+            });
+        }
+        // The bootstrap starts here: upstream records this as the blob's compressed size.
+        let entry = self.entry(INLINE_PLACEHOLDER_ID.to_string(), features, &meta);
+        let chunks = std::mem::take(&mut self.chunks);
+        let tail = InlineTail {
+            writer: self,
+            toc: toc.then_some(records),
+        };
+        Ok((tail, Some(entry), chunks))
+    }
+}
+
+/// The blob id upstream writes into a bootstrap stored inside its own blob: a
+/// placeholder its consumer replaces (upstream: by the name it gave the blob).
+pub const INLINE_PLACEHOLDER_ID: &str =
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// What [`BlobWriter::write_meta`] wrote.
+struct WrittenMeta {
+    ci_offset: u64,
+    ci_compressor: Compressor,
+    ci_stored_len: u64,
+    /// The uncompressed chunk info array.
+    ci: Vec<u8>,
+    /// The encoded blob meta header.
+    header: Vec<u8>,
+}
+
+/// The rest of a blob that carries its bootstrap: the bootstrap, then (with a TOC) the
+/// table of contents.
+pub struct InlineTail<W: Write> {
+    writer: BlobWriter<W>,
+    /// TOC records so far, when the blob gets a TOC.
+    toc: Option<Vec<TocEntry>>,
+}
+
+/// A finished blob that carries its bootstrap.
+#[derive(Clone, Debug)]
+pub struct FinishedInline {
+    /// sha256 of the whole blob, hex.
+    pub sha256: String,
+    /// Total bytes written.
+    pub size: u64,
+}
+
+impl<W: Write> InlineTail<W> {
+    /// Writes the bootstrap and its tar header: with a TOC, zstd-compressed when that
+    /// makes it smaller, followed by the TOC and its header; without, as it is. Flushes.
+    pub fn finish(mut self, bootstrap: &[u8]) -> std::io::Result<FinishedInline> {
+        let w = &mut self.writer;
+        let at = w.compressed_offset;
+        let (compressor, stored) = match self.toc {
+            Some(_) => match compress::zstd_whole(bootstrap).map_err(std::io::Error::other)? {
+                Some(packed) => (Compressor::Zstd, std::borrow::Cow::Owned(packed)),
+                None => (Compressor::None, std::borrow::Cow::Borrowed(bootstrap)),
+            },
+            None => (Compressor::None, std::borrow::Cow::Borrowed(bootstrap)),
+        };
+        w.write(&stored)?;
+        w.write_tar_header(names::BOOTSTRAP, stored.len() as u64)?;
+        if let Some(mut records) = self.toc.take() {
+            records.push(TocEntry {
+                name: names::BOOTSTRAP.into(),
+                compressor,
+                uncompressed_sha256: Some(Sha256::digest(bootstrap).into()),
+                compressed_offset: at,
+                compressed_size: stored.len() as u64,
+                uncompressed_size: bootstrap.len() as u64,
+            });
+            let toc = Toc { entries: records }.encode();
+            w.write(&toc)?;
+            w.write_tar_header(names::TOC, toc.len() as u64)?;
+        }
+        w.out.flush()?;
+        Ok(FinishedInline {
+            sha256: hex::encode(w.hasher.finalize_reset()),
+            size: w.compressed_offset,
+        })
     }
 }

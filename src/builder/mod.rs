@@ -24,11 +24,13 @@ pub mod parent;
 pub mod source;
 pub mod tree;
 
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::format::v6::tables::blob_features::INLINED_FS_META;
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::format::{Compressor, Digester};
 use crate::reader::ReadError;
@@ -425,11 +427,47 @@ pub(crate) fn stored_tree_bootstrap(
     (bytes, blobs)
 }
 
-/// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when both
-/// are complete. `progress` hears as files are done.
+/// Where the bootstrap goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootstrapTarget {
+    /// A file of its own.
+    File(PathBuf),
+    /// Inside the data blob, after the chunk data and blob meta (upstream's
+    /// `--blob-inline-meta`), each section followed by a tar header; `toc` adds the chunk
+    /// digests and a table of contents and stores the bootstrap zstd-compressed
+    /// (`--features blob-toc`). The blob is always written, even without chunks.
+    InBlob {
+        /// Add the table of contents.
+        toc: bool,
+    },
+}
+
+/// Builds a RAFS v6 image of `source` with its bootstrap at `bootstrap_path`; see
+/// [`build_to`].
 pub fn build(
     source: &Path,
     bootstrap_path: &Path,
+    blob_target: &BlobTarget,
+    opts: &BuildOptions,
+    progress: &(dyn Fn(&chunker::Progress) + Sync),
+) -> Result<BuildSummary, BuildError> {
+    let target = BootstrapTarget::File(bootstrap_path.to_path_buf());
+    build_to(source, &target, blob_target, opts, progress)
+}
+
+/// Where the bootstrap is being written.
+enum BootOutput {
+    File(PathBuf, PendingFile, File),
+    InBlob { toc: bool },
+}
+
+/// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when all
+/// are complete. `progress` hears as files are done. With the bootstrap in the blob, the
+/// summary's `bootstrap` is the blob's path, and its blob id the blob's sha256 (the name
+/// a reader gives the blob; the bootstrap itself records upstream's placeholder).
+pub fn build_to(
+    source: &Path,
+    bootstrap_target: &BootstrapTarget,
     blob_target: &BlobTarget,
     opts: &BuildOptions,
     progress: &(dyn Fn(&chunker::Progress) + Sync),
@@ -444,6 +482,11 @@ pub fn build(
             });
         }
     }
+    if matches!(bootstrap_target, BootstrapTarget::InBlob { .. }) && opts.blob_id.is_some() {
+        return Err(BuildError::Options(
+            "a blob carrying its bootstrap is named by its consumer: it takes no blob id".into(),
+        ));
+    }
     let started = std::time::Instant::now();
     let (tree, parent_blobs) = layered_tree(source, opts)?;
     log::debug!(
@@ -454,8 +497,14 @@ pub fn build(
         started.elapsed().as_secs_f64()
     );
 
-    // Open both outputs before the long part, so an unwritable path fails early.
-    let (mut boot_pending, boot_file) = PendingFile::create(bootstrap_path)?;
+    // Open the outputs before the long part, so an unwritable path fails early.
+    let boot_out = match bootstrap_target {
+        BootstrapTarget::File(p) => {
+            let (pending, file) = PendingFile::create(p)?;
+            BootOutput::File(p.clone(), pending, file)
+        }
+        BootstrapTarget::InBlob { toc } => BootOutput::InBlob { toc: *toc },
+    };
     let (mut blob_pending, blob_file) = match blob_target {
         BlobTarget::File(p) => PendingFile::create(p)?,
         BlobTarget::Dir(d) => PendingFile::create_in(d, "blob")?,
@@ -481,15 +530,20 @@ pub fn build(
     let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, &known, progress)?;
     log::debug!("chunked at {:.3} s", started.elapsed().as_secs_f64());
     crate::heap::release_free();
-    let has_data = writer.chunk_count() > 0;
-    let (new_chunks, finished) = if has_data {
-        let (finished, chunks) = writer
-            .finish(opts.blob_id.as_deref())
-            .map_err(|e| BuildError::output(&blob_pending.target, "cannot write blob", e))?;
-        (chunks, Some(finished))
-    } else {
-        drop(writer);
-        (Vec::new(), None)
+    let blob_err = |e| BuildError::output(&blob_pending.target, "cannot write blob", e);
+    let (new_chunks, new_blob, finished, inline_tail) = match &boot_out {
+        BootOutput::InBlob { toc } => {
+            let (tail, entry, chunks) = writer.finish_inline(*toc).map_err(blob_err)?;
+            (chunks, entry, None, Some(tail))
+        }
+        BootOutput::File(..) if writer.chunk_count() > 0 => {
+            let (finished, chunks) = writer.finish(opts.blob_id.as_deref()).map_err(blob_err)?;
+            (chunks, Some(finished.entry.clone()), Some(finished), None)
+        }
+        BootOutput::File(..) => {
+            drop(writer);
+            (Vec::new(), None, None, None)
+        }
     };
     let (blobs, chunks, file_chunks) = assemble_chunks(
         &tree,
@@ -497,7 +551,7 @@ pub fn build(
         &new_chunks,
         parent_blobs,
         dict.as_ref().map(|d| d.blobs.as_slice()).unwrap_or(&[]),
-        finished.as_ref().map(|f| f.entry.clone()),
+        new_blob,
     );
     if blobs.len() > 254 {
         return Err(BuildError::Options(format!(
@@ -523,44 +577,69 @@ pub fn build(
         "bootstrap laid out at {:.3} s",
         started.elapsed().as_secs_f64()
     );
-    let mut boot_file = BufWriter::new(boot_file);
-    boot_file
-        .write_all(&image)
-        .and_then(|_| boot_file.flush())
-        .map_err(|e| BuildError::output(bootstrap_path, "cannot write bootstrap", e))?;
-    drop(boot_file);
-
-    let blob_final = match (&finished, blob_target) {
-        (Some(f), BlobTarget::Dir(d)) => {
-            let name = opts.blob_id.clone().unwrap_or_else(|| f.sha256.clone());
-            blob_pending.retarget(d.join(name));
-            Some(blob_pending.commit()?)
-        }
-        (Some(_), BlobTarget::File(_)) => Some(blob_pending.commit()?),
-        (None, _) => {
-            drop(blob_pending); // nothing to store: no blob file appears
-            None
-        }
-    };
-    boot_pending.retarget(bootstrap_path.to_path_buf());
-    let bootstrap = match boot_pending.commit() {
-        Ok(p) => p,
-        Err(e) => {
-            if let Some(b) = &blob_final {
-                let _ = std::fs::remove_file(b);
+    let (bootstrap, blob_final, blob_id, blob_size) = match boot_out {
+        BootOutput::InBlob { .. } => {
+            let tail = inline_tail.expect("an inline build finished its blob with a tail");
+            let done = tail
+                .finish(&image)
+                .map_err(|e| BuildError::output(&blob_pending.target, "cannot write blob", e))?;
+            if let BlobTarget::Dir(d) = blob_target {
+                blob_pending.retarget(d.join(&done.sha256));
             }
-            return Err(e);
+            let path = blob_pending.commit()?;
+            (path.clone(), Some(path), Some(done.sha256), done.size)
+        }
+        BootOutput::File(path, mut boot_pending, file) => {
+            let mut boot_file = BufWriter::new(file);
+            boot_file
+                .write_all(&image)
+                .and_then(|_| boot_file.flush())
+                .map_err(|e| BuildError::output(&path, "cannot write bootstrap", e))?;
+            drop(boot_file);
+            let blob_final = match (&finished, blob_target) {
+                (Some(f), BlobTarget::Dir(d)) => {
+                    let name = opts.blob_id.clone().unwrap_or_else(|| f.sha256.clone());
+                    blob_pending.retarget(d.join(name));
+                    Some(blob_pending.commit()?)
+                }
+                (Some(_), BlobTarget::File(_)) => Some(blob_pending.commit()?),
+                (None, _) => {
+                    drop(blob_pending); // nothing to store: no blob file appears
+                    None
+                }
+            };
+            boot_pending.retarget(path);
+            let bootstrap = match boot_pending.commit() {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(b) = &blob_final {
+                        let _ = std::fs::remove_file(b);
+                    }
+                    return Err(e);
+                }
+            };
+            let id = finished.as_ref().map(|f| f.entry.blob_id.clone());
+            let size = finished.as_ref().map(|f| f.size).unwrap_or(0);
+            (bootstrap, blob_final, id, size)
         }
     };
     log::debug!(
         "outputs in place at {:.3} s",
         started.elapsed().as_secs_f64()
     );
+    // A reader names the blob that carries the bootstrap by its sha256.
+    let named = |b: &BlobEntry| {
+        if b.blob_id == blob::INLINE_PLACEHOLDER_ID && b.features & INLINED_FS_META != 0 {
+            blob_id.clone().unwrap_or_default()
+        } else {
+            b.blob_id.clone()
+        }
+    };
     Ok(BuildSummary {
         bootstrap,
         blob_path: blob_final,
-        blob_id: finished.as_ref().map(|f| f.entry.blob_id.clone()),
-        blob_size: finished.as_ref().map(|f| f.size).unwrap_or(0),
+        blob_id: blob_id.clone(),
+        blob_size,
         bootstrap_size: image.len() as u64,
         entries: tree.nodes.len() as u64,
         inodes: tree.inode_count() as u64,
@@ -569,7 +648,7 @@ pub fn build(
         data_bytes: chunked.bytes_read,
         dict_chunks: chunked.known_chunks,
         dict_bytes: chunked.known_bytes,
-        blobs: blobs.iter().map(|b| b.blob_id.clone()).collect(),
+        blobs: blobs.iter().map(named).collect(),
         compressor: opts.compressor,
         digester: opts.digester,
         chunk_size: opts.chunk_size,

@@ -3,6 +3,7 @@
 //! native type that encodes to and decodes (with validation) from bytes.
 
 pub mod blob_meta;
+pub mod blob_toc;
 pub mod v6;
 
 use thiserror::Error;

@@ -83,23 +83,38 @@ pub fn flag_names(bits: u64) -> Vec<&'static str> {
     .collect()
 }
 
-/// Names of blob feature bits, as upstream prints them.
+/// Names of blob feature bits, as upstream 2.2.0 prints them and in its order
+/// (nydus-storage 0.6.2 `format_blob_features`).
 pub fn blob_feature_names(bits: u32) -> Vec<&'static str> {
     [
         (blob_features::ALIGNED, "aligned"),
+        (blob_features::CAP_TAR_TOC, "cap_toc"),
+        (blob_features::INLINED_CHUNK_DIGEST, "chunk-digest"),
+        (blob_features::CHUNK_INFO_V2, "chunk-v2"),
         (blob_features::INLINED_FS_META, "fs-meta"),
-        (blob_features::CHUNK_INFO_V2, "chunk-info-v2"),
-        (blob_features::ZRAN, "zran"),
         (blob_features::SEPARATE, "separate"),
-        (blob_features::INLINED_CHUNK_DIGEST, "inlined-chunk-digest"),
         (blob_features::HAS_TAR_HEADER, "tar-header"),
         (blob_features::HAS_TOC, "toc"),
-        (blob_features::CAP_TAR_TOC, "cap_toc"),
+        (blob_features::ZRAN, "zran"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
     .map(|(_, name)| name)
     .collect()
+}
+
+/// Bytes of chunk data in a blob, as upstream 2.2.0 reports it: up to the chunk info
+/// array, less the tar header in between when the blob has them; the whole compressed
+/// size when the blob has no chunk info array.
+fn compressed_data_size(b: &crate::format::v6::tables::BlobEntry) -> u64 {
+    if b.ci_compressed_size == 0 || b.ci_uncompressed_size == 0 {
+        b.compressed_size
+    } else if b.features & blob_features::HAS_TAR_HEADER != 0 {
+        b.ci_offset
+            .saturating_sub(crate::format::blob_toc::TAR_HEADER_SIZE as u64)
+    } else {
+        b.ci_offset
+    }
 }
 
 /// Walks and validates the whole image. `verbose` fills `tree`.
@@ -180,7 +195,7 @@ pub fn check(image: &Image, verbose: bool) -> Result<CheckReport, ReadError> {
         .iter()
         .map(|b| BlobReport {
             blob_id: b.blob_id.clone(),
-            compressed_data_size: b.ci_offset,
+            compressed_data_size: compressed_data_size(b),
             compressed_size: b.compressed_size,
             uncompressed_size: b.uncompressed_size,
             chunk_count: b.chunk_count,

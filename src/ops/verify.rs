@@ -82,6 +82,7 @@ impl From<WhiteoutSpec> for nydus_verify::Whiteouts {
 
 /// Compares the image at `bootstrap` (blobs from `blobs`) with `stack`, reading the image
 /// `via` FUSE or the library. The parent image, if any, takes its blobs from `blobs` too.
+/// `bootstrap` may be a data blob with inline metadata ([`Image::open_any`]).
 pub fn verify(
     stack: &Stack,
     bootstrap: &Path,
@@ -89,7 +90,7 @@ pub fn verify(
     via: Via,
 ) -> Result<nydus_verify::Report, VerifyError> {
     let open = |path: &Path, blobs: BlobSource| {
-        Image::open(path, blobs).map_err(|source| VerifyError::Open {
+        Image::open_any(path, blobs).map_err(|source| VerifyError::Open {
             path: path.to_path_buf(),
             source,
         })

@@ -2,6 +2,7 @@
 //! view: walk, stat, read, readlink, xattrs. Every byte of the bootstrap and blobs is
 //! untrusted: offsets and sizes are checked against the file before use, counts are
 //! bounded by what the file can hold, and walks detect cycles and absurd depths.
+//! [`Image::open_any`] also takes a data blob that carries its bootstrap (inline metadata).
 //!
 //! ```no_run
 //! use nydus_image::reader::Image;
@@ -16,10 +17,12 @@
 
 mod cache;
 mod data;
+mod inline;
 
 pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
 pub use data::SharedRead;
+pub use inline::{is_inline_blob, InlineSource};
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +30,9 @@ use thiserror::Error;
 
 use crate::format::v6::inode::{self, ChunkAddr, DataLayout, Inode, SLOT_SIZE};
 use crate::format::v6::super_block::{DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
-use crate::format::v6::tables::{BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE};
+use crate::format::v6::tables::{
+    blob_features, BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE,
+};
 use crate::format::v6::{BlobIndex, ChunkIndex, BLOCK_SIZE};
 use crate::format::FormatError;
 use crate::storage::blobs::{BlobFile, BlobOpenError, BlobSource};
@@ -72,6 +77,18 @@ pub enum ReadError {
         /// What is wrong.
         what: String,
         /// What failed underneath: the blob file's OS error, the backend's, the codec's.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A data blob given as the image's bootstrap (inline metadata) has a bad tail, TOC or
+    /// bootstrap section.
+    #[error("blob with inline metadata {}: {what}", path.display())]
+    Inline {
+        /// The blob.
+        path: PathBuf,
+        /// What is wrong, with the blob offset.
+        what: String,
+        /// What failed underneath: the layout check, the read, the decompression.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
@@ -166,6 +183,8 @@ pub struct Image {
     blob_paths: Vec<Option<PathBuf>>,
     cache: ChunkCache,
     windows: std::sync::Mutex<std::collections::VecDeque<BlobWindow>>,
+    /// Where the bootstrap came from, when it was taken out of a blob.
+    inline: Option<InlineSource>,
     /// Verify chunk digests on every read.
     pub validate: bool,
 }
@@ -210,6 +229,17 @@ impl Image {
 
     /// Parses bootstrap bytes already in memory; `path` is used in messages.
     pub fn from_bytes(path: &Path, meta: Vec<u8>, blobs: BlobSource) -> Result<Self, ReadError> {
+        Self::from_parts(path, meta, blobs, None)
+    }
+
+    /// Parses bootstrap bytes; the blob table entries marked `INLINED_FS_META` are given
+    /// `own`'s id and file when there is one (a bootstrap taken out of its blob).
+    fn from_parts(
+        path: &Path,
+        meta: Vec<u8>,
+        blobs: BlobSource,
+        own: Option<inline::OwnBlob<'_>>,
+    ) -> Result<Self, ReadError> {
         let fmt = |source: FormatError| ReadError::Format {
             path: path.to_path_buf(),
             source,
@@ -244,7 +274,7 @@ impl Image {
             devices.push(DeviceSlot::decode(bytes, at).map_err(fmt)?);
         }
         let mut table = Vec::with_capacity(blob_count);
-        for (i, device) in devices.iter().enumerate() {
+        for (i, device) in devices.iter_mut().enumerate() {
             let at = sb.blob_table_offset + (BLOB_ENTRY_SIZE * i) as u64;
             let bytes = slice(&meta, at, BLOB_ENTRY_SIZE as u64).map_err(fmt)?;
             let entry = BlobEntry::decode(bytes, i as u32, at).map_err(fmt)?;
@@ -256,6 +286,13 @@ impl Image {
                         entry.blob_id, device.blob_id
                     ),
                 }));
+            }
+            let mut entry = entry;
+            if let Some(own) = &own {
+                if entry.features & blob_features::INLINED_FS_META != 0 {
+                    entry.blob_id = own.id.to_string();
+                    device.blob_id = own.id.to_string();
+                }
             }
             table.push(entry);
         }
@@ -276,22 +313,36 @@ impl Image {
         chunks.sort_unstable();
         chunks.dedup_by_key(|c| (c.0, c.1)); // a repeated key: the first entry serves
         let ids: Vec<String> = table.iter().map(|b| b.blob_id.clone()).collect();
-        let blob_paths = blobs.resolve(&ids);
+        let is_own =
+            |i: usize| own.is_some() && table[i].features & blob_features::INLINED_FS_META != 0;
+        let mut blob_paths = blobs.resolve(&ids);
+        if let Some(own) = &own {
+            for (i, p) in blob_paths.iter_mut().enumerate() {
+                if is_own(i) {
+                    *p = Some(own.path.to_path_buf());
+                }
+            }
+        }
+        let open_file = |p: &Option<PathBuf>| match p {
+            Some(p) => BlobFile::open(p).map_err(|source| BlobOpenError::File {
+                path: p.clone(),
+                source,
+            }),
+            None => Err(BlobOpenError::NotGiven),
+        };
         let blob_files = match &blobs {
             BlobSource::Backend(b) => ids
                 .iter()
-                .map(|id| BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend))
-                .collect::<Vec<_>>(),
-            _ => blob_paths
-                .iter()
-                .map(|p| match p {
-                    Some(p) => BlobFile::open(p).map_err(|source| BlobOpenError::File {
-                        path: p.clone(),
-                        source,
-                    }),
-                    None => Err(BlobOpenError::NotGiven),
+                .enumerate()
+                .map(|(i, id)| {
+                    if is_own(i) {
+                        open_file(&blob_paths[i])
+                    } else {
+                        BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend)
+                    }
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
+            _ => blob_paths.iter().map(open_file).collect(),
         };
         let blob_files = blob_files
             .into_iter()
@@ -308,6 +359,7 @@ impl Image {
             blob_paths,
             cache: ChunkCache::new(DEFAULT_CACHE_BYTES),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            inline: None,
             validate: false,
         };
         image.inode(image.root())?;
@@ -319,7 +371,8 @@ impl Image {
         self.cache = ChunkCache::new(bytes);
     }
 
-    /// The bootstrap path.
+    /// The bootstrap path (for a bootstrap taken out of a blob, the blob's path followed
+    /// by ` (image.boot)`: offsets in errors are the bootstrap's).
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -51,6 +51,19 @@ pub fn compress(algo: Compressor, data: &[u8]) -> Result<Option<Vec<u8>>, Compre
     Ok((out.len() < data.len()).then_some(out))
 }
 
+/// Compresses metadata (a bootstrap) with zstd at upstream's level, whole, as upstream
+/// does: never judged from a sample. `Ok(None)` when the result would not be smaller.
+pub fn zstd_whole(data: &[u8]) -> Result<Option<Vec<u8>>, CompressError> {
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let out = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(|source| CompressError {
+        algo: Compressor::Zstd,
+        source,
+    })?;
+    Ok((out.len() < data.len()).then_some(out))
+}
+
 /// What [`compress_owned`] made of a chunk.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Owned {

@@ -158,6 +158,18 @@ pub struct BlobArgs {
 }
 
 impl BlobArgs {
+    /// The blob source for the image at `bootstrap`: [`source`](Self::source), except
+    /// that a data blob with inline metadata given alone needs no blob flags (it holds
+    /// its own data).
+    pub fn source_for(&self, bootstrap: &Path) -> Result<BlobSource> {
+        let none_given =
+            self.blob_dir.is_none() && self.blobs.is_empty() && self.backend.backend_type.is_none();
+        if none_given && nydus_image::reader::is_inline_blob(bootstrap).unwrap_or(false) {
+            return Ok(BlobSource::None);
+        }
+        self.source()
+    }
+
     /// The one blob source these flags describe.
     pub fn source(&self) -> Result<BlobSource> {
         if let Some(b) = self.backend.backend()? {

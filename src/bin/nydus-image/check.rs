@@ -13,13 +13,14 @@ use crate::args::{self, LogLevel};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// Bootstrap to check.
+    /// Bootstrap to check, or a data blob with inline metadata.
     #[arg(value_name = "BOOTSTRAP")]
     bootstrap_pos: Option<PathBuf>,
-    /// Bootstrap to check.
+    /// Bootstrap to check, or a data blob with inline metadata.
     #[arg(short = 'B', long)]
     bootstrap: Option<PathBuf>,
-    /// Blob directory: also read every file and verify every chunk digest.
+    /// Blob directory: also read every file and verify every chunk digest (a blob with
+    /// inline metadata serves its own chunks; the directory, any other blob's).
     #[arg(short = 'D', long = "blob-dir")]
     blob_dir: Option<PathBuf>,
     /// List every entry.
@@ -63,7 +64,7 @@ pub fn run(opts: CheckOptions) -> Result<ExitCode> {
         Some(d) => BlobSource::Dir(d.clone()),
         None => BlobSource::None,
     };
-    let mut image = Image::open(&opts.bootstrap, source)?;
+    let mut image = Image::open_any(&opts.bootstrap, source)?;
     image.validate = true;
     let report = check::check(&image, opts.verbose)?;
     if opts.blob_dir.is_some() {

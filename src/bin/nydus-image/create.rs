@@ -12,7 +12,7 @@ use clap::ValueEnum;
 
 use nydus_image::builder::chunker::Progress;
 use nydus_image::builder::source::stargz::StargzOptions;
-use nydus_image::builder::{self, BlobTarget, BuildOptions, BuildSummary};
+use nydus_image::builder::{self, BlobTarget, BootstrapTarget, BuildOptions, BuildSummary};
 use nydus_image::format::{Compressor, Digester};
 use nydus_image::ops::compact::CompactConfig;
 use nydus_image::ops::verify::{Stack, VerifyError, Via};
@@ -32,9 +32,18 @@ pub struct CreateArgs {
     /// Same as --type (upstream spells it both ways).
     #[arg(long = "source-type")]
     source_type_alt: Option<String>,
-    /// Where to write the bootstrap (RAFS metadata).
+    /// Where to write the bootstrap (RAFS metadata). Not with --blob-inline-meta.
     #[arg(short = 'B', long)]
-    bootstrap: PathBuf,
+    bootstrap: Option<PathBuf>,
+    /// Write the bootstrap into the data blob, after the chunk data and blob meta, each
+    /// part followed by a tar header (upstream's layout); the blob then stands where a
+    /// bootstrap is expected (check, mount, verify; upstream nydusd and check).
+    #[arg(long = "blob-inline-meta", alias = "inline-bootstrap")]
+    blob_inline_meta: bool,
+    /// blob-toc: with --blob-inline-meta, also write the chunk digests and a table of
+    /// contents at the blob's end, and store the bootstrap zstd-compressed.
+    #[arg(long, value_enum)]
+    features: Option<FeatureArg>,
     /// Directory to store the data blob in, named by its sha256. With stargz_index:
     /// where the eStargz layer is (named by --blob-id); it is then checked chunk by chunk.
     #[arg(short = 'D', long = "blob-dir", conflicts_with = "blob")]
@@ -103,6 +112,13 @@ pub struct CreateArgs {
     verify: Option<VerifyHow>,
 }
 
+/// `--features`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum FeatureArg {
+    /// A table of contents at the blob's end.
+    BlobToc,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum VerifyHow {
     Auto,
@@ -117,13 +133,14 @@ enum SourceKind {
         /// compact.json's settings, to compact after the build.
         compaction: Option<CompactConfig>,
     },
-    Stargz(StargzOptions),
+    /// An eStargz TOC, and where its bootstrap goes.
+    Stargz(StargzOptions, PathBuf),
 }
 
 /// A checked `create` request.
 pub struct CreateOptions {
     source: PathBuf,
-    bootstrap: PathBuf,
+    bootstrap: BootstrapTarget,
     kind: SourceKind,
     build: BuildOptions,
     backend: BackendArgs,
@@ -143,6 +160,31 @@ impl CreateArgs {
                 "conversion type {other:?} is not supported: use dir-rafs (a directory) or stargz_index (an eStargz TOC)"
             ),
         };
+        let toc = self.features == Some(FeatureArg::BlobToc);
+        let bootstrap = match (&self.bootstrap, self.blob_inline_meta) {
+            (Some(_), true) => bail!(
+                "--bootstrap conflicts with --blob-inline-meta: the bootstrap is written inside the blob"
+            ),
+            (Some(p), false) if !toc => BootstrapTarget::File(p.clone()),
+            (Some(_), false) => bail!(
+                "--features blob-toc is only supported with --blob-inline-meta (a TOC after a blob whose bootstrap is separate is not written here)"
+            ),
+            (None, true) => BootstrapTarget::InBlob { toc },
+            (None, false) => bail!(
+                "give --bootstrap PATH, or --blob-inline-meta to write the bootstrap inside the blob"
+            ),
+        };
+        if self.blob_inline_meta {
+            if stargz {
+                bail!("--blob-inline-meta builds from a directory (--type dir-rafs); an eStargz layer cannot carry a bootstrap");
+            }
+            if self.blob_id.is_some() {
+                bail!("--blob-id conflicts with --blob-inline-meta: such a blob is named by whoever uses it (by its sha256 here)");
+            }
+            if self.config.is_some() {
+                bail!("--config (compaction) cannot rewrite a blob that carries its bootstrap: build without --blob-inline-meta to compact");
+            }
+        }
         match self.fs_version.as_str() {
             "6" => {}
             "5" => {
@@ -200,7 +242,10 @@ impl CreateArgs {
                 data_size,
                 layer_file,
             };
-            (SourceKind::Stargz(opts), blobs)
+            let BootstrapTarget::File(boot) = &bootstrap else {
+                bail!("--blob-inline-meta builds from a directory (--type dir-rafs)");
+            };
+            (SourceKind::Stargz(opts, boot.clone()), blobs)
         } else {
             if let Some(cs) = chunk_size {
                 build.chunk_size = cs;
@@ -254,7 +299,7 @@ impl CreateArgs {
         };
         Ok(CreateOptions {
             source: self.source,
-            bootstrap: self.bootstrap,
+            bootstrap,
             kind,
             build,
             backend: self.backend,
@@ -280,15 +325,15 @@ pub fn run(opts: CreateOptions) -> Result<ExitCode> {
             nydus_image::heap::tune_for_build(opts.build.chunk_size);
             let meter = ProgressMeter::new(opts.progress);
             let summary =
-                builder::build(&opts.source, &opts.bootstrap, target, &opts.build, &|p| {
+                builder::build_to(&opts.source, &opts.bootstrap, target, &opts.build, &|p| {
                     meter.update(p)
                 })
                 .with_context(|| format!("cannot build an image of {}", opts.source.display()))?;
             meter.finish();
             summary
         }
-        SourceKind::Stargz(sopts) => {
-            builder::source::stargz::build(&opts.source, &opts.bootstrap, sopts, &opts.build)
+        SourceKind::Stargz(sopts, bootstrap) => {
+            builder::source::stargz::build(&opts.source, bootstrap, sopts, &opts.build)
                 .with_context(|| {
                     format!(
                         "cannot build an image of eStargz TOC {}",
@@ -325,7 +370,7 @@ pub fn run(opts: CreateOptions) -> Result<ExitCode> {
         layers: vec![against.clone()],
         whiteouts: opts.build.whiteout_spec,
         // An eStargz TOC holds modification times in whole seconds.
-        mtime_seconds: matches!(opts.kind, SourceKind::Stargz(_)),
+        mtime_seconds: matches!(opts.kind, SourceKind::Stargz(..)),
     };
     let via = if *how == VerifyHow::Library {
         Via::Library
@@ -362,7 +407,11 @@ pub fn run(opts: CreateOptions) -> Result<ExitCode> {
 
 /// Prints the build summary and writes `--output-json`.
 fn report(opts: &CreateOptions, summary: &BuildSummary, started: Instant) -> Result<()> {
-    println!("meta blob path: {}", summary.bootstrap.display());
+    match opts.bootstrap {
+        BootstrapTarget::File(_) => println!("meta blob path: {}", summary.bootstrap.display()),
+        // As upstream says it: there is no bootstrap file.
+        BootstrapTarget::InBlob { .. } => println!("meta blob path: <none>"),
+    }
     println!("data blob size: 0x{:x}", summary.blob_size);
     println!("data blobs: {:?}", summary.blobs);
     if opts.build.chunk_dict.is_some() {
@@ -385,7 +434,12 @@ fn report(opts: &CreateOptions, summary: &BuildSummary, started: Instant) -> Res
     if let Some(path) = &opts.output_json {
         let json = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "bootstrap": summary.bootstrap,
+            "bootstrap": match opts.bootstrap {
+                BootstrapTarget::File(_) => Some(&summary.bootstrap),
+                BootstrapTarget::InBlob { .. } => None,
+            },
+            "inline_meta": matches!(opts.bootstrap, BootstrapTarget::InBlob { .. }),
+            "blob_path": summary.blob_path,
             "blobs": summary.blobs,
             "fs_version": "6",
             "compressor": summary.compressor.name(),

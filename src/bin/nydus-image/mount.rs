@@ -16,7 +16,8 @@ use crate::args::{BlobArgs, LogLevel};
 pub struct MountArgs {
     /// Mount point: an existing directory.
     mountpoint: PathBuf,
-    /// Bootstrap of the image.
+    /// Bootstrap of the image, or a data blob with inline metadata (which then needs no
+    /// blob flags for its own data).
     #[arg(short = 'B', long)]
     bootstrap: PathBuf,
     #[command(flatten)]
@@ -89,7 +90,7 @@ impl MountArgs {
             }
         }
         Ok(MountOptions {
-            blobs: self.blobs.source()?,
+            blobs: self.blobs.source_for(&self.bootstrap)?,
             mountpoint: self.mountpoint,
             bootstrap: self.bootstrap,
             daemon,
@@ -108,7 +109,7 @@ pub fn run(opts: MountOptions) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     nydus_image::heap::tune_for_serving();
-    let mut image = Image::open(&opts.bootstrap, opts.blobs)?;
+    let mut image = Image::open_any(&opts.bootstrap, opts.blobs)?;
     for (id, why) in image.missing_blobs() {
         log::warn!("blob {id} is not available ({why}): reads of its chunks will fail with EIO");
     }

@@ -26,7 +26,8 @@ pub struct VerifyArgs {
     /// How whiteouts are spelled in the source layers.
     #[arg(long = "whiteout-spec", value_enum, default_value = "oci")]
     whiteout_spec: WhiteoutArg,
-    /// Bootstrap of the image.
+    /// Bootstrap of the image, or a data blob with inline metadata (which then needs no
+    /// blob flags for its own data).
     #[arg(short = 'B', long)]
     bootstrap: PathBuf,
     #[command(flatten)]
@@ -65,7 +66,7 @@ impl VerifyArgs {
                 whiteouts: self.whiteout_spec.into(),
                 mtime_seconds: self.mtime_seconds,
             },
-            blobs: self.blobs.source()?,
+            blobs: self.blobs.source_for(&self.bootstrap)?,
             bootstrap: self.bootstrap,
             via: match self.via {
                 ViaArg::Fuse => Via::Fuse,

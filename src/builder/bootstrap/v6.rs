@@ -11,7 +11,9 @@ use crate::format::v6::inode::{
     EXTENDED_SIZE, SLOT_SIZE,
 };
 use crate::format::v6::super_block::{flags, DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
-use crate::format::v6::tables::{BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE};
+use crate::format::v6::tables::{
+    blob_features, BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE,
+};
 use crate::format::v6::{BLOCK_BITS, BLOCK_SIZE};
 use crate::format::{Compressor, Digester};
 
@@ -173,6 +175,15 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
     let mut sb_flags = opts.compressor.flag() | opts.digester.flag() | flags::EXPLICIT_UID_GID;
     if tree.nodes.iter().any(|n| !n.xattrs.is_empty()) {
         sb_flags |= flags::HAS_XATTR;
+    }
+    // Upstream 2.2.0 sets this when every blob stores its chunk digests (a blob with a
+    // TOC does), and so also when there is no blob at all.
+    if input
+        .blobs
+        .iter()
+        .all(|b| b.features & blob_features::INLINED_CHUNK_DIGEST != 0)
+    {
+        sb_flags |= flags::INLINED_CHUNK_DIGEST;
     }
     let sb = SuperBlock {
         root_nid: nid_of(0) as u16,
