@@ -213,7 +213,7 @@ impl ReadOnlyFs for ImageFs {
 pub struct ImageTree<'a>(pub &'a Image);
 
 impl Tree for ImageTree<'_> {
-    fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, String> {
+    fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, nydus_verify::Error> {
         let image = self.0;
         let mut out = BTreeMap::new();
         image
@@ -247,16 +247,25 @@ impl Tree for ImageTree<'_> {
                 );
                 Ok(())
             })
-            .map_err(|e| Chain(&e).to_string())?;
+            .map_err(|e| nydus_verify::Error::Tree {
+                path: self.0.path().display().to_string(),
+                what: "cannot walk the image",
+                source: Box::new(e),
+            })?;
         Ok(out)
     }
 
-    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, String> {
+    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, nydus_verify::Error> {
+        let shown = || String::from_utf8_lossy(path).into_owned();
         let nid = self
             .0
             .resolve(path)
-            .map_err(|e| Chain(&e).to_string())?
-            .ok_or_else(|| format!("{} not found", String::from_utf8_lossy(path)))?;
+            .map_err(|e| nydus_verify::Error::Tree {
+                path: shown(),
+                what: "cannot look it up",
+                source: Box::new(e),
+            })?
+            .ok_or_else(|| nydus_verify::Error::Missing(format!("{} not found", shown())))?;
         Ok(Box::new(ImageFile {
             image: self.0,
             nid,
@@ -276,7 +285,7 @@ impl Read for ImageFile<'_> {
         let n = self
             .image
             .read(self.nid, self.offset, buf)
-            .map_err(|e| std::io::Error::other(Chain(&e).to_string()))?;
+            .map_err(std::io::Error::other)?;
         self.offset += n as u64;
         Ok(n)
     }

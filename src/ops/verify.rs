@@ -66,8 +66,8 @@ pub enum VerifyError {
     #[error("cannot unmount the verification mount")]
     Unmount(#[source] std::io::Error),
     /// The comparison itself failed (a source entry unreadable, ...).
-    #[error("could not compare: {0}")]
-    Compare(String),
+    #[error("could not compare")]
+    Compare(#[source] nydus_verify::Error),
 }
 
 impl From<WhiteoutSpec> for nydus_verify::Whiteouts {

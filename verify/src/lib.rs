@@ -20,16 +20,54 @@
 //! ```
 #![deny(missing_docs)]
 
+mod fs;
+mod overlay;
+mod time;
+
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fmt;
-use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+pub use fs::FsTree;
+pub use overlay::{OverlayTree, Whiteouts};
+use time::exact_mtime;
+pub use time::{parse_mtime, utc};
+
+/// Why a tree could not be read or compared. Differences are not errors: they are the
+/// [`Report`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file-system call on a directory tree failed.
+    #[error("{}: {what}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tree's own reader failed on an entry (the library reader on the image side, say).
+    #[error("{path}: {what}")]
+    Tree {
+        /// The entry's path in its tree.
+        path: String,
+        /// What was being done.
+        what: &'static str,
+        /// The reader's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The image side could not be read at all.
+    #[error("cannot read the image")]
+    Image(#[source] Box<Error>),
+    /// An entry a tree should have is not there, or cannot be named.
+    #[error("{0}")]
+    Missing(String),
+}
 
 /// What is compared for one entry. Paths are absolute inside the tree ("/" is the root).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,180 +99,9 @@ pub struct Facts {
 /// A tree to compare.
 pub trait Tree {
     /// Every entry, keyed by path.
-    fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, String>;
+    fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, Error>;
     /// Opens a regular file's content.
-    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, String>;
-}
-
-/// A directory read with plain file-system calls.
-pub struct FsTree {
-    root: PathBuf,
-    skip_phantoms: bool,
-}
-
-impl FsTree {
-    /// A tree rooted at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        FsTree {
-            root: root.into(),
-            skip_phantoms: false,
-        }
-    }
-
-    /// Skips entries that a directory lists but that do not exist when looked up. The
-    /// kernel's overlayfs lists whiteouts of a directory that only one layer has without
-    /// hiding them; they then fail lookup. Only for reading such mounts.
-    pub fn skipping_phantoms(mut self) -> Self {
-        self.skip_phantoms = true;
-        self
-    }
-
-    fn join(&self, path: &[u8]) -> PathBuf {
-        let rel = path.strip_prefix(b"/").unwrap_or(path);
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(std::ffi::OsStr::from_bytes(rel))
-        }
-    }
-}
-
-impl Tree for FsTree {
-    fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, String> {
-        let mut out = BTreeMap::new();
-        let mut stack = vec![b"/".to_vec()];
-        while let Some(path) = stack.pop() {
-            let full = self.join(&path);
-            let m = match fs::symlink_metadata(&full) {
-                Ok(m) => m,
-                Err(e) if self.skip_phantoms && e.kind() == std::io::ErrorKind::NotFound => {
-                    continue
-                }
-                Err(e) => return Err(format!("{}: {e}", full.display())),
-            };
-            let ft = m.file_type();
-            let target = if ft.is_symlink() {
-                Some(
-                    fs::read_link(&full)
-                        .map_err(|e| format!("{}: {e}", full.display()))?
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec(),
-                )
-            } else {
-                None
-            };
-            out.insert(
-                path.clone(),
-                Facts {
-                    mode: m.mode(),
-                    uid: m.uid(),
-                    gid: m.gid(),
-                    size: if ft.is_file() || ft.is_symlink() {
-                        m.size()
-                    } else {
-                        0
-                    },
-                    mtime: m.mtime(),
-                    mtime_nsec: m.mtime_nsec() as u32,
-                    rdev: if ft.is_block_device() || ft.is_char_device() {
-                        m.rdev()
-                    } else {
-                        0
-                    },
-                    nlink: if ft.is_dir() { 0 } else { m.nlink() },
-                    target,
-                    xattrs: xattrs(&full)?,
-                    link_key: (!ft.is_dir() && m.nlink() > 1).then_some(m.ino()),
-                },
-            );
-            if ft.is_dir() {
-                let entries =
-                    fs::read_dir(&full).map_err(|e| format!("{}: {e}", full.display()))?;
-                for e in entries {
-                    let e = e.map_err(|e| format!("{}: {e}", full.display()))?;
-                    let mut child = if path == b"/" {
-                        Vec::new()
-                    } else {
-                        path.clone()
-                    };
-                    child.push(b'/');
-                    child.extend_from_slice(e.file_name().as_bytes());
-                    stack.push(child);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, String> {
-        let full = self.join(path);
-        let f = fs::File::open(&full).map_err(|e| format!("{}: {e}", full.display()))?;
-        Ok(Box::new(f))
-    }
-}
-
-fn xattrs(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("{}: NUL in path", path.display()))?;
-    let mut out = BTreeMap::new();
-    let names = sized_call(|buf| unsafe {
-        // SAFETY: c is NUL terminated, buf is valid for its length (a null pointer when empty).
-        libc::llistxattr(c.as_ptr(), buf_ptr(buf) as *mut libc::c_char, buf.len())
-    })
-    .map_err(|e| format!("{}: listxattr: {e}", path.display()))?;
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let n = CString::new(name).expect("split on NUL");
-        let value = sized_call(|buf| unsafe {
-            // SAFETY: as above.
-            libc::lgetxattr(
-                c.as_ptr(),
-                n.as_ptr(),
-                buf_ptr(buf) as *mut libc::c_void,
-                buf.len(),
-            )
-        })
-        .map_err(|e| {
-            format!(
-                "{}: getxattr {}: {e}",
-                path.display(),
-                String::from_utf8_lossy(name)
-            )
-        })?;
-        out.insert(name.to_vec(), value);
-    }
-    Ok(out)
-}
-
-fn buf_ptr(buf: &mut [u8]) -> *mut u8 {
-    if buf.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        buf.as_mut_ptr()
-    }
-}
-
-fn sized_call(mut call: impl FnMut(&mut [u8]) -> isize) -> std::io::Result<Vec<u8>> {
-    loop {
-        let size = call(&mut []);
-        if size < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENOTSUP) | Some(libc::ENODATA) => Ok(Vec::new()),
-                _ => Err(e),
-            };
-        }
-        let mut buf = vec![0u8; size as usize];
-        let got = call(&mut buf);
-        if got >= 0 {
-            buf.truncate(got as usize);
-            return Ok(buf);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ERANGE) {
-            return Err(e);
-        }
-    }
+    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, Error>;
 }
 
 /// One difference between source and image.
@@ -275,52 +142,6 @@ impl fmt::Display for Difference {
             shown(&self.image)
         )
     }
-}
-
-/// An mtime as a difference holds it (`SECONDS.NANOSECONDS`), or `None`.
-pub fn parse_mtime(value: &str) -> Option<(i64, u32)> {
-    let (secs, nsec) = value.split_once('.')?;
-    Some((secs.parse().ok()?, nsec.parse().ok()?))
-}
-
-fn exact_mtime(secs: i64, nsec: u32) -> String {
-    format!("{secs}.{nsec:09}")
-}
-
-/// A time as UTC, `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (proleptic Gregorian calendar; years
-/// before 1 or after 9999 get a sign or more digits).
-pub fn utc(secs: i64, nsec: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_date(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nsec:09}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    )
-}
-
-/// The Gregorian date `days` after 1970-01-01: count in 400-year eras (146,097 days
-/// each) from 0000-03-01, so that a leap day ends each year of the count; then the year
-/// of the era, the day of that March-based year, and its month (153 days per 5 months).
-fn civil_date(days: i64) -> (i64, u32, u32) {
-    // 0000-03-01 is 719,468 days before 1970-01-01. i128: no overflow for any i64 input.
-    let z = days as i128 + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + (month <= 2) as i128;
-    (year as i64, month as u32, day as u32)
 }
 
 /// The outcome of a comparison.
@@ -386,12 +207,12 @@ pub struct Options {
 
 /// Compares `image` with `source`. An error means the comparison could not be made (the
 /// source could not be read, say); read errors on the image side are differences.
-pub fn compare(source: &dyn Tree, image: &dyn Tree) -> Result<Report, String> {
+pub fn compare(source: &dyn Tree, image: &dyn Tree) -> Result<Report, Error> {
     compare_with(source, image, Options::default())
 }
 
 /// [`compare`] with options.
-pub fn compare_with(source: &dyn Tree, image: &dyn Tree, opts: Options) -> Result<Report, String> {
+pub fn compare_with(source: &dyn Tree, image: &dyn Tree, opts: Options) -> Result<Report, Error> {
     run(source, image, opts, true)
 }
 
@@ -402,7 +223,7 @@ pub fn compare_metadata(
     source: &dyn Tree,
     image: &dyn Tree,
     opts: Options,
-) -> Result<Report, String> {
+) -> Result<Report, Error> {
     run(source, image, opts, false)
 }
 
@@ -411,11 +232,9 @@ fn run(
     image: &dyn Tree,
     opts: Options,
     with_content: bool,
-) -> Result<Report, String> {
+) -> Result<Report, Error> {
     let src = source.scan()?;
-    let img = image
-        .scan()
-        .map_err(|e| format!("cannot read the image: {e}"))?;
+    let img = image.scan().map_err(|e| Error::Image(Box::new(e)))?;
     let src_links = link_groups(&src);
     let img_links = link_groups(&img);
     let mut report = Report::default();
@@ -569,7 +388,7 @@ fn compare_content(
     source: &dyn Tree,
     image: &dyn Tree,
     path: &[u8],
-) -> Result<Result<u64, ContentDiff>, String> {
+) -> Result<Result<u64, ContentDiff>, Error> {
     let mut s = source.open(path)?;
     let mut i = match image.open(path) {
         Ok(f) => f,
@@ -585,8 +404,11 @@ fn compare_content(
     let mut b = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     loop {
-        let n =
-            fill(&mut *s, &mut a).map_err(|e| format!("{}: {e}", String::from_utf8_lossy(path)))?;
+        let n = fill(&mut *s, &mut a).map_err(|e| Error::Tree {
+            path: String::from_utf8_lossy(path).into_owned(),
+            what: "cannot read",
+            source: Box::new(e),
+        })?;
         let m = match fill(&mut *i, &mut b[..n.max(1)]) {
             Ok(m) => m,
             Err(e) => {
@@ -632,199 +454,17 @@ fn fill(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// How whiteouts are spelled in a layer stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Whiteouts {
-    /// `.wh.NAME` removes NAME; `.wh..wh..opq` hides a directory's lower entries.
-    Oci,
-    /// A character device 0/0 removes its name; `trusted.overlay.opaque=y` on a directory
-    /// hides its lower entries.
-    Overlayfs,
-    /// No whiteouts: names are literal.
-    None,
-}
-
-const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
-
-/// The tree a stack of layer directories produces (bottom first), computed here from the
-/// layers' own entries: what an overlay mount of them shows.
-pub struct OverlayTree<'a> {
-    layers: Vec<&'a dyn Tree>,
-    spec: Whiteouts,
-    merged: std::cell::OnceCell<BTreeMap<Vec<u8>, (Facts, usize)>>,
-}
-
-impl<'a> OverlayTree<'a> {
-    /// A stack, bottom layer first.
-    pub fn new(layers: Vec<&'a dyn Tree>, spec: Whiteouts) -> Self {
-        OverlayTree {
-            layers,
-            spec,
-            merged: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// Merged entries, each with the index of the layer that provides it.
-    fn merged(&self) -> Result<&BTreeMap<Vec<u8>, (Facts, usize)>, String> {
-        if let Some(m) = self.merged.get() {
-            return Ok(m);
-        }
-        let m = self.merge()?;
-        Ok(self.merged.get_or_init(|| m))
-    }
-
-    fn merge(&self) -> Result<BTreeMap<Vec<u8>, (Facts, usize)>, String> {
-        let mut merged: BTreeMap<Vec<u8>, (Facts, usize)> = BTreeMap::new();
-        let mut link_ids: BTreeMap<(usize, u64), u64> = BTreeMap::new();
-        for (layer, tree) in self.layers.iter().enumerate() {
-            let scan = tree.scan()?;
-            // Whiteouts and opaque directories first: they act on the layers below only.
-            for (path, facts) in &scan {
-                let (parent, name) = split(path);
-                if let Some(target) = self.whiteout_target(name, facts) {
-                    match target {
-                        Some(t) => {
-                            let victim = join(parent, t);
-                            remove_tree(&mut merged, &victim, true);
-                        }
-                        None => remove_tree(&mut merged, parent, false),
-                    }
-                } else if self.is_opaque_dir(facts) {
-                    remove_tree(&mut merged, path, false);
-                }
-            }
-            for (path, facts) in scan {
-                let (_, name) = split(&path);
-                if self.whiteout_target(name, &facts).is_some() {
-                    continue;
-                }
-                // A path under a whiteout of this very layer cannot exist; a path whose
-                // parent is not a directory in the merged tree replaces nothing.
-                let mut facts = facts;
-                if self.spec == Whiteouts::Overlayfs && facts.mode & libc::S_IFMT == libc::S_IFDIR {
-                    facts.xattrs.remove(OPAQUE_XATTR);
-                }
-                if let Some(key) = facts.link_key {
-                    let next = link_ids.len() as u64 + 1;
-                    facts.link_key = Some(*link_ids.entry((layer, key)).or_insert(next));
-                }
-                let both_dirs = merged
-                    .get(&path)
-                    .is_some_and(|(old, _)| old.mode & libc::S_IFMT == libc::S_IFDIR)
-                    && facts.mode & libc::S_IFMT == libc::S_IFDIR;
-                if !both_dirs {
-                    remove_tree(&mut merged, &path, true);
-                }
-                merged.insert(path, (facts, layer));
-            }
-        }
-        // Link counts follow the links that survive.
-        let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
-        for (f, _) in merged.values() {
-            if let Some(k) = f.link_key {
-                *counts.entry(k).or_default() += 1;
-            }
-        }
-        for (f, _) in merged.values_mut() {
-            if let Some(k) = f.link_key {
-                f.nlink = counts[&k];
-                if f.nlink == 1 {
-                    f.link_key = None;
-                }
-            }
-        }
-        Ok(merged)
-    }
-
-    /// `Some(Some(name))`: a whiteout of `name`; `Some(None)`: an OCI opaque marker.
-    fn whiteout_target<'n>(&self, name: &'n [u8], facts: &Facts) -> Option<Option<&'n [u8]>> {
-        match self.spec {
-            Whiteouts::Oci if name == b".wh..wh..opq" => Some(None),
-            Whiteouts::Oci => name.strip_prefix(b".wh.").map(Some),
-            Whiteouts::Overlayfs => (facts.mode & libc::S_IFMT == libc::S_IFCHR && facts.rdev == 0)
-                .then_some(Some(name)),
-            Whiteouts::None => None,
-        }
-    }
-
-    fn is_opaque_dir(&self, facts: &Facts) -> bool {
-        self.spec == Whiteouts::Overlayfs
-            && facts.mode & libc::S_IFMT == libc::S_IFDIR
-            && facts.xattrs.get(OPAQUE_XATTR).is_some_and(|v| v == b"y")
-    }
-}
-
-fn split(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(0) if path.len() > 1 => (b"/", &path[1..]),
-        Some(i) if i > 0 => (&path[..i], &path[i + 1..]),
-        _ => (b"/", b""),
-    }
-}
-
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = if parent == b"/" {
-        Vec::new()
-    } else {
-        parent.to_vec()
-    };
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
-}
-
-/// Removes everything below `path` (and `path` itself when `itself`).
-fn remove_tree<V>(map: &mut BTreeMap<Vec<u8>, V>, path: &[u8], itself: bool) {
-    if itself {
-        map.remove(path);
-    }
-    let mut prefix = if path == b"/" {
-        Vec::new()
-    } else {
-        path.to_vec()
-    };
-    prefix.push(b'/');
-    let doomed: Vec<Vec<u8>> = map
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in doomed {
-        map.remove(&k);
-    }
-}
-
-impl Tree for OverlayTree<'_> {
-    fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, String> {
-        Ok(self
-            .merged()?
-            .iter()
-            .map(|(p, (f, _))| (p.clone(), f.clone()))
-            .collect())
-    }
-
-    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, String> {
-        let merged = self.merged()?;
-        let (_, layer) = merged.get(path).ok_or_else(|| {
-            format!(
-                "{} is not in the layer stack",
-                String::from_utf8_lossy(path)
-            )
-        })?;
-        self.layers[*layer].open(path)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// A tree held in memory: facts and content by path.
     #[derive(Clone, Default)]
     struct Mem(BTreeMap<Vec<u8>, (Facts, Vec<u8>)>);
 
     impl Tree for Mem {
-        fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, String> {
+        fn scan(&self) -> Result<BTreeMap<Vec<u8>, Facts>, Error> {
             Ok(self
                 .0
                 .iter()
@@ -832,8 +472,11 @@ mod tests {
                 .collect())
         }
 
-        fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, String> {
-            let (_, content) = self.0.get(path).ok_or("no such entry")?;
+        fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>, Error> {
+            let (_, content) = self
+                .0
+                .get(path)
+                .ok_or_else(|| Error::Missing("no such entry".into()))?;
             Ok(Box::new(&content[..]))
         }
     }
@@ -1344,7 +987,7 @@ mod tests {
                 if *p == "/k" {
                     (f.nlink, f.link_key) = (1, None);
                 }
-                f.xattrs.remove(OPAQUE_XATTR);
+                f.xattrs.remove(overlay::OPAQUE_XATTR);
                 expected = expected.put(p, f, &c);
             }
             let report = compare(&overlay, &expected).unwrap();
