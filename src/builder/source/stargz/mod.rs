@@ -1,0 +1,341 @@
+//! eStargz layers: the tree is read from the layer's table of contents (TOC, the
+//! `stargz.index.json` the eStargz writer stores at the end of the layer) instead of a
+//! directory, and file data stays where it is: every chunk is a gzip member of the
+//! eStargz file at the TOC's `offset`, and the image's data blob is that file.
+//!
+//! The TOC, as the containerd stargz library writes it (version 1):
+//! - one entry per tar entry, types `dir`, `reg`, `symlink`, `hardlink`, `char`,
+//!   `block`, `fifo`, plus `chunk` for the second and later chunks of a regular file;
+//! - names relative to the layer root, spelled `./a/b` or `a/b`, directories with a
+//!   trailing `/`; the root may appear as `./`;
+//! - `mode` holds permission bits only (the type is `type`), `modtime` is RFC 3339 in
+//!   whole seconds (empty for the epoch), xattr values are base64;
+//! - a regular file's first chunk sits in the `reg` entry: `offset` (its gzip member),
+//!   `chunkOffset` 0, `chunkSize` (absent when the chunk runs to the end of the file) and
+//!   `chunkDigest` (sha256 of the chunk's bytes); empty files carry only `digest`;
+//! - `.prefetch.landmark` / `.no.prefetch.landmark` are markers for the prefetcher,
+//!   not part of the layer's tree: they are left out, as upstream does.
+//!
+//! Nothing of the TOC is trusted: names are checked component by component, chunks must
+//! tile their file, and offsets must increase with the data they address.
+//!
+//! The work is split by job:
+//! - `toc.rs`: the TOC's JSON schema, its names and digests, and the tree it describes;
+//! - `time.rs`: RFC 3339 modification times;
+//! - `layer.rs`: placing chunks in the layer, and checking them against the layer file;
+//! - `mod.rs`: the options, the bootstrap description, and the build.
+
+mod layer;
+mod time;
+mod toc;
+
+pub use layer::{check_layer, gzip_bound};
+pub use time::parse_rfc3339;
+pub use toc::{load, parse};
+
+use std::path::{Path, PathBuf};
+
+use crate::builder::overlay::Entry;
+use crate::builder::tree::FileData;
+use crate::builder::BuildError;
+use crate::format::v6::tables::ChunkInfo;
+
+/// Name of the TOC inside an eStargz layer.
+pub const TOC_NAME: &str = "stargz.index.json";
+/// Prefetch markers the eStargz writer adds at the layer root.
+pub const LANDMARKS: [&[u8]; 2] = [b".prefetch.landmark", b".no.prefetch.landmark"];
+/// The eStargz writer's default chunk size, used when no file of the layer is split.
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+
+/// Settings of an eStargz build beyond [`crate::builder::BuildOptions`].
+#[derive(Clone, Debug, Default)]
+pub struct StargzOptions {
+    /// Chunk size the layer must have (`--chunk-size`); by default the layer's own.
+    pub chunk_size: Option<u32>,
+    /// The layer's size in bytes (`--blob-data-size`), if known without the layer.
+    pub data_size: Option<u64>,
+    /// The layer file: when given, every chunk is checked against it before anything is
+    /// written.
+    pub layer_file: Option<PathBuf>,
+}
+
+impl StargzOptions {
+    /// The layer file given as `blob`, or else the file named `blob_id` in `blob_dir`
+    /// (which must then exist); `None` when neither is given.
+    pub fn find_layer(
+        blob: Option<&Path>,
+        blob_dir: Option<&Path>,
+        blob_id: Option<&str>,
+    ) -> Result<Option<PathBuf>, BuildError> {
+        match (blob, blob_dir, blob_id) {
+            (Some(b), _, _) => Ok(Some(b.to_path_buf())),
+            (None, Some(d), Some(id)) => {
+                let f = d.join(id);
+                if !f.is_file() {
+                    return Err(BuildError::Source {
+                        path: f,
+                        what: "the eStargz layer is not in the blob directory (it must be named by its blob id)".into(),
+                    });
+                }
+                Ok(Some(f))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A layer's tree and chunks, read from its TOC.
+#[derive(Debug)]
+pub struct StargzLayer {
+    /// The tree, every regular file's data as chunks of the layer's blob.
+    pub root: Entry,
+    /// Chunk size: every chunk but a file's last is exactly this long.
+    pub chunk_size: u32,
+    /// Distinct chunks, in blob order.
+    pub chunks: Vec<ChunkInfo>,
+    /// Uncompressed bytes of file data.
+    pub data_bytes: u64,
+    /// For error messages: which entry each chunk came from.
+    pub chunk_names: Vec<String>,
+}
+
+/// A problem in the TOC at `path`, naming the entry.
+fn bad(path: &Path, index: Option<usize>, name: &str, what: impl std::fmt::Display) -> BuildError {
+    let at = match index {
+        Some(i) => format!("entry {i} ({name:?}): "),
+        None => String::new(),
+    };
+    BuildError::Source {
+        path: path.to_path_buf(),
+        what: format!("{at}{what}"),
+    }
+}
+
+/// Checks `--blob-id` for an eStargz layer: its sha256 digest in hex, without the
+/// `sha256:` prefix.
+pub fn check_blob_id(id: &str) -> Result<(), String> {
+    if let Some(hex_part) = id.strip_prefix("sha256:") {
+        return Err(format!(
+            "--blob-id {id:?}: give the layer digest without the \"sha256:\" prefix: --blob-id {hex_part}"
+        ));
+    }
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "--blob-id {id:?}: an eStargz layer's blob id is its sha256 digest, 64 hex digits"
+        ));
+    }
+    Ok(())
+}
+
+/// A layer's bootstrap, with what went into it.
+pub struct Described {
+    /// The bootstrap's bytes.
+    pub bootstrap: Vec<u8>,
+    /// The merged tree it describes.
+    pub tree: crate::builder::tree::Tree,
+    /// Its blob table: the parent's blobs, then the layer.
+    pub blobs: Vec<crate::format::v6::tables::BlobEntry>,
+    /// Chunk references to the layer that survive upper whiteouts.
+    pub used_chunks: u64,
+}
+
+/// Lays out the bootstrap of `layer` applied over the parent (or nothing).
+pub fn describe(
+    layer: StargzLayer,
+    parent_tree: Option<Entry>,
+    parent_blobs: Vec<crate::format::v6::tables::BlobEntry>,
+    blob_id: &str,
+) -> Described {
+    use crate::builder::{bootstrap, overlay};
+    use crate::format::v6::tables::{blob_features, BlobEntry};
+    use crate::format::{Compressor, Digester};
+
+    let blob_index = parent_blobs.len() as u32;
+    let StargzLayer {
+        root,
+        chunk_size,
+        chunks: layer_chunks,
+        ..
+    } = layer;
+    let mut merged = parent_tree.unwrap_or_else(|| overlay::empty_root(&root.node));
+    overlay::apply(&mut merged, root, overlay::WhiteoutSpec::Oci);
+    let tree = overlay::flatten(merged);
+
+    let used = {
+        // Chunks of this layer that survive the whiteouts of upper entries.
+        let mut n = 0u64;
+        for node in &tree.nodes {
+            if let (FileData::Chunks(list), None) = (&node.data, node.hardlink_of) {
+                n += list.iter().filter(|c| c.blob_index == blob_index).count() as u64;
+            }
+        }
+        n
+    };
+    let uncompressed_size = layer_chunks
+        .last()
+        .map(|c| c.uncompressed_offset + (c.uncompressed_size as u64).div_ceil(0x1000) * 0x1000)
+        .unwrap_or(0);
+    let entry = BlobEntry {
+        blob_id: blob_id.to_string(),
+        chunk_size,
+        chunk_count: layer_chunks.len() as u32,
+        compressor: Compressor::Gzip,
+        digester: Digester::Sha256,
+        features: blob_features::ALIGNED | blob_features::CAP_TAR_TOC,
+        compressed_size: layer_chunks
+            .iter()
+            .map(|c| c.compressed_offset + c.compressed_size as u64)
+            .max()
+            .unwrap_or(0),
+        uncompressed_size,
+        toc_size: 0,
+        ci_compressor: Compressor::None,
+        ci_offset: 0,
+        // No chunk-info array exists (the chunk table in the bootstrap has everything),
+        // but upstream's loader insists on this size; a stored size of 0 says "none".
+        ci_compressed_size: 0,
+        ci_uncompressed_size: 16 * layer_chunks.len() as u64,
+        toc_digest: [0; 32],
+    };
+    let mut blobs = parent_blobs;
+    blobs.push(entry);
+    let (image, blobs) = crate::builder::stored_tree_bootstrap(
+        &tree,
+        blobs,
+        bootstrap::v6::BootstrapOptions {
+            chunk_size,
+            compressor: Compressor::Gzip,
+            digester: Digester::Sha256,
+        },
+    );
+    Described {
+        bootstrap: image,
+        tree,
+        blobs,
+        used_chunks: used,
+    }
+}
+
+/// Builds a RAFS v6 bootstrap describing the eStargz layer whose TOC is at `toc`,
+/// optionally over `opts.parent_bootstrap`. The layer itself is the image's data blob,
+/// recorded under `opts.blob_id` (its sha256 digest). When `layer_file` is given, every
+/// chunk is checked against it first. Only the bootstrap is written.
+pub fn build(
+    toc: &Path,
+    bootstrap_path: &Path,
+    sopts: &StargzOptions,
+    opts: &crate::builder::BuildOptions,
+) -> Result<crate::builder::BuildSummary, BuildError> {
+    use crate::builder::BuildSummary;
+    use crate::format::{Compressor, Digester};
+
+    let blob_id = opts.blob_id.clone().ok_or_else(|| {
+        BuildError::Options(
+            "--blob-id is required with stargz_index: the layer's sha256 digest, without the \"sha256:\" prefix".into(),
+        )
+    })?;
+    check_blob_id(&blob_id).map_err(BuildError::Options)?;
+    if opts.compressor != Compressor::Gzip {
+        return Err(BuildError::Options(format!(
+            "an eStargz layer is gzip-compressed; --compressor {} cannot describe it",
+            opts.compressor.name()
+        )));
+    }
+    if opts.chunk_dict.is_some() {
+        return Err(BuildError::Options(
+            "a chunk dictionary cannot be used with an eStargz layer: the layer's data is not rewritten".into(),
+        ));
+    }
+    if opts.whiteout_spec != crate::builder::overlay::WhiteoutSpec::Oci {
+        return Err(BuildError::Options(
+            "eStargz layers carry OCI whiteouts; the whiteout spec must be oci".into(),
+        ));
+    }
+    if opts.digester != Digester::Sha256 {
+        return Err(BuildError::Options(format!(
+            "eStargz chunk digests are sha256 (the TOC's chunkDigest); --digester {} cannot describe them",
+            opts.digester.name()
+        )));
+    }
+    let parent = crate::builder::load_parent(opts, None)?;
+    let (parent_tree, parent_blobs, parent_chunk_size) = match parent {
+        Some((t, b, c)) => (Some(t), b, Some(c)),
+        None => (None, Vec::new(), None),
+    };
+    if parent_blobs.iter().any(|b| b.blob_id == blob_id) {
+        return Err(BuildError::Options(format!(
+            "the parent image already references blob {blob_id}: this layer is already in it"
+        )));
+    }
+    let want = match (parent_chunk_size, sopts.chunk_size) {
+        (Some(p), Some(c)) if p != c => {
+            return Err(BuildError::Options(format!(
+                "--chunk-size 0x{c:x} differs from the parent image's 0x{p:x}"
+            )))
+        }
+        (p, c) => p.or(c),
+    };
+    let layer_len = match &sopts.layer_file {
+        Some(f) => Some(
+            std::fs::metadata(f)
+                .map_err(|e| BuildError::io(f, "cannot stat the eStargz layer", e))?
+                .len(),
+        ),
+        None => None,
+    };
+    if let (Some(len), Some(said)) = (layer_len, sopts.data_size) {
+        if len != said {
+            return Err(BuildError::Options(format!(
+                "--blob-data-size 0x{said:x} differs from the layer's size 0x{len:x}"
+            )));
+        }
+    }
+    let blob_index = parent_blobs.len() as u32;
+    let layer = load(toc, 1, blob_index, want, layer_len.or(sopts.data_size))?;
+    let layer_size = match &sopts.layer_file {
+        Some(f) => Some(check_layer(f, &layer, toc)?),
+        None => None,
+    };
+
+    let (data_bytes, unique_chunks, chunk_size) = (
+        layer.data_bytes,
+        layer.chunks.len() as u64,
+        layer.chunk_size,
+    );
+    let described = describe(layer, parent_tree, parent_blobs, &blob_id);
+    let image = &described.bootstrap;
+    let bootstrap =
+        crate::builder::output::PendingFile::write_whole(bootstrap_path, image, "bootstrap")?;
+    Ok(BuildSummary {
+        bootstrap,
+        blob_path: sopts.layer_file.clone(),
+        blob_id: Some(blob_id),
+        blob_size: layer_size.unwrap_or(0),
+        bootstrap_size: image.len() as u64,
+        entries: described.tree.nodes.len() as u64,
+        inodes: described.tree.inode_count() as u64,
+        total_chunks: described.used_chunks,
+        unique_chunks,
+        data_bytes,
+        dict_chunks: 0,
+        dict_bytes: 0,
+        blobs: described.blobs.iter().map(|b| b.blob_id.clone()).collect(),
+        compressor: Compressor::Gzip,
+        digester: Digester::Sha256,
+        chunk_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_ids() {
+        let hex = "a".repeat(64);
+        assert!(check_blob_id(&hex).is_ok());
+        let e = check_blob_id(&format!("sha256:{hex}")).unwrap_err();
+        assert!(e.contains(&format!("--blob-id {hex}")), "{e}");
+        assert!(check_blob_id("abc").is_err());
+    }
+}

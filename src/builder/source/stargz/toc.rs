@@ -1,0 +1,487 @@
+//! The TOC's JSON schema (version 1, as the containerd stargz library writes it), its
+//! names and digests, and the tree its entries describe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::layer::place_chunks;
+use super::time::parse_rfc3339;
+use super::{bad, StargzLayer, LANDMARKS};
+use crate::builder::overlay::Entry;
+use crate::builder::tree::{FileData, Kind, Node};
+use crate::builder::BuildError;
+use crate::format::v6::tables::ChunkInfo;
+
+#[derive(Deserialize)]
+pub(super) struct TocJson {
+    pub(super) version: i64,
+    #[serde(default)]
+    pub(super) entries: Vec<TocEntry>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+pub(super) struct TocEntry {
+    pub(super) name: String,
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    pub(super) size: u64,
+    pub(super) modtime: String,
+    pub(super) link_name: String,
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) dev_major: u32,
+    pub(super) dev_minor: u32,
+    pub(super) xattrs: BTreeMap<String, String>,
+    pub(super) digest: String,
+    pub(super) offset: u64,
+    pub(super) inner_offset: u64,
+    pub(super) chunk_offset: u64,
+    pub(super) chunk_size: u64,
+    pub(super) chunk_digest: String,
+}
+
+/// One chunk of a regular file as the TOC places it.
+#[derive(Clone, Debug)]
+pub(super) struct TocChunk {
+    /// Where the chunk's gzip member starts in the layer.
+    pub(super) offset: u64,
+    /// Where the chunk starts in its file.
+    pub(super) file_offset: u64,
+    /// Its size, 0 for "to the end of the file".
+    pub(super) size: u64,
+    /// sha256 of its bytes, if the TOC gives one.
+    pub(super) digest: Option<[u8; 32]>,
+}
+
+/// Splits a TOC name into components; `None` for the root. Refuses absolute names and
+/// `.`/`..`/empty components.
+fn components(name: &str) -> Result<Option<Vec<Vec<u8>>>, String> {
+    if name.starts_with('/') {
+        return Err("absolute names are not allowed in a layer".into());
+    }
+    let mut rest = name;
+    while let Some(r) = rest.strip_prefix("./") {
+        rest = r;
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest == "." {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for part in rest.split('/') {
+        match part {
+            "" => return Err("empty path component".into()),
+            "." | ".." => return Err(format!("{part:?} path component")),
+            p if p.len() > 255 => {
+                return Err(format!(
+                    "a component is {} bytes, the limit is 255",
+                    p.len()
+                ))
+            }
+            p if p.contains('\0') => return Err("NUL byte in name".into()),
+            p => out.push(p.as_bytes().to_vec()),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Parses `sha256:HEX` into bytes.
+fn sha256_digest(s: &str) -> Result<[u8; 32], String> {
+    let hex_part = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| format!("digest {s:?} is not a sha256 digest"))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out)
+        .map_err(|_| format!("digest {s:?} is not 64 hex digits"))?;
+    Ok(out)
+}
+
+/// A directory made up for a path the TOC uses without listing its parent.
+fn implied_dir(source: PathBuf) -> Entry {
+    Entry {
+        node: Node {
+            name: Vec::new(),
+            source,
+            parent: 0,
+            kind: Kind::Dir(Vec::new()),
+            mode: libc::S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            rdev: 0,
+            xattrs: Vec::new(),
+            hardlink_of: None,
+            nlink: 2,
+            data: FileData::Source,
+        },
+        link: None,
+        children: BTreeMap::new(),
+    }
+}
+
+/// The entry at `parts` below `root`, creating missing directories on the way.
+fn walk_to<'a>(
+    root: &'a mut Entry,
+    parts: &[Vec<u8>],
+    toc: &Path,
+) -> Result<&'a mut Entry, String> {
+    let mut at = root;
+    let mut shown = PathBuf::from("/");
+    for part in parts {
+        shown.push(String::from_utf8_lossy(part).as_ref());
+        if !matches!(at.node.kind, Kind::Dir(_)) {
+            return Err(format!(
+                "{} is not a directory",
+                shown.parent().unwrap_or(Path::new("/")).display()
+            ));
+        }
+        at = at
+            .children
+            .entry(part.clone())
+            .or_insert_with(|| implied_dir(toc.join(shown.strip_prefix("/").unwrap_or(&shown))));
+    }
+    Ok(at)
+}
+
+/// Reads the TOC at `path` into a tree. `layer` keys hard links; the layer's chunks get
+/// `blob_index`; `chunk_size`, when given, is the chunk size the layer must use;
+/// `data_size` is the layer's size, if known.
+pub fn load(
+    path: &Path,
+    layer: u32,
+    blob_index: u32,
+    chunk_size: Option<u32>,
+    data_size: Option<u64>,
+) -> Result<StargzLayer, BuildError> {
+    let text = std::fs::read(path).map_err(|e| BuildError::io(path, "cannot read TOC", e))?;
+    parse(path, &text, layer, blob_index, chunk_size, data_size)
+}
+
+/// [`load`] from the TOC's bytes; `path` names it in errors.
+pub fn parse(
+    path: &Path,
+    text: &[u8],
+    layer: u32,
+    blob_index: u32,
+    chunk_size: Option<u32>,
+    data_size: Option<u64>,
+) -> Result<StargzLayer, BuildError> {
+    let toc: TocJson = serde_json::from_slice(text)
+        .map_err(|e| bad(path, None, "", format!("not an eStargz TOC: {e}")))?;
+    if toc.version != 1 {
+        return Err(bad(
+            path,
+            None,
+            "",
+            format!(
+                "TOC version {} is not supported (only version 1)",
+                toc.version
+            ),
+        ));
+    }
+
+    let mut root = implied_dir(path.to_path_buf());
+    // Regular files with their chunks, by path, in TOC order.
+    let mut files: Vec<(Vec<Vec<u8>>, usize, Vec<TocChunk>)> = Vec::new();
+    let mut file_at: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
+    let mut last_file: Option<usize> = None;
+    // Hard-link groups: path of the group's first name -> key.
+    let mut link_keys: HashMap<Vec<Vec<u8>>, u64> = HashMap::new();
+
+    for (i, e) in toc.entries.iter().enumerate() {
+        let err = |what: String| bad(path, Some(i), &e.name, what);
+        let parts = components(&e.name).map_err(&err)?;
+        if e.inner_offset != 0 {
+            return Err(err(
+                "innerOffset (zstd:chunked) is not supported; only gzip eStargz".into(),
+            ));
+        }
+        if e.kind == "chunk" {
+            let parts = parts.ok_or_else(|| err("a chunk entry names the root".into()))?;
+            let at = last_file
+                .filter(|&f| files[f].0 == parts)
+                .ok_or_else(|| err("chunk entry does not follow its regular file".into()))?;
+            let digest = if e.chunk_digest.is_empty() {
+                None
+            } else {
+                Some(sha256_digest(&e.chunk_digest).map_err(&err)?)
+            };
+            files[at].2.push(TocChunk {
+                offset: e.offset,
+                file_offset: e.chunk_offset,
+                size: e.chunk_size,
+                digest,
+            });
+            continue;
+        }
+        last_file = None;
+        if parts.as_ref().is_some_and(|p| {
+            p.len() == 1 && LANDMARKS.contains(&p[0].as_slice()) && e.kind == "reg"
+        }) {
+            continue;
+        }
+        let shown = match &parts {
+            Some(p) => path.join(
+                p.iter()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            ),
+            None => path.to_path_buf(),
+        };
+        let (fmt, kind) = match e.kind.as_str() {
+            "dir" => (libc::S_IFDIR, Kind::Dir(Vec::new())),
+            "reg" => (libc::S_IFREG, Kind::File),
+            "symlink" => {
+                if e.link_name.is_empty() {
+                    return Err(err("symlink without a target (linkName)".into()));
+                }
+                if e.link_name.len() > 4095 || e.link_name.contains('\0') {
+                    return Err(err("symlink target is too long or holds a NUL byte".into()));
+                }
+                (
+                    libc::S_IFLNK,
+                    Kind::Symlink(e.link_name.as_bytes().to_vec()),
+                )
+            }
+            "char" => (libc::S_IFCHR, Kind::CharDevice),
+            "block" => (libc::S_IFBLK, Kind::BlockDevice),
+            "fifo" => (libc::S_IFIFO, Kind::Fifo),
+            "hardlink" => (0, Kind::File),
+            other => return Err(err(format!("unknown entry type {other:?}"))),
+        };
+        let Some(parts) = parts else {
+            // The root: only its metadata.
+            if fmt != libc::S_IFDIR {
+                return Err(err("the root is not a directory".into()));
+            }
+            set_meta(&mut root.node, e, fmt, &shown).map_err(&err)?;
+            continue;
+        };
+        if e.kind == "hardlink" {
+            let target = components(&e.link_name)
+                .map_err(|w| err(format!("hard link target {:?}: {w}", e.link_name)))?
+                .ok_or_else(|| err("hard link to the root".into()))?;
+            let key_count = link_keys.len() as u64;
+            let found = find(&mut root, &target)
+                .filter(|t| !matches!(t.node.kind, Kind::Dir(_)))
+                .ok_or_else(|| {
+                    err(format!(
+                        "hard link to {:?}, which is not an earlier non-directory entry",
+                        e.link_name
+                    ))
+                })?;
+            let key = match found.link {
+                Some((_, k)) => k,
+                None => {
+                    link_keys.insert(target.clone(), key_count);
+                    found.link = Some((layer, key_count));
+                    key_count
+                }
+            };
+            let mut copy = found.clone();
+            copy.node.source = shown.clone();
+            copy.link = Some((layer, key));
+            let (parent, name) = parts.split_at(parts.len() - 1);
+            let dir = walk_to(&mut root, parent, path).map_err(&err)?;
+            dir.children.insert(name[0].clone(), copy);
+            // Its data is the target's, and so are any chunks listed later: none are.
+            continue;
+        }
+        let (parent, name) = parts.split_at(parts.len() - 1);
+        let dir = walk_to(&mut root, parent, path).map_err(&err)?;
+        let mut node = implied_dir(shown.clone()).node;
+        node.kind = kind;
+        set_meta(&mut node, e, fmt, &shown).map_err(&err)?;
+        match dir.children.get_mut(&name[0]) {
+            // A directory listed again (or after its children): new metadata, same children.
+            Some(old) if fmt == libc::S_IFDIR && matches!(old.node.kind, Kind::Dir(_)) => {
+                old.node = node;
+            }
+            _ => {
+                dir.children.insert(
+                    name[0].clone(),
+                    Entry {
+                        node,
+                        link: None,
+                        children: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+        if fmt == libc::S_IFREG {
+            let digest = if !e.chunk_digest.is_empty() {
+                Some(sha256_digest(&e.chunk_digest).map_err(&err)?)
+            } else if !e.digest.is_empty() && (e.chunk_size == 0 || e.chunk_size >= e.size) {
+                // One chunk: the file's digest is the chunk's.
+                Some(sha256_digest(&e.digest).map_err(&err)?)
+            } else {
+                None
+            };
+            let chunks = if e.size > 0 {
+                vec![TocChunk {
+                    offset: e.offset,
+                    file_offset: e.chunk_offset,
+                    size: e.chunk_size,
+                    digest,
+                }]
+            } else {
+                Vec::new()
+            };
+            let at = match file_at.get(&parts) {
+                Some(&at) => {
+                    files[at] = (parts.clone(), i, chunks);
+                    at
+                }
+                None => {
+                    files.push((parts.clone(), i, chunks));
+                    file_at.insert(parts.clone(), files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            last_file = Some(at);
+        }
+    }
+
+    let (chunk_size, chunks, chunk_names, per_file) = place_chunks(
+        path,
+        &toc.entries,
+        &files,
+        chunk_size,
+        blob_index,
+        data_size,
+    )?;
+    let mut data_bytes = 0;
+    for ((parts, _, _), list) in files.iter().zip(per_file) {
+        let Some(entry) = find(&mut root, parts) else {
+            continue; // replaced by a later entry of another type
+        };
+        if entry.node.kind != Kind::File {
+            continue;
+        }
+        data_bytes += entry.node.size;
+        let infos: Vec<ChunkInfo> = list.iter().map(|&c| chunks[c].clone()).collect();
+        entry.node.data = FileData::Chunks(infos);
+    }
+    // Hard links copied their target before its data was attached: copy it again.
+    fix_links(&mut root);
+    Ok(StargzLayer {
+        root,
+        chunk_size,
+        chunks,
+        data_bytes,
+        chunk_names,
+    })
+}
+
+/// Metadata common to all entry kinds.
+fn set_meta(node: &mut Node, e: &TocEntry, fmt: u32, shown: &Path) -> Result<(), String> {
+    if e.mode & !0o7777 != 0 && e.mode & libc::S_IFMT != fmt {
+        return Err(format!(
+            "mode 0o{:o} disagrees with type {:?}",
+            e.mode, e.kind
+        ));
+    }
+    node.mode = fmt | (e.mode & 0o7777);
+    node.uid = e.uid;
+    node.gid = e.gid;
+    node.mtime = parse_rfc3339(&e.modtime)?;
+    node.mtime_nsec = 0;
+    node.rdev = match fmt {
+        libc::S_IFCHR | libc::S_IFBLK => {
+            if e.dev_major > 0xfff || e.dev_minor > 0xf_ffff {
+                return Err(format!(
+                    "device {}:{} does not fit RAFS v6's 32-bit device numbers",
+                    e.dev_major, e.dev_minor
+                ));
+            }
+            libc::makedev(e.dev_major, e.dev_minor)
+        }
+        _ => 0,
+    };
+    node.size = match &node.kind {
+        Kind::File => e.size,
+        Kind::Symlink(t) => t.len() as u64,
+        _ => 0,
+    };
+    let mut xattrs = Vec::new();
+    for (name, value) in &e.xattrs {
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| format!("xattr {name:?}: value is not base64"))?;
+        crate::builder::source::dir::check_xattr(shown, name.as_bytes(), &value).map_err(|e| {
+            match e {
+                BuildError::Source { what, .. } => what,
+                other => other.to_string(),
+            }
+        })?;
+        xattrs.push((name.as_bytes().to_vec(), value));
+    }
+    xattrs.sort();
+    node.xattrs = xattrs;
+    Ok(())
+}
+
+fn find<'a>(root: &'a mut Entry, parts: &[Vec<u8>]) -> Option<&'a mut Entry> {
+    let mut at = root;
+    for p in parts {
+        at = at.children.get_mut(p)?;
+    }
+    Some(at)
+}
+
+/// Gives every member of a hard-link group the node of the group's first member (the
+/// one the TOC listed as `reg`, whose data was attached last).
+fn fix_links(root: &mut Entry) {
+    fn collect(e: &Entry, firsts: &mut HashMap<u64, Node>) {
+        for c in e.children.values() {
+            if let (Some((_, k)), FileData::Chunks(_)) = (c.link, &c.node.data) {
+                firsts.entry(k).or_insert_with(|| c.node.clone());
+            }
+            collect(c, firsts);
+        }
+    }
+    fn apply(e: &mut Entry, firsts: &HashMap<u64, Node>) {
+        for c in e.children.values_mut() {
+            if let Some((_, k)) = c.link {
+                if let Some(n) = firsts.get(&k) {
+                    if matches!(c.node.data, FileData::Source) && c.node.kind == Kind::File {
+                        let source = std::mem::take(&mut c.node.source);
+                        c.node = n.clone();
+                        c.node.source = source;
+                    }
+                }
+            }
+            apply(c, firsts);
+        }
+    }
+    let mut firsts = HashMap::new();
+    collect(root, &mut firsts);
+    apply(root, &firsts);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(components("./"), Ok(None));
+        assert_eq!(components(""), Ok(None));
+        assert_eq!(
+            components("./a/b/"),
+            Ok(Some(vec![b"a".to_vec(), b"b".to_vec()]))
+        );
+        assert_eq!(components("a"), Ok(Some(vec![b"a".to_vec()])));
+        for bad in ["/etc/passwd", "a/../b", "../x", "a//b", "a/./b"] {
+            assert!(components(bad).is_err(), "{bad}");
+        }
+    }
+}
