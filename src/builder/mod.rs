@@ -86,6 +86,10 @@ pub enum BuildError {
         /// What is wrong.
         what: String,
     },
+    /// An eStargz layer's TOC or layer file is wrong, or cannot be represented (boxed:
+    /// it is the largest error, and every build result would carry its size).
+    #[error(transparent)]
+    Stargz(#[from] Box<source::stargz::StargzError>),
 }
 
 impl BuildError {

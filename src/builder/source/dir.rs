@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::builder::tree::{FileData, Kind, Node, NodeId, Tree};
 use crate::builder::BuildError;
-use crate::format::v6::inode::{xattr_split, Xattrs};
+use crate::format::v6::inode::{xattr_split, XattrError, Xattrs};
 
 /// Largest xattr value RAFS v6 can hold (its size field is 16 bits; Linux caps at 64 KiB).
 const MAX_XATTR_VALUE: usize = 65535;
@@ -253,7 +253,10 @@ pub fn read_xattrs(path: &Path) -> Result<Xattrs, BuildError> {
                 buf.len(),
             )
         })?;
-        check_xattr(path, name, &value)?;
+        check_xattr(name, &value).map_err(|e| BuildError::Source {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })?;
         out.push((name.to_vec(), value));
     }
     out.sort();
@@ -261,18 +264,16 @@ pub fn read_xattrs(path: &Path) -> Result<Xattrs, BuildError> {
 }
 
 /// Refuses an xattr RAFS v6 cannot store: outside the known namespaces, or too large.
-pub(crate) fn check_xattr(path: &Path, name: &[u8], value: &[u8]) -> Result<(), BuildError> {
-    let shown = String::from_utf8_lossy(name);
+/// Every source checks its xattrs with this.
+pub(crate) fn check_xattr(name: &[u8], value: &[u8]) -> Result<(), XattrError> {
+    let shown = || String::from_utf8_lossy(name).into_owned();
     if xattr_split(name).is_none() {
-        return Err(BuildError::Source {
-            path: path.to_path_buf(),
-            what: format!("xattr {shown:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)"),
-        });
+        return Err(XattrError::Namespace { name: shown() });
     }
     if name.len() > 255 + 24 || value.len() > MAX_XATTR_VALUE {
-        return Err(BuildError::Source {
-            path: path.to_path_buf(),
-            what: format!("xattr {shown:?} is too large ({} byte value)", value.len()),
+        return Err(XattrError::TooLarge {
+            name: shown(),
+            value_len: value.len(),
         });
     }
     Ok(())

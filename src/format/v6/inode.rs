@@ -1,6 +1,7 @@
 //! EROFS inodes (32-byte compact, 64-byte extended), directory entries, inline xattrs and
 //! chunk indexes, as RAFS v6 uses them.
 
+use thiserror::Error;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -483,6 +484,25 @@ pub const XATTR_PREFIXES: [(&[u8], u8); 5] = [
     (b"trusted.", 4),
     (b"security.", 6),
 ];
+
+/// Why an inode's xattrs cannot be stored inline in RAFS v6.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum XattrError {
+    /// The name starts with none of [`XATTR_PREFIXES`].
+    #[error("xattr {name:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)")]
+    Namespace {
+        /// The xattr's name (lossy UTF-8).
+        name: String,
+    },
+    /// The name or the value is too long.
+    #[error("xattr {name:?} is too large ({value_len} byte value)")]
+    TooLarge {
+        /// The xattr's name (lossy UTF-8).
+        name: String,
+        /// Its value's length in bytes.
+        value_len: usize,
+    },
+}
 
 /// Splits an xattr name into (prefix index, suffix), or `None` if EROFS cannot store it.
 pub fn xattr_split(name: &[u8]) -> Option<(u8, &[u8])> {

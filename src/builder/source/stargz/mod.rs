@@ -20,17 +20,20 @@
 //! tile their file, and offsets must increase with the data they address.
 //!
 //! The work is split by job:
+//! - `error.rs`: what can go wrong, naming the TOC, the entry and the offset;
 //! - `toc.rs`: the TOC's JSON schema, its names and digests, and the tree it describes;
 //! - `time.rs`: RFC 3339 modification times;
 //! - `layer.rs`: placing chunks in the layer, and checking them against the layer file;
 //! - `mod.rs`: the options, the bootstrap description, and the build.
 
+mod error;
 mod layer;
 mod time;
 mod toc;
 
+pub use error::{EntryError, LayerChunkError, NameError, StargzError};
 pub use layer::{check_layer, gzip_bound};
-pub use time::parse_rfc3339;
+pub use time::{parse_rfc3339, TimeError};
 pub use toc::{load, parse};
 
 use std::path::{Path, PathBuf};
@@ -66,16 +69,13 @@ impl StargzOptions {
         blob: Option<&Path>,
         blob_dir: Option<&Path>,
         blob_id: Option<&str>,
-    ) -> Result<Option<PathBuf>, BuildError> {
+    ) -> Result<Option<PathBuf>, StargzError> {
         match (blob, blob_dir, blob_id) {
             (Some(b), _, _) => Ok(Some(b.to_path_buf())),
             (None, Some(d), Some(id)) => {
                 let f = d.join(id);
                 if !f.is_file() {
-                    return Err(BuildError::Source {
-                        path: f,
-                        what: "the eStargz layer is not in the blob directory (it must be named by its blob id)".into(),
-                    });
+                    return Err(StargzError::LayerMissing { layer: f });
                 }
                 Ok(Some(f))
             }
@@ -95,34 +95,21 @@ pub struct StargzLayer {
     pub chunks: Vec<ChunkInfo>,
     /// Uncompressed bytes of file data.
     pub data_bytes: u64,
-    /// For error messages: which entry each chunk came from.
-    pub chunk_names: Vec<String>,
-}
-
-/// A problem in the TOC at `path`, naming the entry.
-fn bad(path: &Path, index: Option<usize>, name: &str, what: impl std::fmt::Display) -> BuildError {
-    let at = match index {
-        Some(i) => format!("entry {i} ({name:?}): "),
-        None => String::new(),
-    };
-    BuildError::Source {
-        path: path.to_path_buf(),
-        what: format!("{at}{what}"),
-    }
+    /// For error messages: the entry each chunk came from, by index in the TOC and name.
+    pub chunk_entries: Vec<(usize, String)>,
 }
 
 /// Checks `--blob-id` for an eStargz layer: its sha256 digest in hex, without the
 /// `sha256:` prefix.
-pub fn check_blob_id(id: &str) -> Result<(), String> {
+pub fn check_blob_id(id: &str) -> Result<(), StargzError> {
     if let Some(hex_part) = id.strip_prefix("sha256:") {
-        return Err(format!(
-            "--blob-id {id:?}: give the layer digest without the \"sha256:\" prefix: --blob-id {hex_part}"
-        ));
+        return Err(StargzError::BlobIdPrefixed {
+            id: id.to_string(),
+            bare: hex_part.to_string(),
+        });
     }
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "--blob-id {id:?}: an eStargz layer's blob id is its sha256 digest, 64 hex digits"
-        ));
+        return Err(StargzError::BlobIdNotDigest { id: id.to_string() });
     }
     Ok(())
 }
@@ -234,7 +221,7 @@ pub fn build(
             "--blob-id is required with stargz_index: the layer's sha256 digest, without the \"sha256:\" prefix".into(),
         )
     })?;
-    check_blob_id(&blob_id).map_err(BuildError::Options)?;
+    check_blob_id(&blob_id)?;
     if opts.compressor != Compressor::Gzip {
         return Err(BuildError::Options(format!(
             "an eStargz layer is gzip-compressed; --compressor {} cannot describe it",
@@ -293,7 +280,7 @@ pub fn build(
     let blob_index = parent_blobs.len() as u32;
     let layer = load(toc, 1, blob_index, want, layer_len.or(sopts.data_size))?;
     let layer_size = match &sopts.layer_file {
-        Some(f) => Some(check_layer(f, &layer, toc)?),
+        Some(f) => Some(check_layer(f, &layer)?),
         None => None,
     };
 
@@ -334,7 +321,9 @@ mod tests {
     fn blob_ids() {
         let hex = "a".repeat(64);
         assert!(check_blob_id(&hex).is_ok());
-        let e = check_blob_id(&format!("sha256:{hex}")).unwrap_err();
+        let e = check_blob_id(&format!("sha256:{hex}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&format!("--blob-id {hex}")), "{e}");
         assert!(check_blob_id("abc").is_err());
     }

@@ -1,13 +1,25 @@
 //! RFC 3339 times, as the TOC's `modtime` holds them.
 
+use thiserror::Error;
+
+/// A time that is not RFC 3339 (or not one this parser takes: see [`parse_rfc3339`]).
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{found:?} is not an RFC 3339 time")]
+pub struct TimeError {
+    /// The text given.
+    pub found: String,
+}
+
 /// Seconds since the epoch of an RFC 3339 time (`2024-01-02T03:04:05Z`, optionally with
 /// fractional seconds, which are rounded away as the eStargz writer does, and a `±HH:MM`
 /// offset). Empty means the epoch.
-pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+pub fn parse_rfc3339(s: &str) -> Result<i64, TimeError> {
     if s.is_empty() {
         return Ok(0);
     }
-    let err = || format!("modtime {s:?} is not an RFC 3339 time");
+    let err = || TimeError {
+        found: s.to_string(),
+    };
     let b = s.as_bytes();
     if !s.is_ascii()
         || b.len() < 20
@@ -20,7 +32,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     if b[13] != b':' || b[16] != b':' {
         return Err(err());
     }
-    let num = |from: usize, to: usize| -> Result<i64, String> {
+    let num = |from: usize, to: usize| -> Result<i64, TimeError> {
         let part = &s[from..to];
         if part.bytes().all(|c| c.is_ascii_digit()) {
             part.parse::<i64>().map_err(|_| err())

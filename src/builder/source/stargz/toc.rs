@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::Deserialize;
 
+use super::error::{EntryError, NameError, StargzError};
 use super::layer::place_chunks;
 use super::time::parse_rfc3339;
-use super::{bad, StargzLayer, LANDMARKS};
+use super::{StargzLayer, LANDMARKS};
 use crate::builder::overlay::Entry;
 use crate::builder::tree::{FileData, Kind, Node};
-use crate::builder::BuildError;
 use crate::format::v6::tables::ChunkInfo;
 
 #[derive(Deserialize)]
@@ -60,9 +60,9 @@ pub(super) struct TocChunk {
 
 /// Splits a TOC name into components; `None` for the root. Refuses absolute names and
 /// `.`/`..`/empty components.
-fn components(name: &str) -> Result<Option<Vec<Vec<u8>>>, String> {
+fn components(name: &str) -> Result<Option<Vec<Vec<u8>>>, NameError> {
     if name.starts_with('/') {
-        return Err("absolute names are not allowed in a layer".into());
+        return Err(NameError::Absolute);
     }
     let mut rest = name;
     while let Some(r) = rest.strip_prefix("./") {
@@ -75,29 +75,26 @@ fn components(name: &str) -> Result<Option<Vec<Vec<u8>>>, String> {
     let mut out = Vec::new();
     for part in rest.split('/') {
         match part {
-            "" => return Err("empty path component".into()),
-            "." | ".." => return Err(format!("{part:?} path component")),
-            p if p.len() > 255 => {
-                return Err(format!(
-                    "a component is {} bytes, the limit is 255",
-                    p.len()
-                ))
-            }
-            p if p.contains('\0') => return Err("NUL byte in name".into()),
+            "" => return Err(NameError::EmptyComponent),
+            "." => return Err(NameError::DotComponent(".")),
+            ".." => return Err(NameError::DotComponent("..")),
+            p if p.len() > 255 => return Err(NameError::LongComponent { found: p.len() }),
+            p if p.contains('\0') => return Err(NameError::Nul),
             p => out.push(p.as_bytes().to_vec()),
         }
     }
     Ok(Some(out))
 }
 
-/// Parses `sha256:HEX` into bytes.
-fn sha256_digest(s: &str) -> Result<[u8; 32], String> {
-    let hex_part = s
-        .strip_prefix("sha256:")
-        .ok_or_else(|| format!("digest {s:?} is not a sha256 digest"))?;
+/// Parses `sha256:HEX`, the TOC's `field`, into bytes.
+fn sha256_digest(field: &'static str, s: &str) -> Result<[u8; 32], EntryError> {
+    let bad = || EntryError::Digest {
+        field,
+        found: s.to_string(),
+    };
+    let hex_part = s.strip_prefix("sha256:").ok_or_else(bad)?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut out)
-        .map_err(|_| format!("digest {s:?} is not 64 hex digits"))?;
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| bad())?;
     Ok(out)
 }
 
@@ -131,16 +128,19 @@ fn walk_to<'a>(
     root: &'a mut Entry,
     parts: &[Vec<u8>],
     toc: &Path,
-) -> Result<&'a mut Entry, String> {
+) -> Result<&'a mut Entry, EntryError> {
     let mut at = root;
     let mut shown = PathBuf::from("/");
     for part in parts {
         shown.push(String::from_utf8_lossy(part).as_ref());
         if !matches!(at.node.kind, Kind::Dir(_)) {
-            return Err(format!(
-                "{} is not a directory",
-                shown.parent().unwrap_or(Path::new("/")).display()
-            ));
+            return Err(EntryError::NotADirectory {
+                path: shown
+                    .parent()
+                    .unwrap_or(Path::new("/"))
+                    .display()
+                    .to_string(),
+            });
         }
         at = at
             .children
@@ -159,8 +159,11 @@ pub fn load(
     blob_index: u32,
     chunk_size: Option<u32>,
     data_size: Option<u64>,
-) -> Result<StargzLayer, BuildError> {
-    let text = std::fs::read(path).map_err(|e| BuildError::io(path, "cannot read TOC", e))?;
+) -> Result<StargzLayer, StargzError> {
+    let text = std::fs::read(path).map_err(|source| StargzError::ReadToc {
+        toc: path.to_path_buf(),
+        source,
+    })?;
     parse(path, &text, layer, blob_index, chunk_size, data_size)
 }
 
@@ -172,19 +175,16 @@ pub fn parse(
     blob_index: u32,
     chunk_size: Option<u32>,
     data_size: Option<u64>,
-) -> Result<StargzLayer, BuildError> {
-    let toc: TocJson = serde_json::from_slice(text)
-        .map_err(|e| bad(path, None, "", format!("not an eStargz TOC: {e}")))?;
+) -> Result<StargzLayer, StargzError> {
+    let toc: TocJson = serde_json::from_slice(text).map_err(|source| StargzError::NotToc {
+        toc: path.to_path_buf(),
+        source,
+    })?;
     if toc.version != 1 {
-        return Err(bad(
-            path,
-            None,
-            "",
-            format!(
-                "TOC version {} is not supported (only version 1)",
-                toc.version
-            ),
-        ));
+        return Err(StargzError::Version {
+            toc: path.to_path_buf(),
+            found: toc.version,
+        });
     }
 
     let mut root = implied_dir(path.to_path_buf());
@@ -196,22 +196,27 @@ pub fn parse(
     let mut link_keys: HashMap<Vec<Vec<u8>>, u64> = HashMap::new();
 
     for (i, e) in toc.entries.iter().enumerate() {
-        let err = |what: String| bad(path, Some(i), &e.name, what);
-        let parts = components(&e.name).map_err(&err)?;
+        let err = |problem: EntryError| StargzError::Entry {
+            toc: path.to_path_buf(),
+            index: i,
+            name: e.name.clone(),
+            problem,
+        };
+        let parts = components(&e.name).map_err(|n| err(n.into()))?;
         if e.inner_offset != 0 {
-            return Err(err(
-                "innerOffset (zstd:chunked) is not supported; only gzip eStargz".into(),
-            ));
+            return Err(err(EntryError::InnerOffset {
+                found: e.inner_offset,
+            }));
         }
         if e.kind == "chunk" {
-            let parts = parts.ok_or_else(|| err("a chunk entry names the root".into()))?;
+            let parts = parts.ok_or_else(|| err(EntryError::ChunkOfRoot))?;
             let at = last_file
                 .filter(|&f| files[f].0 == parts)
-                .ok_or_else(|| err("chunk entry does not follow its regular file".into()))?;
+                .ok_or_else(|| err(EntryError::ChunkWithoutFile))?;
             let digest = if e.chunk_digest.is_empty() {
                 None
             } else {
-                Some(sha256_digest(&e.chunk_digest).map_err(&err)?)
+                Some(sha256_digest("chunkDigest", &e.chunk_digest).map_err(&err)?)
             };
             files[at].2.push(TocChunk {
                 offset: e.offset,
@@ -241,10 +246,12 @@ pub fn parse(
             "reg" => (libc::S_IFREG, Kind::File),
             "symlink" => {
                 if e.link_name.is_empty() {
-                    return Err(err("symlink without a target (linkName)".into()));
+                    return Err(err(EntryError::SymlinkWithoutTarget));
                 }
                 if e.link_name.len() > 4095 || e.link_name.contains('\0') {
-                    return Err(err("symlink target is too long or holds a NUL byte".into()));
+                    return Err(err(EntryError::SymlinkTarget {
+                        found: e.link_name.len(),
+                    }));
                 }
                 (
                     libc::S_IFLNK,
@@ -255,28 +262,38 @@ pub fn parse(
             "block" => (libc::S_IFBLK, Kind::BlockDevice),
             "fifo" => (libc::S_IFIFO, Kind::Fifo),
             "hardlink" => (0, Kind::File),
-            other => return Err(err(format!("unknown entry type {other:?}"))),
+            other => {
+                return Err(err(EntryError::UnknownType {
+                    found: other.to_string(),
+                }))
+            }
         };
         let Some(parts) = parts else {
             // The root: only its metadata.
             if fmt != libc::S_IFDIR {
-                return Err(err("the root is not a directory".into()));
+                return Err(err(EntryError::RootNotDir {
+                    found: e.kind.clone(),
+                }));
             }
-            set_meta(&mut root.node, e, fmt, &shown).map_err(&err)?;
+            set_meta(&mut root.node, e, fmt).map_err(&err)?;
             continue;
         };
         if e.kind == "hardlink" {
             let target = components(&e.link_name)
-                .map_err(|w| err(format!("hard link target {:?}: {w}", e.link_name)))?
-                .ok_or_else(|| err("hard link to the root".into()))?;
+                .map_err(|problem| {
+                    err(EntryError::HardLinkName {
+                        target: e.link_name.clone(),
+                        problem,
+                    })
+                })?
+                .ok_or_else(|| err(EntryError::HardLinkToRoot))?;
             let key_count = link_keys.len() as u64;
             let found = find(&mut root, &target)
                 .filter(|t| !matches!(t.node.kind, Kind::Dir(_)))
                 .ok_or_else(|| {
-                    err(format!(
-                        "hard link to {:?}, which is not an earlier non-directory entry",
-                        e.link_name
-                    ))
+                    err(EntryError::HardLinkTarget {
+                        target: e.link_name.clone(),
+                    })
                 })?;
             let key = match found.link {
                 Some((_, k)) => k,
@@ -299,7 +316,7 @@ pub fn parse(
         let dir = walk_to(&mut root, parent, path).map_err(&err)?;
         let mut node = implied_dir(shown.clone()).node;
         node.kind = kind;
-        set_meta(&mut node, e, fmt, &shown).map_err(&err)?;
+        set_meta(&mut node, e, fmt).map_err(&err)?;
         match dir.children.get_mut(&name[0]) {
             // A directory listed again (or after its children): new metadata, same children.
             Some(old) if fmt == libc::S_IFDIR && matches!(old.node.kind, Kind::Dir(_)) => {
@@ -318,10 +335,10 @@ pub fn parse(
         }
         if fmt == libc::S_IFREG {
             let digest = if !e.chunk_digest.is_empty() {
-                Some(sha256_digest(&e.chunk_digest).map_err(&err)?)
+                Some(sha256_digest("chunkDigest", &e.chunk_digest).map_err(&err)?)
             } else if !e.digest.is_empty() && (e.chunk_size == 0 || e.chunk_size >= e.size) {
                 // One chunk: the file's digest is the chunk's.
-                Some(sha256_digest(&e.digest).map_err(&err)?)
+                Some(sha256_digest("digest", &e.digest).map_err(&err)?)
             } else {
                 None
             };
@@ -350,7 +367,7 @@ pub fn parse(
         }
     }
 
-    let (chunk_size, chunks, chunk_names, per_file) = place_chunks(
+    let (chunk_size, chunks, chunk_entries, per_file) = place_chunks(
         path,
         &toc.entries,
         &files,
@@ -377,30 +394,30 @@ pub fn parse(
         chunk_size,
         chunks,
         data_bytes,
-        chunk_names,
+        chunk_entries,
     })
 }
 
 /// Metadata common to all entry kinds.
-fn set_meta(node: &mut Node, e: &TocEntry, fmt: u32, shown: &Path) -> Result<(), String> {
+fn set_meta(node: &mut Node, e: &TocEntry, fmt: u32) -> Result<(), EntryError> {
     if e.mode & !0o7777 != 0 && e.mode & libc::S_IFMT != fmt {
-        return Err(format!(
-            "mode 0o{:o} disagrees with type {:?}",
-            e.mode, e.kind
-        ));
+        return Err(EntryError::ModeType {
+            mode: e.mode,
+            kind: e.kind.clone(),
+        });
     }
     node.mode = fmt | (e.mode & 0o7777);
     node.uid = e.uid;
     node.gid = e.gid;
-    node.mtime = parse_rfc3339(&e.modtime)?;
+    node.mtime = parse_rfc3339(&e.modtime).map_err(EntryError::Modtime)?;
     node.mtime_nsec = 0;
     node.rdev = match fmt {
         libc::S_IFCHR | libc::S_IFBLK => {
             if e.dev_major > 0xfff || e.dev_minor > 0xf_ffff {
-                return Err(format!(
-                    "device {}:{} does not fit RAFS v6's 32-bit device numbers",
-                    e.dev_major, e.dev_minor
-                ));
+                return Err(EntryError::Device {
+                    major: e.dev_major,
+                    minor: e.dev_minor,
+                });
             }
             libc::makedev(e.dev_major, e.dev_minor)
         }
@@ -415,13 +432,11 @@ fn set_meta(node: &mut Node, e: &TocEntry, fmt: u32, shown: &Path) -> Result<(),
     for (name, value) in &e.xattrs {
         let value = base64::engine::general_purpose::STANDARD
             .decode(value)
-            .map_err(|_| format!("xattr {name:?}: value is not base64"))?;
-        crate::builder::source::dir::check_xattr(shown, name.as_bytes(), &value).map_err(|e| {
-            match e {
-                BuildError::Source { what, .. } => what,
-                other => other.to_string(),
-            }
-        })?;
+            .map_err(|source| EntryError::XattrValue {
+                xattr: name.clone(),
+                source,
+            })?;
+        crate::builder::source::dir::check_xattr(name.as_bytes(), &value)?;
         xattrs.push((name.as_bytes().to_vec(), value));
     }
     xattrs.sort();
