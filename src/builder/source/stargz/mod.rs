@@ -19,6 +19,11 @@
 //! Nothing of the TOC is trusted: names are checked component by component, chunks must
 //! tile their file, and offsets must increase with the data they address.
 //!
+//! Like the directory source, this one hands the build a flat, breadth-first
+//! [`Tree`](crate::builder::tree::Tree), whose files already have their chunks. Only
+//! layering it onto a parent image goes through the nested
+//! [`overlay::Entry`](crate::builder::overlay::Entry) form, as it does for a directory.
+//!
 //! The work is split by job:
 //! - `error.rs`: what can go wrong, naming the TOC, the entry and the offset;
 //! - `toc.rs`: the TOC's JSON schema, its names and digests, and the tree it describes;
@@ -39,7 +44,7 @@ pub use toc::{load, parse};
 use std::path::{Path, PathBuf};
 
 use crate::builder::overlay::Entry;
-use crate::builder::tree::FileData;
+use crate::builder::tree::{FileData, Tree};
 use crate::builder::BuildError;
 use crate::format::v6::tables::ChunkInfo;
 
@@ -87,8 +92,8 @@ impl StargzOptions {
 /// A layer's tree and chunks, read from its TOC.
 #[derive(Debug)]
 pub struct StargzLayer {
-    /// The tree, every regular file's data as chunks of the layer's blob.
-    pub root: Entry,
+    /// The layer's tree, every regular file's data as chunks of the layer's blob.
+    pub tree: Tree,
     /// Chunk size: every chunk but a file's last is exactly this long.
     pub chunk_size: u32,
     /// Distinct chunks, in blob order.
@@ -119,7 +124,7 @@ pub struct Described {
     /// The bootstrap's bytes.
     pub bootstrap: Vec<u8>,
     /// The merged tree it describes.
-    pub tree: crate::builder::tree::Tree,
+    pub tree: Tree,
     /// Its blob table: the parent's blobs, then the layer.
     pub blobs: Vec<crate::format::v6::tables::BlobEntry>,
     /// Chunk references to the layer that survive upper whiteouts.
@@ -139,14 +144,22 @@ pub fn describe(
 
     let blob_index = parent_blobs.len() as u32;
     let StargzLayer {
-        root,
+        tree: upper,
         chunk_size,
         chunks: layer_chunks,
         ..
     } = layer;
-    let mut merged = parent_tree.unwrap_or_else(|| overlay::empty_root(&root.node));
-    overlay::apply(&mut merged, root, overlay::WhiteoutSpec::Oci);
-    let tree = overlay::flatten(merged);
+    let tree = match parent_tree {
+        Some(mut merged) => {
+            overlay::apply(
+                &mut merged,
+                overlay::nest(upper, 1),
+                overlay::WhiteoutSpec::Oci,
+            );
+            overlay::flatten(merged)
+        }
+        None => overlay::first_layer(upper, overlay::WhiteoutSpec::Oci),
+    };
 
     let used = {
         // Chunks of this layer that survive the whiteouts of upper entries.

@@ -390,7 +390,7 @@ pub fn parse(
     // Hard links copied their target before its data was attached: copy it again.
     fix_links(&mut root);
     Ok(StargzLayer {
-        root,
+        tree: crate::builder::overlay::flatten(root),
         chunk_size,
         chunks,
         data_bytes,
