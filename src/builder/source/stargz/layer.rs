@@ -27,26 +27,49 @@ fn entry_error(toc: &Path, entries: &[TocEntry], at: usize, problem: EntryError)
     }
 }
 
-/// Checks each file's chunks and turns them into chunk table entries. Returns the chunk
-/// size, the distinct chunks in blob order, the index and name of the entry each came
-/// from, and each file's list of indexes into them.
-#[allow(clippy::type_complexity)]
-pub(super) fn place_chunks(
+/// A regular file's chunks, as its `reg` entry and the `chunk` entries after it list
+/// them.
+pub(super) struct FileChunks {
+    /// Index of the `reg` entry in the TOC.
+    pub(super) entry: usize,
+    /// The file's size.
+    pub(super) size: u64,
+    /// Its chunks in TOC order.
+    pub(super) chunks: Vec<TocChunk>,
+}
+
+/// The layer's chunks, checked and placed in its blob.
+pub(super) struct Placed {
+    /// Chunk size: every chunk but a file's last is exactly this long.
+    pub(super) chunk_size: u32,
+    /// Distinct chunks, in blob order.
+    pub(super) chunks: Vec<ChunkInfo>,
+    /// For each chunk, the index and name of the entry it came from (its first user).
+    pub(super) chunk_entries: Vec<(usize, String)>,
+    /// For each file, in the order given, its chunks as indexes into `chunks`.
+    pub(super) per_file: Vec<Vec<usize>>,
+}
+
+/// Checks each file's chunks and turns them into chunk table entries of the layer's
+/// blob, `blob_index`. `want_chunk_size` is the chunk size the image must have, if one
+/// is set; `data_size` the layer's size, if known.
+pub(super) fn place_chunks<'f>(
     path: &Path,
     entries: &[TocEntry],
-    files: &[(Vec<Vec<u8>>, usize, Vec<TocChunk>)],
+    files: impl Iterator<Item = &'f FileChunks>,
     want_chunk_size: Option<u32>,
     blob_index: u32,
     data_size: Option<u64>,
-) -> Result<(u32, Vec<ChunkInfo>, Vec<(usize, String)>, Vec<Vec<usize>>), StargzError> {
+) -> Result<Placed, StargzError> {
+    let files: Vec<&FileChunks> = files.collect();
     // Resolve sizes: 0 means "to the end of the file".
     let mut resolved: Vec<Vec<TocChunk>> = Vec::with_capacity(files.len());
     let mut full_size: Option<(u64, usize)> = None;
     let mut largest = 0u64;
-    for (_, at, list) in files {
-        let e = &entries[*at];
+    for file in &files {
+        let at = &file.entry;
         let err = |problem| entry_error(path, entries, *at, problem);
-        let mut list = list.clone();
+        let mut list = file.chunks.clone();
         list.sort_by_key(|c| c.file_offset);
         let mut expect = 0u64;
         let n = list.len();
@@ -57,7 +80,7 @@ pub(super) fn place_chunks(
                     found: c.file_offset,
                 }));
             }
-            let rest = e.size - c.file_offset;
+            let rest = file.size - c.file_offset;
             if c.size == 0 || (k == n - 1 && c.size > rest) {
                 if k != n - 1 {
                     return Err(err(EntryError::ChunkWithoutSize {
@@ -70,7 +93,7 @@ pub(super) fn place_chunks(
                 return Err(err(EntryError::ChunkOverrun {
                     file_offset: c.file_offset,
                     size: c.size,
-                    file_size: e.size,
+                    file_size: file.size,
                 }));
             }
             if k + 1 < n {
@@ -87,10 +110,10 @@ pub(super) fn place_chunks(
             largest = largest.max(c.size);
             expect += c.size;
         }
-        if expect != e.size && e.size > 0 {
+        if expect != file.size && file.size > 0 {
             return Err(err(EntryError::ChunksShort {
                 covered: expect,
-                file_size: e.size,
+                file_size: file.size,
             }));
         }
         resolved.push(list);
@@ -122,11 +145,11 @@ pub(super) fn place_chunks(
         (None, None) => DEFAULT_CHUNK_SIZE,
     };
     if largest > chunk_size as u64 {
-        let (_, at, _) = files
+        let at = files
             .iter()
             .zip(&resolved)
             .find(|(_, l)| l.iter().any(|c| c.size == largest))
-            .map(|(f, _)| f)
+            .map(|(f, _)| &f.entry)
             .expect("largest came from some file");
         return Err(entry_error(
             path,
@@ -141,7 +164,8 @@ pub(super) fn place_chunks(
 
     // Distinct chunks by offset, in blob order.
     let mut by_offset: BTreeMap<u64, (u64, Option<[u8; 32]>, usize)> = BTreeMap::new();
-    for ((_, at, _), list) in files.iter().zip(&resolved) {
+    for (file, list) in files.iter().zip(&resolved) {
+        let at = &file.entry;
         for c in list {
             let err = |problem| entry_error(path, entries, *at, problem);
             let digest = c.digest.ok_or_else(|| {
@@ -233,7 +257,12 @@ pub(super) fn place_chunks(
                 .collect()
         })
         .collect();
-    Ok((chunk_size, chunks, names, per_file))
+    Ok(Placed {
+        chunk_size,
+        chunks,
+        chunk_entries: names,
+        per_file,
+    })
 }
 
 /// Checks every chunk of `layer` against the eStargz file at `blob`: inside the file,

@@ -26,13 +26,17 @@
 //!
 //! The work is split by job:
 //! - `error.rs`: what can go wrong, naming the TOC, the entry and the offset;
-//! - `toc.rs`: the TOC's JSON schema, its names and digests, and the tree it describes;
+//! - `toc.rs`: the TOC's JSON schema, its names and digests, and reading it entry by
+//!   entry into the layer's tree;
+//! - `namespace.rs`: the names the entries make, applied in order as tar extraction
+//!   would (a later entry for a path wins), flattened into the tree;
 //! - `time.rs`: RFC 3339 modification times;
 //! - `layer.rs`: placing chunks in the layer, and checking them against the layer file;
 //! - `mod.rs`: the options, the bootstrap description, and the build.
 
 mod error;
 mod layer;
+mod namespace;
 mod time;
 mod toc;
 
@@ -291,7 +295,7 @@ pub fn build(
         }
     }
     let blob_index = parent_blobs.len() as u32;
-    let layer = load(toc, 1, blob_index, want, layer_len.or(sopts.data_size))?;
+    let layer = load(toc, blob_index, want, layer_len.or(sopts.data_size))?;
     let layer_size = match &sopts.layer_file {
         Some(f) => Some(check_layer(f, &layer)?),
         None => None,
@@ -329,6 +333,81 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builder::tree::Kind;
+
+    /// A TOC of `entries` (JSON objects), version 1.
+    fn toc(entries: &[serde_json::Value]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "version": 1, "entries": entries })).unwrap()
+    }
+
+    /// A `reg` entry of one chunk at layer offset `offset`.
+    fn reg(name: &str, size: u64, offset: u64, byte: u8) -> serde_json::Value {
+        let digest = format!("sha256:{}", hex::encode([byte; 32]));
+        serde_json::json!({
+            "name": name, "type": "reg", "size": size, "offset": offset,
+            "digest": digest, "chunkDigest": digest
+        })
+    }
+
+    /// Parses and describes `toc` as a first layer; the bootstrap must read back whole.
+    fn described(toc: &[u8]) -> Described {
+        let layer = parse(Path::new("t.json"), toc, 0, None, None).unwrap();
+        let d = describe(layer, None, Vec::new(), &"0".repeat(64));
+        let image = crate::reader::Image::from_bytes(
+            Path::new("t.boot"),
+            d.bootstrap.clone(),
+            crate::storage::blobs::BlobSource::None,
+        )
+        .unwrap();
+        crate::ops::check::check(&image, false).unwrap();
+        d
+    }
+
+    fn node<'t>(tree: &'t Tree, path: &str) -> &'t crate::builder::tree::Node {
+        let id = (0..tree.nodes.len())
+            .find(|&id| tree.image_path(id) == path.as_bytes())
+            .unwrap_or_else(|| panic!("{path} is not in the tree"));
+        &tree.nodes[id]
+    }
+
+    fn chunk_offsets(n: &crate::builder::tree::Node) -> Vec<u64> {
+        match &n.data {
+            FileData::Chunks(list) => list.iter().map(|c| c.compressed_offset).collect(),
+            FileData::Source => panic!("{}: no chunks", n.source.display()),
+        }
+    }
+
+    /// Found by fuzzing `stargz_toc` (tests/fuzz-regressions/stargz_toc/repeated-paths-*):
+    /// a TOC that lists paths again. As tar extraction does, the later entry wins: a file
+    /// with its own chunks, a directory with new metadata and its children kept, a type
+    /// change with what was below gone; a hard link made before its target was replaced
+    /// keeps the old file. A hard link used to keep no data at all (a debug build failed
+    /// an assertion, a release build wrote a file without chunks).
+    #[test]
+    fn repeated_paths_replace_earlier_entries_as_tar_would() {
+        let d = described(&toc(&[
+            reg("./a", 5, 100, 1),
+            serde_json::json!({"name": "./link", "type": "hardlink", "linkName": "./a"}),
+            reg("./a", 7, 200, 2),
+            serde_json::json!({"name": "./d/", "type": "dir", "mode": 0o700}),
+            reg("./d/x", 3, 300, 3),
+            serde_json::json!({"name": "./d/", "type": "dir", "mode": 0o750}),
+            serde_json::json!({"name": "./t/", "type": "dir"}),
+            serde_json::json!({"name": "./t/y", "type": "fifo"}),
+            reg("./t", 0, 0, 4),
+        ]));
+        let tree = &d.tree;
+        let (a, link) = (node(tree, "/a"), node(tree, "/link"));
+        assert_eq!((a.size, chunk_offsets(a)), (7, vec![200]));
+        assert_eq!((link.size, chunk_offsets(link)), (5, vec![100]));
+        assert_eq!((a.hardlink_of, a.nlink, link.hardlink_of), (None, 1, None));
+        let dir = node(tree, "/d");
+        assert_eq!(dir.mode, libc::S_IFDIR | 0o750);
+        assert_eq!(chunk_offsets(node(tree, "/d/x")), [300]);
+        assert_eq!(node(tree, "/t").kind, Kind::File);
+        assert_eq!(tree.nodes.len(), 6, "{:#?}", tree.nodes);
+        assert_eq!(d.used_chunks, 3);
+    }
 
     #[test]
     fn blob_ids() {

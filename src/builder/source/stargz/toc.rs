@@ -1,17 +1,17 @@
 //! The TOC's JSON schema (version 1, as the containerd stargz library writes it), its
 //! names and digests, and the tree its entries describe.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use base64::Engine;
 use serde::Deserialize;
 
 use super::error::{EntryError, NameError, StargzError};
-use super::layer::place_chunks;
+use super::layer::{place_chunks, FileChunks};
+use super::namespace::{dir_node, shown, InodeId, Namespace};
 use super::time::parse_rfc3339;
 use super::{StargzLayer, LANDMARKS};
-use crate::builder::overlay::Entry;
 use crate::builder::tree::{FileData, Kind, Node};
 use crate::format::v6::tables::ChunkInfo;
 
@@ -98,64 +98,11 @@ fn sha256_digest(field: &'static str, s: &str) -> Result<[u8; 32], EntryError> {
     Ok(out)
 }
 
-/// A directory made up for a path the TOC uses without listing its parent.
-fn implied_dir(source: PathBuf) -> Entry {
-    Entry {
-        node: Node {
-            name: Vec::new(),
-            source,
-            parent: 0,
-            kind: Kind::Dir(Vec::new()),
-            mode: libc::S_IFDIR | 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            rdev: 0,
-            xattrs: Vec::new(),
-            hardlink_of: None,
-            nlink: 2,
-            data: FileData::Source,
-        },
-        link: None,
-        children: BTreeMap::new(),
-    }
-}
-
-/// The entry at `parts` below `root`, creating missing directories on the way.
-fn walk_to<'a>(
-    root: &'a mut Entry,
-    parts: &[Vec<u8>],
-    toc: &Path,
-) -> Result<&'a mut Entry, EntryError> {
-    let mut at = root;
-    let mut shown = PathBuf::from("/");
-    for part in parts {
-        shown.push(String::from_utf8_lossy(part).as_ref());
-        if !matches!(at.node.kind, Kind::Dir(_)) {
-            return Err(EntryError::NotADirectory {
-                path: shown
-                    .parent()
-                    .unwrap_or(Path::new("/"))
-                    .display()
-                    .to_string(),
-            });
-        }
-        at = at
-            .children
-            .entry(part.clone())
-            .or_insert_with(|| implied_dir(toc.join(shown.strip_prefix("/").unwrap_or(&shown))));
-    }
-    Ok(at)
-}
-
-/// Reads the TOC at `path` into a tree. `layer` keys hard links; the layer's chunks get
-/// `blob_index`; `chunk_size`, when given, is the chunk size the layer must use;
-/// `data_size` is the layer's size, if known.
+/// Reads the TOC at `path` into a tree. The layer's chunks get `blob_index`;
+/// `chunk_size`, when given, is the chunk size the layer must use; `data_size` is the
+/// layer's size, if known.
 pub fn load(
     path: &Path,
-    layer: u32,
     blob_index: u32,
     chunk_size: Option<u32>,
     data_size: Option<u64>,
@@ -164,14 +111,13 @@ pub fn load(
         toc: path.to_path_buf(),
         source,
     })?;
-    parse(path, &text, layer, blob_index, chunk_size, data_size)
+    parse(path, &text, blob_index, chunk_size, data_size)
 }
 
 /// [`load`] from the TOC's bytes; `path` names it in errors.
 pub fn parse(
     path: &Path,
     text: &[u8],
-    layer: u32,
     blob_index: u32,
     chunk_size: Option<u32>,
     data_size: Option<u64>,
@@ -187,13 +133,11 @@ pub fn parse(
         });
     }
 
-    let mut root = implied_dir(path.to_path_buf());
-    // Regular files with their chunks, by path, in TOC order.
-    let mut files: Vec<(Vec<Vec<u8>>, usize, Vec<TocChunk>)> = Vec::new();
-    let mut file_at: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
-    let mut last_file: Option<usize> = None;
-    // Hard-link groups: path of the group's first name -> key.
-    let mut link_keys: HashMap<Vec<Vec<u8>>, u64> = HashMap::new();
+    let mut names = Namespace::new(path);
+    // Regular files with their chunks, one per `reg` entry, in TOC order.
+    let mut files: Vec<(InodeId, FileChunks)> = Vec::new();
+    // The file the last entry listed, if it was a `reg`: its index in `files` and name.
+    let mut last_file: Option<(usize, Vec<Vec<u8>>)> = None;
 
     for (i, e) in toc.entries.iter().enumerate() {
         let err = |problem: EntryError| StargzError::Entry {
@@ -210,15 +154,16 @@ pub fn parse(
         }
         if e.kind == "chunk" {
             let parts = parts.ok_or_else(|| err(EntryError::ChunkOfRoot))?;
-            let at = last_file
-                .filter(|&f| files[f].0 == parts)
-                .ok_or_else(|| err(EntryError::ChunkWithoutFile))?;
+            let at = match &last_file {
+                Some((at, name)) if *name == parts => *at,
+                _ => return Err(err(EntryError::ChunkWithoutFile)),
+            };
             let digest = if e.chunk_digest.is_empty() {
                 None
             } else {
                 Some(sha256_digest("chunkDigest", &e.chunk_digest).map_err(&err)?)
             };
-            files[at].2.push(TocChunk {
+            files[at].1.chunks.push(TocChunk {
                 offset: e.offset,
                 file_offset: e.chunk_offset,
                 size: e.chunk_size,
@@ -232,13 +177,8 @@ pub fn parse(
         }) {
             continue;
         }
-        let shown = match &parts {
-            Some(p) => path.join(
-                p.iter()
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/"),
-            ),
+        let source = match &parts {
+            Some(p) => path.join(shown(p)),
             None => path.to_path_buf(),
         };
         let (fmt, kind) = match e.kind.as_str() {
@@ -275,7 +215,7 @@ pub fn parse(
                     found: e.kind.clone(),
                 }));
             }
-            set_meta(&mut root.node, e, fmt).map_err(&err)?;
+            set_meta(names.root_mut(), e, fmt).map_err(&err)?;
             continue;
         };
         if e.kind == "hardlink" {
@@ -287,52 +227,18 @@ pub fn parse(
                     })
                 })?
                 .ok_or_else(|| err(EntryError::HardLinkToRoot))?;
-            let key_count = link_keys.len() as u64;
-            let found = find(&mut root, &target)
-                .filter(|t| !matches!(t.node.kind, Kind::Dir(_)))
-                .ok_or_else(|| {
-                    err(EntryError::HardLinkTarget {
-                        target: e.link_name.clone(),
-                    })
-                })?;
-            let key = match found.link {
-                Some((_, k)) => k,
-                None => {
-                    link_keys.insert(target.clone(), key_count);
-                    found.link = Some((layer, key_count));
-                    key_count
-                }
-            };
-            let mut copy = found.clone();
-            copy.node.source = shown.clone();
-            copy.link = Some((layer, key));
-            let (parent, name) = parts.split_at(parts.len() - 1);
-            let dir = walk_to(&mut root, parent, path).map_err(&err)?;
-            dir.children.insert(name[0].clone(), copy);
-            // Its data is the target's, and so are any chunks listed later: none are.
+            // Its data is the target's; no chunk entries follow a hard link.
+            names.link(&parts, &target, &e.link_name).map_err(&err)?;
             continue;
         }
-        let (parent, name) = parts.split_at(parts.len() - 1);
-        let dir = walk_to(&mut root, parent, path).map_err(&err)?;
-        let mut node = implied_dir(shown.clone()).node;
+        let mut node = dir_node(source);
         node.kind = kind;
         set_meta(&mut node, e, fmt).map_err(&err)?;
-        match dir.children.get_mut(&name[0]) {
-            // A directory listed again (or after its children): new metadata, same children.
-            Some(old) if fmt == libc::S_IFDIR && matches!(old.node.kind, Kind::Dir(_)) => {
-                old.node = node;
-            }
-            _ => {
-                dir.children.insert(
-                    name[0].clone(),
-                    Entry {
-                        node,
-                        link: None,
-                        children: BTreeMap::new(),
-                    },
-                );
-            }
+        if fmt == libc::S_IFDIR {
+            names.put_dir(&parts, node).map_err(&err)?;
+            continue;
         }
+        let inode = names.put_inode(&parts, node).map_err(&err)?;
         if fmt == libc::S_IFREG {
             let digest = if !e.chunk_digest.is_empty() {
                 Some(sha256_digest("chunkDigest", &e.chunk_digest).map_err(&err)?)
@@ -352,49 +258,46 @@ pub fn parse(
             } else {
                 Vec::new()
             };
-            let at = match file_at.get(&parts) {
-                Some(&at) => {
-                    files[at] = (parts.clone(), i, chunks);
-                    at
-                }
-                None => {
-                    files.push((parts.clone(), i, chunks));
-                    file_at.insert(parts.clone(), files.len() - 1);
-                    files.len() - 1
-                }
-            };
-            last_file = Some(at);
+            files.push((
+                inode,
+                FileChunks {
+                    entry: i,
+                    size: e.size,
+                    chunks,
+                },
+            ));
+            last_file = Some((files.len() - 1, parts));
         }
     }
 
-    let (chunk_size, chunks, chunk_entries, per_file) = place_chunks(
+    let (mut tree, nodes_of) = names.flatten();
+    // Files some name still reaches: the others were replaced by later entries.
+    let files: Vec<(InodeId, FileChunks)> = files
+        .into_iter()
+        .filter(|(inode, _)| !nodes_of[*inode].is_empty())
+        .collect();
+    let placed = place_chunks(
         path,
         &toc.entries,
-        &files,
+        files.iter().map(|(_, f)| f),
         chunk_size,
         blob_index,
         data_size,
     )?;
-    let mut data_bytes = 0;
-    for ((parts, _, _), list) in files.iter().zip(per_file) {
-        let Some(entry) = find(&mut root, parts) else {
-            continue; // replaced by a later entry of another type
-        };
-        if entry.node.kind != Kind::File {
-            continue;
+    let mut data_bytes = 0u64;
+    for ((inode, file), list) in files.iter().zip(placed.per_file) {
+        data_bytes = data_bytes.saturating_add(file.size);
+        let infos: Vec<ChunkInfo> = list.iter().map(|&c| placed.chunks[c].clone()).collect();
+        for &id in &nodes_of[*inode] {
+            tree.nodes[id].data = FileData::Chunks(infos.clone());
         }
-        data_bytes += entry.node.size;
-        let infos: Vec<ChunkInfo> = list.iter().map(|&c| chunks[c].clone()).collect();
-        entry.node.data = FileData::Chunks(infos);
     }
-    // Hard links copied their target before its data was attached: copy it again.
-    fix_links(&mut root);
     Ok(StargzLayer {
-        tree: crate::builder::overlay::flatten(root),
-        chunk_size,
-        chunks,
+        tree,
+        chunk_size: placed.chunk_size,
+        chunks: placed.chunks,
         data_bytes,
-        chunk_entries,
+        chunk_entries: placed.chunk_entries,
     })
 }
 
@@ -442,44 +345,6 @@ fn set_meta(node: &mut Node, e: &TocEntry, fmt: u32) -> Result<(), EntryError> {
     xattrs.sort();
     node.xattrs = xattrs;
     Ok(())
-}
-
-fn find<'a>(root: &'a mut Entry, parts: &[Vec<u8>]) -> Option<&'a mut Entry> {
-    let mut at = root;
-    for p in parts {
-        at = at.children.get_mut(p)?;
-    }
-    Some(at)
-}
-
-/// Gives every member of a hard-link group the node of the group's first member (the
-/// one the TOC listed as `reg`, whose data was attached last).
-fn fix_links(root: &mut Entry) {
-    fn collect(e: &Entry, firsts: &mut HashMap<u64, Node>) {
-        for c in e.children.values() {
-            if let (Some((_, k)), FileData::Chunks(_)) = (c.link, &c.node.data) {
-                firsts.entry(k).or_insert_with(|| c.node.clone());
-            }
-            collect(c, firsts);
-        }
-    }
-    fn apply(e: &mut Entry, firsts: &HashMap<u64, Node>) {
-        for c in e.children.values_mut() {
-            if let Some((_, k)) = c.link {
-                if let Some(n) = firsts.get(&k) {
-                    if matches!(c.node.data, FileData::Source) && c.node.kind == Kind::File {
-                        let source = std::mem::take(&mut c.node.source);
-                        c.node = n.clone();
-                        c.node.source = source;
-                    }
-                }
-            }
-            apply(c, firsts);
-        }
-    }
-    let mut firsts = HashMap::new();
-    collect(root, &mut firsts);
-    apply(root, &firsts);
 }
 
 #[cfg(test)]
