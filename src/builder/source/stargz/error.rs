@@ -39,7 +39,7 @@ pub enum StargzError {
         found: i64,
     },
     /// One entry of the TOC is wrong or cannot be represented.
-    #[error("eStargz TOC {}: entry {index} ({name:?})", toc.display())]
+    #[error("eStargz TOC {}: entry {index} ({})", toc.display(), quoted(name))]
     Entry {
         /// The TOC.
         toc: PathBuf,
@@ -53,8 +53,9 @@ pub enum StargzError {
     },
     /// A chunk the TOC places does not hold what the TOC says, in the layer file.
     #[error(
-        "eStargz layer {}: chunk at offset {offset} of TOC entry {index} ({name:?})",
-        layer.display()
+        "eStargz layer {}: chunk at offset {offset} of TOC entry {index} ({})",
+        layer.display(),
+        quoted(name)
     )]
     LayerChunk {
         /// The layer file.
@@ -113,6 +114,22 @@ impl From<StargzError> for crate::builder::BuildError {
     }
 }
 
+/// Longest name a message shows whole, in bytes.
+const SHOWN_NAME_BYTES: usize = 200;
+
+/// `name` quoted for a message: whole when short, else its start and its length, since a
+/// TOC name can run to hundreds of KiB.
+fn quoted(name: &str) -> String {
+    if name.len() <= SHOWN_NAME_BYTES {
+        return format!("{name:?}");
+    }
+    let mut end = SHOWN_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &name[..end], name.len())
+}
+
 /// What is wrong with a name in the TOC (an entry's, or a hard link's target).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NameError {
@@ -134,6 +151,16 @@ pub enum NameError {
     /// A NUL byte.
     #[error("NUL byte in name")]
     Nul,
+    /// More components than directories may nest.
+    #[error(
+        "{found} path components, more than the {max} an image may nest (the reader's depth limit)"
+    )]
+    TooDeep {
+        /// Components in the name.
+        found: usize,
+        /// Most allowed.
+        max: usize,
+    },
 }
 
 /// What is wrong with one TOC entry.
@@ -176,7 +203,7 @@ pub enum EntryError {
         found: usize,
     },
     /// A hard link whose `linkName` is not a relative path of plain components.
-    #[error("hard link target {target:?}")]
+    #[error("hard link target {}", quoted(target))]
     HardLinkName {
         /// The target given.
         target: String,
@@ -188,13 +215,16 @@ pub enum EntryError {
     #[error("hard link to the root")]
     HardLinkToRoot,
     /// A hard link to something that is not an earlier non-directory.
-    #[error("hard link to {target:?}, which is not an earlier non-directory entry")]
+    #[error(
+        "hard link to {}, which is not an earlier non-directory entry",
+        quoted(target)
+    )]
     HardLinkTarget {
         /// The target given.
         target: String,
     },
     /// A path goes through something that is not a directory.
-    #[error("{path} is not a directory")]
+    #[error("{} is not a directory", quoted(path))]
     NotADirectory {
         /// The path of the non-directory, from the layer root.
         path: String,

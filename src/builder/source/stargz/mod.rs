@@ -409,6 +409,94 @@ mod tests {
         assert_eq!(d.used_chunks, 3);
     }
 
+    /// `depth` components, all `a` but the last.
+    fn deep_name(depth: usize, last: &str) -> String {
+        let mut name = "a/".repeat(depth - 1);
+        name.push_str(last);
+        name
+    }
+
+    /// A name of 100,000 components overflowed the stack in the recursive walks and drop
+    /// of the nested tree; names are now refused past the depth the reader accepts.
+    #[test]
+    fn names_deeper_than_the_reader_allows_are_refused() {
+        for depth in [toc::MAX_COMPONENTS + 1, 100_000] {
+            let text = toc(&[
+                serde_json::json!({"name": "./", "type": "dir"}),
+                serde_json::json!({"name": deep_name(depth, "f"), "type": "fifo"}),
+            ]);
+            let Err(err) = parse(Path::new("t.json"), &text, 0, None, None) else {
+                panic!("a name of {depth} components is accepted");
+            };
+            assert!(
+                matches!(
+                    &err,
+                    StargzError::Entry {
+                        index: 1,
+                        problem: EntryError::Name(NameError::TooDeep { found, max: 4095 }),
+                        ..
+                    } if *found == depth
+                ),
+                "{err:?}"
+            );
+            let shown = format!("{:#}", anyhow::Error::from(err));
+            assert!(shown.contains("t.json: entry 1 (\"a/a/"), "{shown}");
+            assert!(shown.len() < 400, "the name is shortened: {shown}");
+            assert!(
+                shown.contains(&format!("{depth} path components")),
+                "{shown}"
+            );
+        }
+    }
+
+    /// As deep as the reader allows still builds and reads back, on its own (with a
+    /// whiteout, which takes the nested path through the overlay) and over a parent read
+    /// back from its bootstrap. The overlay's walks and the parent's loading recursed per
+    /// level and overflowed the test thread's stack here.
+    #[test]
+    fn names_as_deep_as_the_reader_allows_build() {
+        let depth = toc::MAX_COMPONENTS;
+        let first = described(&toc(&[
+            serde_json::json!({"name": deep_name(depth, "d"), "type": "dir"}),
+            serde_json::json!({"name": deep_name(depth, "f"), "type": "fifo"}),
+            serde_json::json!({"name": deep_name(depth, ".wh.gone"), "type": "reg"}),
+        ]));
+        // The root, depth - 1 directories `a`, then `d` and `f`.
+        assert_eq!(first.tree.nodes.len(), depth + 2);
+        let upper = parse(
+            Path::new("t.json"),
+            &toc(&[
+                serde_json::json!({"name": deep_name(depth, ".wh.f"), "type": "reg"}),
+                serde_json::json!({"name": deep_name(depth, "g"), "type": "fifo"}),
+            ]),
+            1,
+            None,
+            None,
+        )
+        .unwrap();
+        let parent = crate::reader::Image::from_bytes(
+            Path::new("first.boot"),
+            first.bootstrap,
+            crate::storage::blobs::BlobSource::None,
+        )
+        .unwrap();
+        let parent_tree = crate::builder::parent::load(&parent, 0).unwrap();
+        let second = describe(upper, Some(parent_tree), first.blobs, &"1".repeat(64));
+        let deepest = second.tree.nodes.last().unwrap();
+        assert_eq!(
+            (deepest.name.as_slice(), &deepest.kind),
+            (&b"g"[..], &Kind::Fifo)
+        );
+        assert_eq!(second.tree.nodes.len(), depth + 2);
+        let image = crate::reader::Image::from_bytes(
+            Path::new("t.boot"),
+            second.bootstrap,
+            crate::storage::blobs::BlobSource::None,
+        )
+        .unwrap();
+        crate::ops::check::check(&image, false).unwrap();
+    }
+
     #[test]
     fn blob_ids() {
         let hex = "a".repeat(64);

@@ -58,8 +58,14 @@ pub(super) struct TocChunk {
     pub(super) digest: Option<[u8; 32]>,
 }
 
-/// Splits a TOC name into components; `None` for the root. Refuses absolute names and
-/// `.`/`..`/empty components.
+/// Most components a name may have. The reader refuses directories nested
+/// [`MAX_DEPTH`](crate::reader::MAX_DEPTH) deep below the root, and a name's last
+/// component may be a directory. Bounding names here also bounds every walk of the tree
+/// and of the trees layered onto it.
+pub(super) const MAX_COMPONENTS: usize = crate::reader::MAX_DEPTH - 1;
+
+/// Splits a TOC name into components; `None` for the root. Refuses absolute names,
+/// `.`/`..`/empty components, and more than [`MAX_COMPONENTS`] components.
 fn components(name: &str) -> Result<Option<Vec<Vec<u8>>>, NameError> {
     if name.starts_with('/') {
         return Err(NameError::Absolute);
@@ -72,7 +78,14 @@ fn components(name: &str) -> Result<Option<Vec<Vec<u8>>>, NameError> {
     if rest.is_empty() || rest == "." {
         return Ok(None);
     }
-    let mut out = Vec::new();
+    let found = rest.split('/').count();
+    if found > MAX_COMPONENTS {
+        return Err(NameError::TooDeep {
+            found,
+            max: MAX_COMPONENTS,
+        });
+    }
+    let mut out = Vec::with_capacity(found);
     for part in rest.split('/') {
         match part {
             "" => return Err(NameError::EmptyComponent),
