@@ -63,7 +63,8 @@ pub fn stargz_toc(data: &[u8]) {
     let Ok(layer) = stargz::parse(path, data, 0, None, None) else {
         return;
     };
-    let described = stargz::describe(layer, None, Vec::new(), &"0".repeat(64));
+    let described = stargz::describe(layer, None, Vec::new(), &"0".repeat(64))
+        .expect("a TOC that parses describes");
     let image = Image::from_bytes(
         Path::new("fuzz.boot"),
         described.bootstrap,

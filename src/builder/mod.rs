@@ -378,7 +378,7 @@ pub(crate) fn stored_tree_bootstrap(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
-) -> (Vec<u8>, Vec<BlobEntry>) {
+) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
     debug_assert!(tree
         .nodes
         .iter()
@@ -393,8 +393,8 @@ pub(crate) fn stored_tree_bootstrap(
             blobs: &blobs,
         },
         opts,
-    );
-    (bytes, blobs)
+    )?;
+    Ok((bytes, blobs))
 }
 
 /// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when both
@@ -491,7 +491,7 @@ pub fn build(
             compressor: opts.compressor,
             digester: opts.digester,
         },
-    );
+    )?;
     log::debug!(
         "bootstrap laid out at {:.3} s",
         started.elapsed().as_secs_f64()

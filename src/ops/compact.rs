@@ -467,7 +467,7 @@ pub fn compact(
     let tree = remap(tree, &kept_index, &moved, new_base);
 
     let sb = image.super_block();
-    let (bytes, blobs_out) = crate::builder::stored_tree_bootstrap(
+    let written = crate::builder::stored_tree_bootstrap(
         &tree,
         table,
         bootstrap::v6::BootstrapOptions {
@@ -476,6 +476,13 @@ pub fn compact(
             digester: sb.digester,
         },
     );
+    let (bytes, blobs_out) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            cleanup(&written_paths);
+            return Err(e);
+        }
+    };
     let path = match PendingFile::write_whole(output, &bytes, "bootstrap") {
         Ok(p) => p,
         Err(e) => {

@@ -135,13 +135,14 @@ pub struct Described {
     pub used_chunks: u64,
 }
 
-/// Lays out the bootstrap of `layer` applied over the parent (or nothing).
+/// Lays out the bootstrap of `layer` applied over the parent (or nothing). Fails only if
+/// the merged tree holds what the bootstrap cannot (xattrs of a parent image, say).
 pub fn describe(
     layer: StargzLayer,
     parent_tree: Option<Entry>,
     parent_blobs: Vec<crate::format::v6::tables::BlobEntry>,
     blob_id: &str,
-) -> Described {
+) -> Result<Described, BuildError> {
     use crate::builder::{bootstrap, overlay};
     use crate::format::v6::tables::{blob_features, BlobEntry};
     use crate::format::{Compressor, Digester};
@@ -211,13 +212,13 @@ pub fn describe(
             compressor: Compressor::Gzip,
             digester: Digester::Sha256,
         },
-    );
-    Described {
+    )?;
+    Ok(Described {
         bootstrap: image,
         tree,
         blobs,
         used_chunks: used,
-    }
+    })
 }
 
 /// Builds a RAFS v6 bootstrap describing the eStargz layer whose TOC is at `toc`,
@@ -306,7 +307,7 @@ pub fn build(
         layer.chunks.len() as u64,
         layer.chunk_size,
     );
-    let described = describe(layer, parent_tree, parent_blobs, &blob_id);
+    let described = describe(layer, parent_tree, parent_blobs, &blob_id)?;
     let image = &described.bootstrap;
     let bootstrap =
         crate::builder::output::PendingFile::write_whole(bootstrap_path, image, "bootstrap")?;
@@ -334,6 +335,7 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::builder::tree::Kind;
+    use base64::Engine;
 
     /// A TOC of `entries` (JSON objects), version 1.
     fn toc(entries: &[serde_json::Value]) -> Vec<u8> {
@@ -352,7 +354,7 @@ mod tests {
     /// Parses and describes `toc` as a first layer; the bootstrap must read back whole.
     fn described(toc: &[u8]) -> Described {
         let layer = parse(Path::new("t.json"), toc, 0, None, None).unwrap();
-        let d = describe(layer, None, Vec::new(), &"0".repeat(64));
+        let d = describe(layer, None, Vec::new(), &"0".repeat(64)).unwrap();
         let image = crate::reader::Image::from_bytes(
             Path::new("t.boot"),
             d.bootstrap.clone(),
@@ -481,7 +483,7 @@ mod tests {
         )
         .unwrap();
         let parent_tree = crate::builder::parent::load(&parent, 0).unwrap();
-        let second = describe(upper, Some(parent_tree), first.blobs, &"1".repeat(64));
+        let second = describe(upper, Some(parent_tree), first.blobs, &"1".repeat(64)).unwrap();
         let deepest = second.tree.nodes.last().unwrap();
         assert_eq!(
             (deepest.name.as_slice(), &deepest.kind),
@@ -495,6 +497,50 @@ mod tests {
         )
         .unwrap();
         crate::ops::check::check(&image, false).unwrap();
+    }
+
+    /// An xattr name of 261 to 279 bytes passed the old check (255 + 24 bytes whole) and
+    /// was stored with its suffix length cut to a byte, and more xattrs than one inode
+    /// holds had their count cut to 16 bits: corrupt bootstraps. Both are now an error
+    /// naming the entry (and the xattr).
+    #[test]
+    fn xattrs_that_do_not_fit_are_refused_naming_the_entry() {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+        let long_name = format!("user.{}", "n".repeat(256));
+        let longest_name = format!("trusted.{}", "n".repeat(271));
+        let big: serde_json::Map<String, serde_json::Value> = (0..4)
+            .map(|i| (format!("user.k{i}"), b64(&[0u8; 65535]).into()))
+            .collect();
+        let cases = [
+            (
+                serde_json::json!({ long_name.clone(): b64(b"v") }),
+                format!("xattr \"{long_name}\": its name is 256 bytes after the \"user.\" prefix; RAFS v6 stores at most 255"),
+            ),
+            (
+                serde_json::json!({ longest_name.clone(): b64(b"v") }),
+                format!("xattr \"{longest_name}\": its name is 271 bytes after the \"trusted.\" prefix"),
+            ),
+            (
+                serde_json::Value::Object(big),
+                "4 xattrs take 262188 bytes inline; one RAFS v6 inode holds at most 262148"
+                    .to_string(),
+            ),
+        ];
+        for (xattrs, want) in cases {
+            let text = toc(&[
+                serde_json::json!({"name": "./", "type": "dir"}),
+                serde_json::json!({"name": "./f", "type": "fifo", "xattrs": xattrs}),
+            ]);
+            let Err(err) = parse(Path::new("t.json"), &text, 0, None, None) else {
+                panic!("accepted: {want}");
+            };
+            let shown = format!("{:#}", anyhow::Error::from(err));
+            assert!(
+                shown.starts_with("eStargz TOC t.json: entry 1 (\"./f\"): ")
+                    && shown.contains(&want),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

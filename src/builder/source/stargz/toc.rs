@@ -356,6 +356,7 @@ fn set_meta(node: &mut Node, e: &TocEntry, fmt: u32) -> Result<(), EntryError> {
         xattrs.push((name.as_bytes().to_vec(), value));
     }
     xattrs.sort();
+    crate::builder::source::dir::check_xattrs(&xattrs)?;
     node.xattrs = xattrs;
     Ok(())
 }
