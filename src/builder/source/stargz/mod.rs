@@ -52,8 +52,6 @@ use crate::builder::tree::{FileData, Tree};
 use crate::builder::BuildError;
 use crate::format::v6::tables::ChunkInfo;
 
-/// Name of the TOC inside an eStargz layer.
-pub const TOC_NAME: &str = "stargz.index.json";
 /// Prefetch markers the eStargz writer adds at the layer root.
 pub const LANDMARKS: [&[u8]; 2] = [b".prefetch.landmark", b".no.prefetch.landmark"];
 /// The eStargz writer's default chunk size, used when no file of the layer is split.
