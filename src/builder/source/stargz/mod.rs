@@ -16,8 +16,10 @@
 //! - `.prefetch.landmark` / `.no.prefetch.landmark` are markers for the prefetcher,
 //!   not part of the layer's tree: they are left out, as upstream does.
 //!
-//! Nothing of the TOC is trusted: names are checked component by component, chunks must
-//! tile their file, and offsets must increase with the data they address.
+//! Nothing of the TOC is trusted: names are checked component by component and may
+//! not nest deeper than the reader walks, xattrs must fit an inode, chunks must tile
+//! their file, and offsets must increase with the data they address. A path listed more
+//! than once ends up as tar extraction would leave it: the later entry wins.
 //!
 //! Like the directory source, this one hands the build a flat, breadth-first
 //! [`Tree`](crate::builder::tree::Tree), whose files already have their chunks. Only

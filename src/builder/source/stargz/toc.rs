@@ -1,5 +1,6 @@
 //! The TOC's JSON schema (version 1, as the containerd stargz library writes it), its
-//! names and digests, and the tree its entries describe.
+//! names, digests and metadata, and reading its entries in order into the layer's tree
+//! (through `namespace.rs`) with each file's chunks (placed by `layer.rs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,7 @@ use super::{StargzLayer, LANDMARKS};
 use crate::builder::tree::{FileData, Kind, Node};
 use crate::format::v6::tables::ChunkInfo;
 
+/// The TOC as JSON.
 #[derive(Deserialize)]
 pub(super) struct TocJson {
     pub(super) version: i64,
@@ -22,6 +24,8 @@ pub(super) struct TocJson {
     pub(super) entries: Vec<TocEntry>,
 }
 
+/// One entry as the TOC spells it; a field it leaves out is empty or zero. Fields the
+/// image has no place for (`userName`, `groupName`, `numLink`...) are ignored.
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 pub(super) struct TocEntry {
