@@ -115,8 +115,6 @@ impl Drop for Entry {
 /// moved, not copied: copying them was a tenth of a second of the Linux source tree's
 /// build, with nothing else running.
 pub fn nest(tree: Tree, layer: u32) -> Entry {
-    // Children before their parents: the depth-first order, reversed.
-    let order = tree.depth_first();
     let Tree { nodes } = tree;
     let links: Vec<Option<(u32, u64)>> = nodes
         .iter()
@@ -138,31 +136,52 @@ pub fn nest(tree: Tree, layer: u32) -> Entry {
     for (id, node) in copies {
         slots[id] = Some(node);
     }
-    let mut built: Vec<Option<Entry>> = Vec::new();
-    built.resize_with(slots.len(), || None);
-    for &id in order.iter().rev() {
+    /// A directory being nested: its node, its children still to nest, and those done.
+    struct Nesting {
+        id: NodeId,
+        node: Node,
+        kids: std::vec::IntoIter<NodeId>,
+        done: Vec<(Vec<u8>, Entry)>,
+    }
+    let start = |slots: &mut [Option<Node>], id: NodeId| {
         let mut node = slots[id].take().expect("each node is nested once");
         let kids = match &mut node.kind {
             Kind::Dir(kids) => std::mem::take(kids),
             _ => Vec::new(),
         };
-        // Children come in name order: the map is built from sorted input in one go.
-        let children = kids
-            .into_iter()
-            .map(|k| {
-                let mut child = built[k]
-                    .take()
-                    .expect("children are nested before their parent");
-                (std::mem::take(&mut child.node.name), child)
-            })
-            .collect();
-        built[id] = Some(Entry {
+        Nesting {
+            id,
+            node,
+            kids: kids.into_iter(),
+            done: Vec::new(),
+        }
+    };
+    // Depth first with a stack of the directories on the current path.
+    let mut stack = vec![start(&mut slots, 0)];
+    loop {
+        let top = stack
+            .last_mut()
+            .expect("the walk ends when the stack empties");
+        if let Some(k) = top.kids.next() {
+            let next = start(&mut slots, k);
+            stack.push(next);
+            continue;
+        }
+        let Nesting {
+            id, mut node, done, ..
+        } = stack.pop().expect("not empty");
+        let name = std::mem::take(&mut node.name);
+        let entry = Entry {
             node,
             link: links[id],
-            children,
-        });
+            // Children come in name order: the map is built from sorted input in one go.
+            children: done.into_iter().collect(),
+        };
+        match stack.last_mut() {
+            Some(parent) => parent.done.push((name, entry)),
+            None => return entry,
+        }
     }
-    built[0].take().expect("the root is nested last")
 }
 
 enum Whiteout<'a> {
