@@ -21,10 +21,10 @@
 //! their file, and offsets must increase with the data they address. A path listed more
 //! than once ends up as tar extraction would leave it: the later entry wins.
 //!
-//! Like the directory source, this one hands the build a flat, breadth-first
-//! [`Tree`](crate::builder::tree::Tree), whose files already have their chunks. Only
-//! layering it onto a parent image goes through the nested
-//! [`overlay::Entry`](crate::builder::overlay::Entry) form, as it does for a directory.
+//! Like the directory source, this one hands the build a flat, breadth-first [`Tree`],
+//! whose files already have their chunks. Only layering it onto a parent image goes
+//! through the nested [`overlay::Entry`](crate::builder::overlay::Entry) form, as it does
+//! for a directory.
 //!
 //! The work is split by job:
 //! - `error.rs`: what can go wrong, naming the TOC, the entry and the offset;
