@@ -121,6 +121,10 @@ pub enum BuildError {
         /// What is wrong.
         what: String,
     },
+    /// An eStargz layer's TOC or layer file is wrong, or cannot be represented (boxed:
+    /// it is the largest error, and every build result would carry its size).
+    #[error(transparent)]
+    Stargz(#[from] Box<source::stargz::StargzError>),
 }
 
 impl BuildError {
@@ -408,7 +412,7 @@ pub(crate) fn stored_tree_bootstrap(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
-) -> (Vec<u8>, Vec<BlobEntry>) {
+) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
     debug_assert!(tree
         .nodes
         .iter()
@@ -423,8 +427,8 @@ pub(crate) fn stored_tree_bootstrap(
             blobs: &blobs,
         },
         opts,
-    );
-    (bytes, blobs)
+    )?;
+    Ok((bytes, blobs))
 }
 
 /// Where the bootstrap goes.
@@ -572,7 +576,7 @@ pub fn build_to(
             compressor: opts.compressor,
             digester: opts.digester,
         },
-    );
+    )?;
     log::debug!(
         "bootstrap laid out at {:.3} s",
         started.elapsed().as_secs_f64()

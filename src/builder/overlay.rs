@@ -16,6 +16,11 @@
 //!   ignored, with a warning).
 //! - A directory over a directory merges: the upper one's metadata, both sets of
 //!   children. Anything else over anything replaces it.
+//!
+//! Nothing here recurses: walks keep their own stack, and dropping an [`Entry`] takes its
+//! tree apart level by level, so a tree as deep as a layer can make it (a TOC's names are
+//! bounded only by the reader's depth limit) needs no more of the thread's stack than a
+//! flat one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -52,9 +57,57 @@ pub struct Entry {
     pub children: BTreeMap<Vec<u8>, Entry>,
 }
 
+/// An entry's children by name.
+type Children = BTreeMap<Vec<u8>, Entry>;
+
 impl Entry {
     fn is_dir(&self) -> bool {
         matches!(self.node.kind, Kind::Dir(_))
+    }
+
+    /// The node and the children, taken out (an `Entry` cannot be taken apart by a
+    /// pattern: it implements `Drop`).
+    fn into_parts(mut self) -> (Node, Option<(u32, u64)>, Children) {
+        let children = std::mem::take(&mut self.children);
+        let node = std::mem::replace(&mut self.node, placeholder_node());
+        (node, self.link, children)
+    }
+}
+
+/// A node that owns no memory, left behind in an `Entry` whose node was taken.
+fn placeholder_node() -> Node {
+    Node {
+        name: Vec::new(),
+        source: std::path::PathBuf::new(),
+        parent: 0,
+        kind: Kind::Fifo,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        rdev: 0,
+        xattrs: Vec::new(),
+        hardlink_of: None,
+        nlink: 0,
+        data: super::tree::FileData::Source,
+    }
+}
+
+impl Drop for Entry {
+    /// Takes the tree apart level by level: the derived drop would recurse once per level
+    /// (several stack frames each) and overflow the stack on a deep enough tree.
+    fn drop(&mut self) {
+        let mut pending: Vec<Children> = vec![std::mem::take(&mut self.children)];
+        while let Some(children) = pending.pop() {
+            for (_, mut child) in children {
+                if !child.children.is_empty() {
+                    pending.push(std::mem::take(&mut child.children));
+                }
+                // `child` drops here with no children left: no recursion.
+            }
+        }
     }
 }
 
@@ -83,27 +136,52 @@ pub fn nest(tree: Tree, layer: u32) -> Entry {
     for (id, node) in copies {
         slots[id] = Some(node);
     }
-    fn build(slots: &mut [Option<Node>], links: &[Option<(u32, u64)>], id: NodeId) -> Entry {
+    /// A directory being nested: its node, its children still to nest, and those done.
+    struct Nesting {
+        id: NodeId,
+        node: Node,
+        kids: std::vec::IntoIter<NodeId>,
+        done: Vec<(Vec<u8>, Entry)>,
+    }
+    let start = |slots: &mut [Option<Node>], id: NodeId| {
         let mut node = slots[id].take().expect("each node is nested once");
         let kids = match &mut node.kind {
             Kind::Dir(kids) => std::mem::take(kids),
             _ => Vec::new(),
         };
-        // Children come in name order: the map is built from sorted input in one go.
-        let children = kids
-            .into_iter()
-            .map(|k| {
-                let mut child = build(slots, links, k);
-                (std::mem::take(&mut child.node.name), child)
-            })
-            .collect();
-        Entry {
+        Nesting {
+            id,
+            node,
+            kids: kids.into_iter(),
+            done: Vec::new(),
+        }
+    };
+    // Depth first with a stack of the directories on the current path.
+    let mut stack = vec![start(&mut slots, 0)];
+    loop {
+        let top = stack
+            .last_mut()
+            .expect("the walk ends when the stack empties");
+        if let Some(k) = top.kids.next() {
+            let next = start(&mut slots, k);
+            stack.push(next);
+            continue;
+        }
+        let Nesting {
+            id, mut node, done, ..
+        } = stack.pop().expect("not empty");
+        let name = std::mem::take(&mut node.name);
+        let entry = Entry {
             node,
             link: links[id],
-            children,
+            // Children come in name order: the map is built from sorted input in one go.
+            children: done.into_iter().collect(),
+        };
+        match stack.last_mut() {
+            Some(parent) => parent.done.push((name, entry)),
+            None => return entry,
         }
     }
-    build(&mut slots, &links, 0)
 }
 
 enum Whiteout<'a> {
@@ -143,18 +221,21 @@ fn is_overlay_opaque(e: &Entry, spec: WhiteoutSpec) -> bool {
 /// Removes whiteout markers (which name nothing here) and overlayfs opaque xattrs from an
 /// upper entry that lands without anything below it.
 fn clean(e: &mut Entry, spec: WhiteoutSpec) {
-    if spec == WhiteoutSpec::Overlayfs {
-        e.node.xattrs.retain(|(n, _)| n != OVERLAY_OPAQUE_XATTR);
-    }
-    e.children.retain(|name, child| {
-        if let Some(w) = whiteout_of(name, child, spec) {
-            warn_if_data(name, child, &w);
-            false
-        } else {
-            clean(child, spec);
-            true
+    let mut pending = vec![e];
+    while let Some(e) = pending.pop() {
+        if spec == WhiteoutSpec::Overlayfs {
+            e.node.xattrs.retain(|(n, _)| n != OVERLAY_OPAQUE_XATTR);
         }
-    });
+        e.children
+            .retain(|name, child| match whiteout_of(name, child, spec) {
+                Some(w) => {
+                    warn_if_data(name, child, &w);
+                    false
+                }
+                None => true,
+            });
+        pending.extend(e.children.values_mut());
+    }
 }
 
 fn warn_if_data(name: &[u8], e: &Entry, w: &Whiteout) {
@@ -173,14 +254,62 @@ fn warn_if_data(name: &[u8], e: &Entry, w: &Whiteout) {
 
 /// Applies `upper` (a directory) onto `lower` (the directory at the same path).
 pub fn apply(lower: &mut Entry, upper: Entry, spec: WhiteoutSpec) {
-    let Entry { node, children, .. } = upper;
-    let mut keep_lower_xattr_strip = node;
-    if spec == WhiteoutSpec::Overlayfs {
-        keep_lower_xattr_strip
-            .xattrs
-            .retain(|(n, _)| n != OVERLAY_OPAQUE_XATTR);
+    /// A directory being merged: the lower one (taken out of its parent until done),
+    /// the upper one's entries still to place, and its name in the parent.
+    struct Merging {
+        lower: Entry,
+        rest: std::vec::IntoIter<(Vec<u8>, Entry)>,
+        name: Vec<u8>,
     }
-    lower.node = keep_lower_xattr_strip;
+    let mut root_rest = merge_dir(lower, upper, spec);
+    let mut stack: Vec<Merging> = Vec::new();
+    loop {
+        let (below, rest) = match stack.last_mut() {
+            Some(m) => (&mut m.lower, &mut m.rest),
+            None => (&mut *lower, &mut root_rest),
+        };
+        let Some((name, mut child)) = rest.next() else {
+            // This directory is done: back into its parent.
+            let Some(done) = stack.pop() else {
+                break;
+            };
+            let parent = match stack.last_mut() {
+                Some(m) => &mut m.lower,
+                None => &mut *lower,
+            };
+            parent.children.insert(done.name, done.lower);
+            continue;
+        };
+        let merge = child.is_dir()
+            && !is_overlay_opaque(&child, spec)
+            && below.children.get(&name).is_some_and(Entry::is_dir);
+        if merge {
+            let mut dir = below.children.remove(&name).expect("checked above");
+            let rest = merge_dir(&mut dir, child, spec);
+            stack.push(Merging {
+                lower: dir,
+                rest,
+                name,
+            });
+        } else {
+            clean(&mut child, spec);
+            below.children.insert(name, child);
+        }
+    }
+}
+
+/// Applies the upper directory's own metadata and whiteouts onto `lower`; returns its
+/// other entries, still to be placed.
+fn merge_dir(
+    lower: &mut Entry,
+    upper: Entry,
+    spec: WhiteoutSpec,
+) -> std::vec::IntoIter<(Vec<u8>, Entry)> {
+    let (mut node, _, children) = upper.into_parts();
+    if spec == WhiteoutSpec::Overlayfs {
+        node.xattrs.retain(|(n, _)| n != OVERLAY_OPAQUE_XATTR);
+    }
+    lower.node = node;
     // Whiteouts first.
     let mut rest = Vec::new();
     for (name, child) in children {
@@ -197,18 +326,7 @@ pub fn apply(lower: &mut Entry, upper: Entry, spec: WhiteoutSpec) {
             None => rest.push((name, child)),
         }
     }
-    for (name, mut child) in rest {
-        let merge = child.is_dir()
-            && !is_overlay_opaque(&child, spec)
-            && lower.children.get(&name).is_some_and(Entry::is_dir);
-        if merge {
-            let below = lower.children.get_mut(&name).expect("checked above");
-            apply(below, child, spec);
-        } else {
-            clean(&mut child, spec);
-            lower.children.insert(name, child);
-        }
-    }
+    rest.into_iter()
 }
 
 /// The tree of a first layer, with nothing below it: what applying `upper` onto an empty
@@ -271,12 +389,13 @@ pub fn flatten(root: Entry) -> Tree {
     queue.push_back((root, 0, Vec::new()));
     while let Some((entry, parent, name)) = queue.pop_front() {
         let id = tree.nodes.len();
-        let mut node = entry.node;
+        let subdirs = entry.children.values().filter(|c| c.is_dir()).count();
+        let (mut node, link, children) = entry.into_parts();
         node.name = name;
         node.parent = if id == 0 { 0 } else { parent };
         node.hardlink_of = None;
         node.nlink = 1;
-        if let Some(key) = entry.link {
+        if let Some(key) = link {
             match first_of.get(&key) {
                 Some(&first) => {
                     node.hardlink_of = Some(first);
@@ -290,7 +409,6 @@ pub fn flatten(root: Entry) -> Tree {
         let is_dir = matches!(node.kind, Kind::Dir(_));
         if is_dir {
             node.kind = Kind::Dir(Vec::new());
-            let subdirs = entry.children.values().filter(|c| c.is_dir()).count();
             node.nlink = 2 + subdirs as u32;
         }
         tree.nodes.push(node);
@@ -299,7 +417,7 @@ pub fn flatten(root: Entry) -> Tree {
                 kids.push(id);
             }
         }
-        for (n, child) in entry.children {
+        for (n, child) in children {
             queue.push_back((child, id, n));
         }
     }
@@ -309,6 +427,50 @@ pub fn flatten(root: Entry) -> Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root, `depth` nested directories `d`, and in the deepest a fifo named `leaf`.
+    fn chain(depth: usize, leaf: &[u8]) -> Tree {
+        let mut tree = Tree::default();
+        let mut node = placeholder_node();
+        node.kind = Kind::Dir(Vec::new());
+        node.mode = libc::S_IFDIR | 0o755;
+        for id in 0..=depth + 1 {
+            let mut n = node.clone();
+            n.parent = id.saturating_sub(1);
+            if id > 0 {
+                n.name = b"d".to_vec();
+                if let Kind::Dir(kids) = &mut tree.nodes[id - 1].kind {
+                    kids.push(id);
+                }
+            }
+            if id == depth + 1 {
+                n.name = leaf.to_vec();
+                n.kind = Kind::Fifo;
+                n.mode = libc::S_IFIFO | 0o644;
+            }
+            tree.nodes.push(n);
+        }
+        tree
+    }
+
+    /// Trees far deeper than the stack allows recursion for (the test thread has 2 MiB)
+    /// nest, merge directory into directory all the way down, clean, flatten and drop.
+    /// Each of those recursed once per level, and overflowed the stack.
+    #[test]
+    fn deep_trees_are_walked_without_recursion() {
+        let depth = 100_000;
+        let mut merged = nest(chain(depth, b"old"), 0);
+        apply(
+            &mut merged,
+            nest(chain(depth, b".wh.old"), 1),
+            WhiteoutSpec::Oci,
+        );
+        let tree = flatten(merged);
+        assert_eq!(tree.nodes.len(), depth + 1, "the whiteout removed old");
+        let first = onto_empty_root(chain(depth, b".wh.x"), WhiteoutSpec::Oci);
+        assert_eq!(first.nodes.len(), depth + 1, "the marker is gone");
+        drop(nest(chain(depth, b"f"), 0));
+    }
 
     /// A first layer without markers is taken as read, and that is the tree nesting,
     /// applying and flattening gives: same nodes in the same order, parents, children,

@@ -24,6 +24,9 @@ pub fn load(image: &Image, layer: u32) -> Result<Entry, BuildError> {
     load_entry(image, &path, root, Vec::new(), PathBuf::from("/"), layer, 0)
 }
 
+/// The entry at `nid` and everything below it, depth first in directory order. The walk
+/// keeps its own stack: a recursive one took several KiB of the thread's stack per level,
+/// and a parent nested a few thousand deep (which the reader accepts) overflowed it.
 fn load_entry(
     image: &Image,
     boot: &Path,
@@ -33,34 +36,87 @@ fn load_entry(
     layer: u32,
     depth: usize,
 ) -> Result<Entry, BuildError> {
-    if depth > MAX_DEPTH {
-        return Err(BuildError::Parent {
-            path: boot.to_path_buf(),
-            what: format!(
-                "directories nested deeper than {MAX_DEPTH} at {}",
-                shown.display()
-            ),
-        });
+    /// A directory being loaded: its entry so far, its name and path, and its entries
+    /// still to load.
+    struct Loading {
+        entry: Entry,
+        name: Vec<u8>,
+        shown: PathBuf,
+        rest: std::vec::IntoIter<crate::reader::DirEntry>,
     }
+    let too_deep = |shown: &Path| BuildError::Parent {
+        path: boot.to_path_buf(),
+        what: format!(
+            "directories nested deeper than {MAX_DEPTH} at {}",
+            shown.display()
+        ),
+    };
+    if depth > MAX_DEPTH {
+        return Err(too_deep(&shown));
+    }
+    let (entry, listing) = load_node(image, boot, nid, name.clone(), &shown, layer)?;
+    let Some(listing) = listing else {
+        return Ok(entry);
+    };
+    let mut stack = vec![Loading {
+        entry,
+        name,
+        shown,
+        rest: listing.into_iter(),
+    }];
+    loop {
+        let level = stack.len();
+        let top = stack
+            .last_mut()
+            .expect("the walk ends when the stack empties");
+        let Some(e) = top.rest.next() else {
+            let done = stack.pop().expect("not empty");
+            match stack.last_mut() {
+                Some(parent) => {
+                    parent.entry.children.insert(done.name, done.entry);
+                    continue;
+                }
+                None => return Ok(done.entry),
+            }
+        };
+        let shown = top.shown.join(std::ffi::OsStr::from_bytes(&e.name));
+        // The root of this walk is at `depth`, the stack holds its path down to `top`.
+        if depth + level > MAX_DEPTH {
+            return Err(too_deep(&shown));
+        }
+        let (entry, listing) = load_node(image, boot, e.nid, e.name.clone(), &shown, layer)?;
+        match listing {
+            Some(listing) => stack.push(Loading {
+                entry,
+                name: e.name,
+                shown,
+                rest: listing.into_iter(),
+            }),
+            None => {
+                top.entry.children.insert(e.name, entry);
+            }
+        }
+    }
+}
+
+/// The entry at `nid` without its children, and for a directory the entries to load
+/// into it.
+fn load_node(
+    image: &Image,
+    boot: &Path,
+    nid: Nid,
+    name: Vec<u8>,
+    shown: &Path,
+    layer: u32,
+) -> Result<(Entry, Option<Vec<crate::reader::DirEntry>>), BuildError> {
     let st = image.stat(nid).map_err(|e| read_err(boot, e))?;
     let xattrs = image.xattrs(nid).map_err(|e| read_err(boot, e))?;
     let fmt = st.mode & libc::S_IFMT;
-    let mut children = BTreeMap::new();
+    let mut listing = None;
     let mut data = FileData::Source;
     let kind = match fmt {
         libc::S_IFDIR => {
-            for e in image.read_dir(nid).map_err(|e| read_err(boot, e))? {
-                let child = load_entry(
-                    image,
-                    boot,
-                    e.nid,
-                    e.name.clone(),
-                    shown.join(std::ffi::OsStr::from_bytes(&e.name)),
-                    layer,
-                    depth + 1,
-                )?;
-                children.insert(e.name, child);
-            }
+            listing = Some(image.read_dir(nid).map_err(|e| read_err(boot, e))?);
             Kind::Dir(Vec::new())
         }
         libc::S_IFREG => {
@@ -106,7 +162,7 @@ fn load_entry(
     };
     let node = Node {
         name,
-        source: boot.join(shown.strip_prefix("/").unwrap_or(&shown)),
+        source: boot.join(shown.strip_prefix("/").unwrap_or(shown)),
         parent: 0,
         kind,
         mode: st.mode,
@@ -122,9 +178,10 @@ fn load_entry(
         data,
     };
     let linked = fmt != libc::S_IFDIR && st.nlink > 1;
-    Ok(Entry {
+    let entry = Entry {
         node,
         link: linked.then_some((layer, nid.0)),
-        children,
-    })
+        children: BTreeMap::new(),
+    };
+    Ok((entry, listing))
 }

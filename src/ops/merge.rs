@@ -106,7 +106,7 @@ pub fn merge(layers: &[PathBuf], out: &Path) -> Result<MergeSummary, BuildError>
             compressor,
             digester,
         },
-    );
+    )?;
     let bootstrap = PendingFile::write_whole(out, &bytes, "bootstrap")?;
     Ok(MergeSummary {
         bootstrap,

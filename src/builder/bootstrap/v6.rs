@@ -5,10 +5,14 @@
 //! root's nid is 128 as upstream's; directory and symlink blocks that cannot be inlined go
 //! after the inodes; the chunk info table comes last. Every table starts on a block.
 
+use std::path::PathBuf;
+
+use thiserror::Error;
+
 use super::super::tree::{Kind, NodeId, Tree};
 use crate::format::v6::inode::{
-    self, encode_dirent, ChunkAddr, DataLayout, FileType, Inode, CHUNK_FORMAT_INDEXES, DIRENT_SIZE,
-    EXTENDED_SIZE, SLOT_SIZE,
+    self, encode_dirent, ChunkAddr, DataLayout, FileType, Inode, XattrError, CHUNK_FORMAT_INDEXES,
+    DIRENT_SIZE, EXTENDED_SIZE, SLOT_SIZE,
 };
 use crate::format::v6::super_block::{flags, DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
 use crate::format::v6::tables::{
@@ -16,6 +20,39 @@ use crate::format::v6::tables::{
 };
 use crate::format::v6::{BLOCK_BITS, BLOCK_SIZE};
 use crate::format::{Compressor, Digester};
+
+/// Why a tree cannot be written as a RAFS v6 bootstrap. The sources check what they
+/// read, so this is a tree put together from something else (a parent or merged image)
+/// or a source that missed a check.
+#[derive(Debug, Error)]
+pub enum WriteError {
+    /// An entry's xattrs do not fit its inode.
+    #[error("{}: cannot store its xattrs", String::from_utf8_lossy(image_path))]
+    Xattrs {
+        /// The entry's path in the image.
+        image_path: Vec<u8>,
+        /// Where the entry came from.
+        source_path: PathBuf,
+        /// What does not fit.
+        #[source]
+        source: XattrError,
+    },
+}
+
+impl From<WriteError> for crate::builder::BuildError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Xattrs {
+                source_path,
+                source,
+                ..
+            } => crate::builder::BuildError::Source {
+                path: source_path,
+                what: source.to_string(),
+            },
+        }
+    }
+}
 
 /// Settings recorded in the superblock.
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +89,7 @@ struct Placed {
 }
 
 /// Builds the bootstrap bytes. The result's length is a multiple of the block size.
-pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
+pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Result<Vec<u8>, WriteError> {
     let tree = input.tree;
     let blob_count = input.blobs.len() as u64;
     let devtable_end = DEVTABLE_OFFSET + 128 * blob_count;
@@ -81,7 +118,12 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
     let mut slots = SlotAllocator::new(inode_start);
     for (ino_index, &id) in order.iter().enumerate() {
         let node = &tree.nodes[id];
-        let xattr_size = inode::xattr_area_size(&node.xattrs);
+        let xattr_err = |source| WriteError::Xattrs {
+            image_path: tree.image_path(id),
+            source_path: node.source.clone(),
+            source,
+        };
+        let xattr_size = inode::xattr_area_size(&node.xattrs).map_err(xattr_err)?;
         let (data, data_len, layout_data) = match &node.kind {
             Kind::Dir(_) => (Vec::new(), dir_data_len(tree, id), true),
             Kind::Symlink(target) => (target.clone(), target.len(), true),
@@ -126,7 +168,8 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
         let inode = Inode {
             extended,
             layout,
-            xattr_icount: inode::xattr_icount(xattr_size),
+            xattr_icount: inode::xattr_icount(xattr_size)
+                .expect("xattr_area_size bounds the area by what the count can say"),
             mode,
             nlink: node.nlink,
             size: if matches!(node.kind, Kind::Dir(_)) {
@@ -230,7 +273,11 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
         let node = &tree.nodes[p.node];
         buf.clear();
         p.inode.encode(&mut buf);
-        inode::encode_xattrs(&node.xattrs, &mut buf);
+        inode::encode_xattrs(&node.xattrs, &mut buf).map_err(|source| WriteError::Xattrs {
+            image_path: tree.image_path(p.node),
+            source_path: node.source.clone(),
+            source,
+        })?;
         let data = match &node.kind {
             Kind::Dir(_) => dir_data(tree, p.node, &inode_of, &nid_of),
             _ => p.data.clone(),
@@ -270,7 +317,7 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Vec<u8> {
     }
     let at = chunk_table_offset as usize;
     out[at..at + table.len()].copy_from_slice(&table);
-    out
+    Ok(out)
 }
 
 /// Places inode records in the metadata area. Records are appended, except that space
@@ -414,10 +461,12 @@ fn dir_data(
 pub(crate) mod tests {
     use super::*;
     use crate::builder::tree::tests::Sketch;
+    use crate::builder::tree::{FileData, Node};
     use crate::format::v6::inode::decode_dirents;
     use crate::format::v6::tables::blob_features;
     use crate::reader::Image;
     use crate::storage::blobs::BlobSource;
+    use std::path::Path;
 
     const CHUNK_SIZE: u32 = 0x1000;
 
@@ -430,7 +479,7 @@ pub(crate) mod tests {
             chunks: &[],
             blobs: &[],
         };
-        write(&input, options())
+        write(&input, options()).expect("the sketch fits the format")
     }
 
     fn options() -> BootstrapOptions {
@@ -531,6 +580,7 @@ pub(crate) mod tests {
             },
             options(),
         )
+        .expect("the sample fits the format")
     }
 
     #[test]
@@ -762,5 +812,81 @@ pub(crate) mod tests {
             assert_eq!(slots.alloc(len, unbroken), want, "step {i}");
         }
         assert_eq!(slots.end, (8352u64 + 5000).next_multiple_of(SLOT_SIZE));
+    }
+
+    /// A tree whose file has these xattrs.
+    fn tree_with(xattrs: inode::Xattrs) -> Tree {
+        let node = |name: &[u8], kind: Kind, mode: u32| Node {
+            name: name.to_vec(),
+            source: PathBuf::from("src").join(String::from_utf8_lossy(name).as_ref()),
+            parent: 0,
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            rdev: 0,
+            xattrs: Vec::new(),
+            hardlink_of: None,
+            nlink: 1,
+            data: FileData::Chunks(Vec::new()),
+        };
+        let mut file = node(b"f", Kind::Fifo, libc::S_IFIFO | 0o644);
+        file.xattrs = xattrs;
+        Tree {
+            nodes: vec![node(b"", Kind::Dir(vec![1]), libc::S_IFDIR | 0o755), file],
+        }
+    }
+
+    fn write_tree(tree: &Tree) -> Result<Vec<u8>, WriteError> {
+        write(
+            &BootstrapInput {
+                tree,
+                file_chunks: &[Vec::new(), Vec::new()],
+                chunks: &[],
+                blobs: &[],
+            },
+            BootstrapOptions {
+                chunk_size: 0x10_0000,
+                compressor: Compressor::None,
+                digester: Digester::Blake3,
+            },
+        )
+    }
+
+    /// Xattrs the inode cannot hold are an error naming the entry, where their lengths
+    /// used to be cut short with `as` into a corrupt bootstrap.
+    #[test]
+    fn xattrs_that_do_not_fit_are_an_error_naming_the_entry() {
+        let mut long = b"user.".to_vec();
+        long.resize(5 + 256, b'n');
+        let many: inode::Xattrs = (0..5)
+            .map(|i| (format!("user.k{i}").into_bytes(), vec![0u8; 65535]))
+            .collect();
+        for xattrs in [vec![(long, b"v".to_vec())], many] {
+            match write_tree(&tree_with(xattrs)) {
+                Err(WriteError::Xattrs {
+                    image_path,
+                    source_path,
+                    ..
+                }) => {
+                    assert_eq!(image_path, b"/f");
+                    assert_eq!(source_path, Path::new("src/f"));
+                }
+                Ok(_) => panic!("written"),
+            }
+        }
+        let fits = vec![(b"user.k".to_vec(), vec![0u8; 65535])];
+        let boot = write_tree(&tree_with(fits.clone())).unwrap();
+        let image = crate::reader::Image::from_bytes(
+            Path::new("t.boot"),
+            boot,
+            crate::storage::blobs::BlobSource::None,
+        )
+        .unwrap();
+        let nid = image.resolve(b"/f").unwrap().unwrap();
+        assert_eq!(image.xattrs(nid).unwrap(), fits);
     }
 }

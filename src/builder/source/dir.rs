@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::builder::tree::{FileData, Kind, Node, NodeId, Tree};
 use crate::builder::BuildError;
-use crate::format::v6::inode::{xattr_split, Xattrs};
-
-/// Largest xattr value RAFS v6 can hold (its size field is 16 bits; Linux caps at 64 KiB).
-const MAX_XATTR_VALUE: usize = 65535;
+use crate::format::v6::inode::{xattr_area_size, xattr_entry, XattrError, Xattrs};
 
 /// Reads `root` and everything below it into a tree, breadth first with children in name
 /// order. Hard links inside the tree are grouped by (device, inode).
@@ -242,6 +239,10 @@ pub fn read_xattrs(path: &Path) -> Result<Xattrs, BuildError> {
         )
     })?;
     let mut out = Vec::new();
+    let refused = |e: XattrError| BuildError::Source {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    };
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name).expect("split on NUL");
         let value = xattr_call(path, "read xattr", |buf| unsafe {
@@ -253,29 +254,26 @@ pub fn read_xattrs(path: &Path) -> Result<Xattrs, BuildError> {
                 buf.len(),
             )
         })?;
-        check_xattr(path, name, &value)?;
+        check_xattr(name, &value).map_err(refused)?;
         out.push((name.to_vec(), value));
     }
     out.sort();
+    check_xattrs(&out).map_err(refused)?;
     Ok(out)
 }
 
-/// Refuses an xattr RAFS v6 cannot store: outside the known namespaces, or too large.
-pub(crate) fn check_xattr(path: &Path, name: &[u8], value: &[u8]) -> Result<(), BuildError> {
-    let shown = String::from_utf8_lossy(name);
-    if xattr_split(name).is_none() {
-        return Err(BuildError::Source {
-            path: path.to_path_buf(),
-            what: format!("xattr {shown:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)"),
-        });
-    }
-    if name.len() > 255 + 24 || value.len() > MAX_XATTR_VALUE {
-        return Err(BuildError::Source {
-            path: path.to_path_buf(),
-            what: format!("xattr {shown:?} is too large ({} byte value)", value.len()),
-        });
-    }
-    Ok(())
+/// Refuses an xattr RAFS v6 cannot store: outside the known namespaces, a name longer
+/// than 255 bytes once its namespace prefix is taken off, or a value over 64 KiB. Every
+/// source checks each xattr it reads with this, and then the inode's with
+/// [`check_xattrs`].
+pub(crate) fn check_xattr(name: &[u8], value: &[u8]) -> Result<(), XattrError> {
+    xattr_entry(name, value).map(|_| ())
+}
+
+/// Refuses an inode's xattrs if RAFS v6 cannot store them together: each as
+/// [`check_xattr`] has it, and all of them inside one inode's inline area (256 KiB).
+pub(crate) fn check_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), XattrError> {
+    xattr_area_size(xattrs).map(|_| ())
 }
 
 /// Runs an xattr syscall that fills a buffer: first into a small buffer on the stack, which

@@ -1,6 +1,7 @@
 //! EROFS inodes (32-byte compact, 64-byte extended), directory entries, inline xattrs and
 //! chunk indexes, as RAFS v6 uses them.
 
+use thiserror::Error;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -323,7 +324,7 @@ impl Inode {
 }
 
 /// Bytes of inline xattrs for an `i_xattr_icount`.
-pub fn xattr_size_from_icount(icount: u16) -> usize {
+pub const fn xattr_size_from_icount(icount: u16) -> usize {
     if icount == 0 {
         0
     } else {
@@ -494,6 +495,107 @@ pub const XATTR_PREFIXES: [(&[u8], u8); 5] = [
     (b"security.", 6),
 ];
 
+/// Longest name suffix an xattr entry holds (after its prefix): `name_len` is a byte.
+pub const XATTR_NAME_MAX: usize = u8::MAX as usize;
+/// Longest value an xattr entry holds: `value_size` is 16 bits.
+pub const XATTR_VALUE_MAX: usize = u16::MAX as usize;
+/// Largest inline xattr area of one inode, header included: what the 16-bit
+/// `i_xattr_icount` can count.
+pub const XATTR_AREA_MAX: usize = xattr_size_from_icount(u16::MAX);
+
+/// Why an inode's xattrs cannot be stored inline in RAFS v6.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum XattrError {
+    /// The name starts with none of [`XATTR_PREFIXES`].
+    #[error("xattr {} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_access and _default)", shown_name(name))]
+    Namespace {
+        /// The xattr's name.
+        name: Vec<u8>,
+    },
+    /// The name is too long once its prefix is taken off.
+    #[error("xattr {}: its name is {found} bytes after the {:?} prefix; RAFS v6 stores at most {XATTR_NAME_MAX}", shown_name(name), String::from_utf8_lossy(prefix))]
+    NameTooLong {
+        /// The xattr's name.
+        name: Vec<u8>,
+        /// The prefix RAFS v6 stores as an index.
+        prefix: &'static [u8],
+        /// Bytes after it.
+        found: usize,
+    },
+    /// The value is too long.
+    #[error(
+        "xattr {}: its value is {found} bytes; RAFS v6 stores at most {XATTR_VALUE_MAX}",
+        shown_name(name)
+    )]
+    ValueTooLong {
+        /// The xattr's name.
+        name: Vec<u8>,
+        /// The value's length.
+        found: usize,
+    },
+    /// All of an inode's xattrs together do not fit its inline area.
+    #[error("{count} xattrs take {found} bytes inline; one RAFS v6 inode holds at most {XATTR_AREA_MAX}")]
+    AreaTooLarge {
+        /// How many xattrs the inode has.
+        count: usize,
+        /// Bytes their inline area would take, header included.
+        found: usize,
+    },
+}
+
+/// An xattr name quoted for a message, shortened if long (a TOC can give any length).
+fn shown_name(name: &[u8]) -> String {
+    const SHOWN: usize = 300;
+    match name.get(..SHOWN) {
+        Some(start) if name.len() > SHOWN => format!(
+            "{:?}... ({} bytes)",
+            String::from_utf8_lossy(start),
+            name.len()
+        ),
+        _ => format!("{:?}", String::from_utf8_lossy(name)),
+    }
+}
+
+/// One xattr checked to fit an entry of the inline area: the entry header's fields, and
+/// the name suffix stored after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XattrFit<'n> {
+    /// Index of the name's prefix in [`XATTR_PREFIXES`].
+    pub name_index: u8,
+    /// The name after its prefix.
+    pub suffix: &'n [u8],
+    /// The suffix's length.
+    pub name_len: u8,
+    /// The value's length.
+    pub value_size: u16,
+}
+
+/// Checks that one xattr fits an entry of the inline area: a known namespace, a name
+/// suffix of at most [`XATTR_NAME_MAX`] bytes and a value of at most [`XATTR_VALUE_MAX`].
+pub fn xattr_entry<'n>(name: &'n [u8], value: &[u8]) -> Result<XattrFit<'n>, XattrError> {
+    let (name_index, suffix) = xattr_split(name).ok_or_else(|| XattrError::Namespace {
+        name: name.to_vec(),
+    })?;
+    let name_len = u8::try_from(suffix.len()).map_err(|_| XattrError::NameTooLong {
+        name: name.to_vec(),
+        prefix: XATTR_PREFIXES
+            .iter()
+            .find(|(_, i)| *i == name_index)
+            .map_or(&b""[..], |(p, _)| p),
+        found: suffix.len(),
+    })?;
+    let value_size = u16::try_from(value.len()).map_err(|_| XattrError::ValueTooLong {
+        name: name.to_vec(),
+        found: value.len(),
+    })?;
+    Ok(XattrFit {
+        name_index,
+        suffix,
+        name_len,
+        value_size,
+    })
+}
+
 /// Splits an xattr name into (prefix index, suffix), or `None` if EROFS cannot store it.
 pub fn xattr_split(name: &[u8]) -> Option<(u8, &[u8])> {
     XATTR_PREFIXES
@@ -503,48 +605,75 @@ pub fn xattr_split(name: &[u8]) -> Option<(u8, &[u8])> {
         .filter(|(i, s)| (*i == 2 || *i == 3) == s.is_empty())
 }
 
-/// Size in bytes of the inline xattr area for these pairs (0 when empty).
-pub fn xattr_area_size(pairs: &[(Vec<u8>, Vec<u8>)]) -> usize {
+/// Size in bytes of the inline xattr area for these pairs (0 when empty), after
+/// checking that each pair fits an entry ([`xattr_entry`]) and that all of them fit one
+/// inode ([`XATTR_AREA_MAX`]).
+pub fn xattr_area_size(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<usize, XattrError> {
     if pairs.is_empty() {
-        return 0;
+        return Ok(0);
     }
     let mut size = XATTR_HEADER_SIZE;
     for (name, value) in pairs {
-        let suffix = xattr_split(name).map(|(_, s)| s.len()).unwrap_or(0);
-        size += (XATTR_ENTRY_SIZE + suffix + value.len()).next_multiple_of(4);
+        let fit = xattr_entry(name, value)?;
+        // At most 4 + 255 + 65535 per entry: no overflow before the check below.
+        size += (XATTR_ENTRY_SIZE + fit.suffix.len() + value.len()).next_multiple_of(4);
+        if size > XATTR_AREA_MAX {
+            return Err(XattrError::AreaTooLarge {
+                count: pairs.len(),
+                found: xattr_area_size_unchecked(pairs),
+            });
+        }
     }
-    size
+    Ok(size)
 }
 
-/// `i_xattr_icount` for an inline xattr area of `size` bytes.
-pub fn xattr_icount(size: usize) -> u16 {
+/// The inline area's size without the checks, for the message of the one that failed.
+fn xattr_area_size_unchecked(pairs: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    pairs.iter().fold(XATTR_HEADER_SIZE, |size, (name, value)| {
+        let suffix = xattr_split(name).map_or(name.len(), |(_, s)| s.len());
+        size.saturating_add(
+            XATTR_ENTRY_SIZE
+                .saturating_add(suffix)
+                .saturating_add(value.len())
+                .next_multiple_of(4),
+        )
+    })
+}
+
+/// `i_xattr_icount` for an inline xattr area of `size` bytes (a size
+/// [`xattr_area_size`] gave), or `None` if the count field cannot say it.
+pub fn xattr_icount(size: usize) -> Option<u16> {
     if size == 0 {
-        0
-    } else {
-        ((size - XATTR_HEADER_SIZE) / 4 + 1) as u16
+        return Some(0);
     }
+    let units = size.checked_sub(XATTR_HEADER_SIZE)? / 4 + 1;
+    u16::try_from(units).ok()
 }
 
-/// Encodes the inline xattr area. Names must pass `xattr_split`.
-pub fn encode_xattrs(pairs: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>) {
-    if pairs.is_empty() {
-        return;
+/// Encodes the inline xattr area, refusing what does not fit it (as
+/// [`xattr_area_size`] does) rather than cutting a length short.
+pub fn encode_xattrs(pairs: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>) -> Result<(), XattrError> {
+    let size = xattr_area_size(pairs)?;
+    if size == 0 {
+        return Ok(());
     }
+    out.reserve(size);
     out.extend_from_slice(&[0u8; XATTR_HEADER_SIZE]);
     for (name, value) in pairs {
-        let (index, suffix) = xattr_split(name).expect("xattr names are checked by the builder");
+        let fit = xattr_entry(name, value)?;
         let raw = XattrEntryRaw {
-            name_len: suffix.len() as u8,
-            name_index: index,
-            value_size: (value.len() as u16).into(),
+            name_len: fit.name_len,
+            name_index: fit.name_index,
+            value_size: fit.value_size.into(),
         };
         let start = out.len();
         out.extend_from_slice(raw.as_bytes());
-        out.extend_from_slice(suffix);
+        out.extend_from_slice(fit.suffix);
         out.extend_from_slice(value);
         let padded = (out.len() - start).next_multiple_of(4);
         out.resize(start + padded, 0);
     }
+    Ok(())
 }
 
 /// Decodes an inline xattr area (`bytes` is exactly the area) found at `offset`.
@@ -638,10 +767,100 @@ mod tests {
             (b"system.posix_acl_default".to_vec(), vec![3u8; 44]),
         ];
         let mut buf = Vec::new();
-        encode_xattrs(&pairs, &mut buf);
-        assert_eq!(buf.len(), xattr_area_size(&pairs));
-        assert_eq!(xattr_size_from_icount(xattr_icount(buf.len())), buf.len());
+        encode_xattrs(&pairs, &mut buf).unwrap();
+        assert_eq!(buf.len(), xattr_area_size(&pairs).unwrap());
+        assert_eq!(
+            xattr_size_from_icount(xattr_icount(buf.len()).unwrap()),
+            buf.len()
+        );
         assert_eq!(decode_xattrs(&buf, 0).unwrap(), pairs);
+    }
+
+    /// A name suffix longer than the byte `name_len` holds (an eStargz TOC can carry
+    /// one: 261 to 279 bytes passed the builder's old check), a value longer than 16
+    /// bits, or more xattrs than the 16-bit `i_xattr_icount` counts, are refused: they
+    /// were cut short with `as`, which wrote a corrupt bootstrap. Up to the limits, they
+    /// round-trip.
+    #[test]
+    fn xattrs_that_do_not_fit_are_refused_not_cut_short() {
+        let pair = |name: Vec<u8>, len: usize| (name, vec![b'v'; len]);
+        let named = |prefix: &str, len: usize| {
+            let mut n = prefix.as_bytes().to_vec();
+            n.resize(prefix.len() + len, b'n');
+            n
+        };
+        let many = |last: usize| -> Xattrs {
+            (0..4)
+                .map(|i| {
+                    pair(
+                        format!("user.k{i}").into_bytes(),
+                        if i < 3 { 65535 } else { last },
+                    )
+                })
+                .collect()
+        };
+        // Exactly the largest area: 12 + 3 * 65544 + 65504 bytes.
+        let fits: Vec<Xattrs> = vec![
+            vec![pair(named("user.", 255), 1)],
+            vec![pair(named("trusted.", 255), 0)],
+            vec![pair(b"user.v".to_vec(), 65535)],
+            many(65498),
+        ];
+        for pairs in fits {
+            let mut buf = Vec::new();
+            encode_xattrs(&pairs, &mut buf).unwrap();
+            assert_eq!(buf.len(), xattr_area_size(&pairs).unwrap());
+            let icount = xattr_icount(buf.len()).unwrap();
+            assert_eq!(xattr_size_from_icount(icount), buf.len());
+            assert_eq!(decode_xattrs(&buf, 0).unwrap(), pairs);
+        }
+        assert_eq!(xattr_icount(XATTR_AREA_MAX), Some(u16::MAX));
+        assert_eq!(xattr_icount(XATTR_AREA_MAX + 4), None);
+
+        let refused: Vec<(Xattrs, XattrError)> = vec![
+            (
+                vec![pair(named("user.", 256), 1)],
+                XattrError::NameTooLong {
+                    name: named("user.", 256),
+                    prefix: b"user.",
+                    found: 256,
+                },
+            ),
+            (
+                vec![pair(named("trusted.", 271), 1)],
+                XattrError::NameTooLong {
+                    name: named("trusted.", 271),
+                    prefix: b"trusted.",
+                    found: 271,
+                },
+            ),
+            (
+                vec![pair(b"user.v".to_vec(), 65536)],
+                XattrError::ValueTooLong {
+                    name: b"user.v".to_vec(),
+                    found: 65536,
+                },
+            ),
+            (
+                many(65499),
+                XattrError::AreaTooLarge {
+                    count: 4,
+                    found: XATTR_AREA_MAX + 4,
+                },
+            ),
+            (
+                vec![pair(b"system.nfs4_acl".to_vec(), 1)],
+                XattrError::Namespace {
+                    name: b"system.nfs4_acl".to_vec(),
+                },
+            ),
+        ];
+        for (pairs, want) in refused {
+            assert_eq!(xattr_area_size(&pairs).as_ref(), Err(&want));
+            let mut buf = vec![7];
+            assert_eq!(encode_xattrs(&pairs, &mut buf), Err(want));
+            assert_eq!(buf, [7], "nothing written");
+        }
     }
 
     #[test]

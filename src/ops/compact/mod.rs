@@ -548,7 +548,7 @@ pub fn compact(
     let tree = remap(tree, &kept_index, &moved, new_base);
 
     let sb = image.super_block();
-    let (bytes, blobs_out) = crate::builder::stored_tree_bootstrap(
+    let written = crate::builder::stored_tree_bootstrap(
         &tree,
         table,
         bootstrap::v6::BootstrapOptions {
@@ -557,6 +557,13 @@ pub fn compact(
             digester: sb.digester,
         },
     );
+    let (bytes, blobs_out) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            cleanup(&written_paths);
+            return Err(CompactError::Output(Box::new(e)));
+        }
+    };
     let path = match PendingFile::write_whole(output, &bytes, "bootstrap") {
         Ok(p) => p,
         Err(e) => {
