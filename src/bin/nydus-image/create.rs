@@ -334,12 +334,8 @@ pub fn run(opts: CreateOptions) -> Result<ExitCode> {
         }
         SourceKind::Stargz(sopts, bootstrap) => {
             builder::source::stargz::build(&opts.source, bootstrap, sopts, &opts.build)
-                .with_context(|| {
-                    format!(
-                        "cannot build an image of eStargz TOC {}",
-                        opts.source.display()
-                    )
-                })?
+                // The eStargz source's errors name the TOC themselves.
+                .context("cannot build the image")?
         }
     };
     report(&opts, &summary, started)?;
