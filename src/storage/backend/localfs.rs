@@ -57,7 +57,7 @@ impl LocalFs {
             return Ok(f.clone());
         }
         if blob_id.is_empty() || blob_id.contains('/') || blob_id == "." || blob_id == ".." {
-            return Err(self.err(blob_id, "not a usable blob id".into()));
+            return Err(self.error(blob_id, "not a usable blob id".into()));
         }
         let dirs = self.config.dir.iter().chain(&self.config.alt_dirs);
         let mut first = None;
@@ -68,21 +68,13 @@ impl LocalFs {
             }
             first.get_or_insert(p);
         }
-        first.ok_or_else(|| self.err(blob_id, "no directory configured".into()))
-    }
-
-    fn err(&self, blob_id: &str, what: String) -> BackendError {
-        BackendError {
-            blob_id: blob_id.to_string(),
-            backend: self.describe(),
-            what,
-        }
+        first.ok_or_else(|| self.error(blob_id, "no directory configured".into()))
     }
 
     fn open(&self, blob_id: &str) -> Result<(PathBuf, File), BackendError> {
         let path = self.path_of(blob_id)?;
         let file = File::open(&path)
-            .map_err(|e| self.err(blob_id, format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| self.error(blob_id, format!("cannot open {}: {e}", path.display())))?;
         Ok((path, file))
     }
 }
@@ -100,7 +92,7 @@ impl Backend for LocalFs {
         let (path, file) = self.open(blob_id)?;
         file.metadata()
             .map(|m| m.len())
-            .map_err(|e| self.err(blob_id, format!("cannot stat {}: {e}", path.display())))
+            .map_err(|e| self.error(blob_id, format!("cannot stat {}: {e}", path.display())))
     }
 
     fn read_at(&self, blob_id: &str, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
@@ -115,7 +107,7 @@ impl Backend for LocalFs {
             } else {
                 format!("cannot read {}: {e}", path.display())
             };
-            self.err(blob_id, what)
+            self.error(blob_id, what)
         })
     }
 }

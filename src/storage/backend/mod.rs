@@ -35,6 +35,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn size(&self, blob_id: &str) -> Result<u64, BackendError>;
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, blob_id: &str, offset: u64, buf: &mut [u8]) -> Result<(), BackendError>;
+
+    /// A failure of this backend for `blob_id`, naming both.
+    fn error(&self, blob_id: &str, what: String) -> BackendError {
+        BackendError {
+            blob_id: blob_id.to_string(),
+            backend: self.describe(),
+            what,
+        }
+    }
 }
 
 /// A backend configuration that cannot be used.

@@ -138,14 +138,6 @@ impl Oss {
         format!("{}{blob_id}", self.config.object_prefix)
     }
 
-    fn err(&self, blob_id: &str, what: String) -> BackendError {
-        BackendError {
-            blob_id: blob_id.to_string(),
-            backend: self.describe(),
-            what,
-        }
-    }
-
     fn send(
         &self,
         verb: &str,
@@ -153,7 +145,7 @@ impl Oss {
         range: Option<(u64, u64)>,
     ) -> Result<ureq::Response, BackendError> {
         if blob_id.is_empty() || blob_id.contains('/') {
-            return Err(self.err(blob_id, "not a usable blob id".into()));
+            return Err(self.error(blob_id, "not a usable blob id".into()));
         }
         let key = self.key(blob_id);
         let url = format!(
@@ -197,7 +189,7 @@ impl Oss {
             })
         };
         send_with_retries(self.config.http.retry_limit, "the endpoint", send, refused)
-            .map_err(|what| self.err(blob_id, what))
+            .map_err(|what| self.error(blob_id, what))
     }
 }
 
@@ -233,7 +225,7 @@ impl Backend for Oss {
             blob_id,
             Some((offset, offset + buf.len() as u64 - 1)),
         )?;
-        super::http::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
+        super::http::read_ranged(resp, offset, buf).map_err(|what| self.error(blob_id, what))
     }
 }
 

@@ -111,14 +111,6 @@ impl Registry {
         )
     }
 
-    fn err(&self, blob_id: &str, what: String) -> BackendError {
-        BackendError {
-            blob_id: blob_id.to_string(),
-            backend: self.describe(),
-            what,
-        }
-    }
-
     /// Sends `method` for the blob, authenticating on demand and retrying transient
     /// failures; returns the successful response.
     fn send(
@@ -128,7 +120,7 @@ impl Registry {
         range: Option<(u64, u64)>,
     ) -> Result<ureq::Response, BackendError> {
         if blob_id.len() != 64 || !blob_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(self.err(
+            return Err(self.error(
                 blob_id,
                 "a registry blob id must be a sha256 digest (64 hex digits)".into(),
             ));
@@ -169,7 +161,7 @@ impl Registry {
             _ => Refusal::Fail(format!("HTTP {code} {} from {url}", resp.status_text())),
         };
         send_with_retries(self.config.http.retry_limit, "the registry", send, refused)
-            .map_err(|what| self.err(blob_id, what))
+            .map_err(|what| self.error(blob_id, what))
     }
 
     /// The Authorization header answering a 401 challenge.
@@ -179,7 +171,7 @@ impl Registry {
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => {
                 let (u, p) = self.credentials.as_ref().ok_or_else(|| {
-                    self.err(
+                    self.error(
                         blob_id,
                         "authentication failed (HTTP 401): the registry wants credentials (\"auth\")"
                             .into(),
@@ -192,7 +184,7 @@ impl Registry {
             }
             "bearer" => {
                 let realm = params.get("realm").ok_or_else(|| {
-                    self.err(
+                    self.error(
                         blob_id,
                         format!("bearer challenge without a realm: {challenge:?}"),
                     )
@@ -213,32 +205,32 @@ impl Registry {
                     );
                 }
                 let resp = req.call().map_err(|e| match e {
-                    ureq::Error::Status(code, _) => self.err(
+                    ureq::Error::Status(code, _) => self.error(
                         blob_id,
                         format!(
                             "authentication failed: token service {realm} answered HTTP {code}"
                         ),
                     ),
                     ureq::Error::Transport(t) => {
-                        self.err(blob_id, format!("token service {realm}: {t}"))
+                        self.error(blob_id, format!("token service {realm}: {t}"))
                     }
                 })?;
                 let body: serde_json::Value = resp.into_json().map_err(|e| {
-                    self.err(blob_id, format!("token service {realm}: not JSON: {e}"))
+                    self.error(blob_id, format!("token service {realm}: not JSON: {e}"))
                 })?;
                 let token = body
                     .get("token")
                     .or_else(|| body.get("access_token"))
                     .and_then(|t| t.as_str())
                     .ok_or_else(|| {
-                        self.err(
+                        self.error(
                             blob_id,
                             format!("token service {realm}: no token in its answer"),
                         )
                     })?;
                 Ok(format!("Bearer {token}"))
             }
-            _ => Err(self.err(
+            _ => Err(self.error(
                 blob_id,
                 format!("authentication failed: unknown challenge {challenge:?}"),
             )),
@@ -295,7 +287,7 @@ impl Backend for Registry {
         }
         let end = offset + buf.len() as u64 - 1;
         let resp = self.send("GET", blob_id, Some((offset, end)))?;
-        super::http::read_ranged(resp, offset, buf).map_err(|what| self.err(blob_id, what))
+        super::http::read_ranged(resp, offset, buf).map_err(|what| self.error(blob_id, what))
     }
 }
 
