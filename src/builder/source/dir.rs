@@ -262,20 +262,29 @@ pub fn read_xattrs(path: &Path) -> Result<Xattrs, BuildError> {
 
 /// Refuses an xattr RAFS v6 cannot store: outside the known namespaces, or too large.
 pub(crate) fn check_xattr(path: &Path, name: &[u8], value: &[u8]) -> Result<(), BuildError> {
+    match xattr_problem(name, value) {
+        None => Ok(()),
+        Some(what) => Err(BuildError::Source {
+            path: path.to_path_buf(),
+            what,
+        }),
+    }
+}
+
+/// What keeps RAFS v6 from storing an xattr (outside the known namespaces, or too
+/// large), if anything.
+pub(crate) fn xattr_problem(name: &[u8], value: &[u8]) -> Option<String> {
     let shown = String::from_utf8_lossy(name);
     if xattr_split(name).is_none() {
-        return Err(BuildError::Source {
-            path: path.to_path_buf(),
-            what: format!("xattr {shown:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)"),
-        });
+        return Some(format!("xattr {shown:?} is outside the namespaces RAFS v6 can store (user., trusted., security., system.posix_acl_*)"));
     }
     if name.len() > 255 + 24 || value.len() > MAX_XATTR_VALUE {
-        return Err(BuildError::Source {
-            path: path.to_path_buf(),
-            what: format!("xattr {shown:?} is too large ({} byte value)", value.len()),
-        });
+        return Some(format!(
+            "xattr {shown:?} is too large ({} byte value)",
+            value.len()
+        ));
     }
-    Ok(())
+    None
 }
 
 /// Runs an xattr syscall that fills a buffer: first into a small buffer on the stack, which
