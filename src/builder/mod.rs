@@ -353,7 +353,15 @@ fn assemble_chunks(
     use std::collections::HashMap;
     // Dictionary blobs actually referenced, mapped to their place in the final table.
     let mut dict_index: HashMap<u32, u32> = HashMap::new();
-    for refs in new_file_chunks {
+    // Files chunked from a stream carry their chunks.
+    let carried = tree
+        .nodes
+        .iter()
+        .filter_map(|n| match (&n.data, n.hardlink_of) {
+            (tree::FileData::Chunked(refs), None) => Some(refs),
+            _ => None,
+        });
+    for refs in new_file_chunks.iter().chain(carried) {
         for r in refs {
             if let chunker::ChunkRef::Known(info) = r {
                 dict_index.entry(info.blob_index).or_insert_with(|| {
