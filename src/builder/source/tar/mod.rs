@@ -103,6 +103,8 @@ pub enum TarError {
 const LAYER: u32 = 1;
 /// Longest symlink target, as Linux takes them.
 const MAX_SYMLINK: usize = 4095;
+/// Most chunks one file may have: as many as a blob holds (upstream refuses more too).
+const MAX_FILE_CHUNKS: u64 = 1 << 24;
 
 /// Reads the tar layer at `path` (a file or a FIFO) in one pass, chunking file data into
 /// `blob` as it comes. Returns the layer as a nested tree whose files carry their chunks,
@@ -321,6 +323,13 @@ impl Layer {
         let entry = match m.kind {
             MemberKind::HardLink => self.hard_link(&m).map_err(&bad)?,
             MemberKind::File => {
+                let chunks = m.size.div_ceil(u64::from(sink.chunk_size()));
+                if chunks > MAX_FILE_CHUNKS {
+                    return Err(bad(format!(
+                        "a file of {} bytes: {chunks} chunks, more than the {MAX_FILE_CHUNKS} RAFS holds",
+                        m.size
+                    )));
+                }
                 self.inodes += 1;
                 let inode = self.inodes;
                 let whiteout =
@@ -996,6 +1005,20 @@ mod tests {
                     .file("x", b"x")
                     .end(),
                 &["entry \"x\" (header at byte 1024)", "bad.ns"],
+            ),
+            (
+                "sparse file too big",
+                Tar::default()
+                    .pax(&[
+                        ("GNU.sparse.size", b"4611686018427387904"),
+                        ("GNU.sparse.map", b"0,0"),
+                    ])
+                    .file("huge", b"")
+                    .end(),
+                &[
+                    "entry \"huge\" (header at byte 1024)",
+                    "more than the 16777216",
+                ],
             ),
             (
                 "device too big",
