@@ -1007,6 +1007,17 @@ mod tests {
                 &["entry \"x\" (header at byte 1024)", "bad.ns"],
             ),
             (
+                "PAX size of 2^64-1 on a directory",
+                Tar::default()
+                    .pax(&[("size", b"18446744073709551615")])
+                    .dir("d", 0o755)
+                    .end(),
+                &[
+                    "entry \"d\" (header at byte 1024)",
+                    "short of the entry's data",
+                ],
+            ),
+            (
                 "sparse file too big",
                 Tar::default()
                     .pax(&[

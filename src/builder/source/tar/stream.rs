@@ -218,7 +218,7 @@ impl<R: Read> TarStream<R> {
             return Ok(());
         };
         let context = || format!("entry {:?} (header at byte {})", cur.entry, cur.header_at);
-        let want = cur.stored_left + cur.pad;
+        let want = cur.stored_left.saturating_add(cur.pad);
         let got = self.skip(want, &context)?;
         if got < cur.stored_left {
             return Err(TarError::Entry {
@@ -336,7 +336,7 @@ impl<R: Read> TarStream<R> {
                 b'V' => {
                     // A GNU volume label: nothing to extract.
                     let context = || format!("the volume label at byte {at}");
-                    self.skip(size + padding(size), &context)?;
+                    self.skip(size.saturating_add(padding(size)), &context)?;
                     continue;
                 }
                 b'M' | b'N' => {
@@ -606,10 +606,10 @@ impl<R: Read> TarStream<R> {
                     .ok_or_else(|| bad("malformed sparse map in the entry's data".into()))?;
                 partial.clear();
                 match want {
-                    None if n as usize > MAX_SEGMENTS => {
-                        return Err(bad(format!("sparse map of {n} segments")))
-                    }
-                    None => want = Some(2 * n as usize),
+                    None => match usize::try_from(n) {
+                        Ok(n) if n <= MAX_SEGMENTS => want = Some(2 * n),
+                        _ => return Err(bad(format!("sparse map of {n} segments"))),
+                    },
                     Some(_) => numbers.push(n),
                 }
             }
