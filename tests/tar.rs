@@ -776,3 +776,97 @@ fn crafted_pax_size() -> Vec<u8> {
     out.extend(crafted(&[("big", b'0', b"tiny", "")]));
     out
 }
+
+/// A tar layer over a parent image gives the image a directory layer gives: OCI and
+/// overlayfs whiteouts (and opaque directories) remove what they name below, hard links
+/// and new files land, and both build the same tree from the same layer.
+#[test]
+fn a_tar_layer_over_a_parent_is_the_directory_layer() {
+    let scratch = Scratch::new();
+    let lower = scratch.path().join("lower");
+    for dir in ["d", "other"] {
+        fs::create_dir_all(lower.join(dir)).unwrap();
+    }
+    for (name, len) in [
+        ("gone", 5000),
+        ("keep", 300_000),
+        ("d/old", 70),
+        ("d/old2", 2_000_000),
+        ("other/x", 10),
+    ] {
+        write_file(&lower.join(name), &data(len, len as u64));
+    }
+    let blobs = scratch.path().join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let parent = scratch.path().join("parent.boot");
+    let o = ours(&[
+        "create",
+        "-l",
+        "warn",
+        "-B",
+        s(&parent),
+        "-D",
+        s(&blobs),
+        s(&lower),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for spec in ["oci", "overlayfs"] {
+        let upper = scratch.path().join(format!("upper-{spec}"));
+        fs::create_dir_all(upper.join("d")).unwrap();
+        write_file(&upper.join("keep"), b"changed");
+        write_file(&upper.join("d/new"), &data(1_500_000, 3));
+        fs::hard_link(upper.join("d/new"), upper.join("new-link")).unwrap();
+        if spec == "oci" {
+            write_file(&upper.join(".wh.gone"), b"");
+            write_file(&upper.join("d/.wh..wh..opq"), b"");
+        } else {
+            mknod(&upper.join("gone"), libc::S_IFCHR | 0o600, 0, 0);
+            set_xattr(&upper.join("d"), "trusted.overlay.opaque", b"y");
+        }
+        set_mtime(&upper.join("d"), 1_700_000_000, 1);
+        let tar = scratch.path().join(format!("upper-{spec}.tar"));
+        gnu_tar(&upper, &tar, "posix", false);
+        let (from_tar, from_dir) = (
+            scratch.path().join(format!("tar-{spec}.boot")),
+            scratch.path().join(format!("dir-{spec}.boot")),
+        );
+        for (boot, kind, source) in [
+            (&from_tar, "tar-rafs", &tar),
+            (&from_dir, "dir-rafs", &upper),
+        ] {
+            let o = ours(&[
+                "create",
+                "-l",
+                "warn",
+                "--type",
+                kind,
+                "--whiteout-spec",
+                spec,
+                "--parent-bootstrap",
+                s(&parent),
+                "-B",
+                s(boot),
+                "-D",
+                s(&blobs),
+                s(source),
+            ]);
+            assert!(o.status.success(), "{spec} {kind}: {}", text(&o));
+        }
+        let open = |boot: &Path| {
+            let mut image = Image::open(boot, BlobSource::Dir(blobs.clone())).unwrap();
+            image.validate = true;
+            image
+        };
+        let (tar_image, dir_image) = (open(&from_tar), open(&from_dir));
+        assert_identical(spec, &ImageTree(&dir_image), &ImageTree(&tar_image));
+        for (path, present) in [
+            ("/gone", false),
+            ("/d/old", false),
+            ("/d/new", true),
+            ("/other/x", true),
+        ] {
+            let found = tar_image.resolve(path.as_bytes()).unwrap().is_some();
+            assert_eq!(found, present, "{spec}: {path}");
+        }
+    }
+}
