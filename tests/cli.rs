@@ -188,7 +188,9 @@ fn unsupported_requests_are_refused_clearly() {
         (vec!["--chunk-size", "zz"], "invalid --chunk-size"),
         // Issue 17: a doubled prefix was taken as hex.
         (vec!["--chunk-size", "0x0x100000"], "invalid --chunk-size"),
-        (vec!["-t", "tar-rafs"], "not supported"),
+        (vec!["-t", "targz-ref"], "not supported"),
+        (vec!["--type", "estargz-ref"], "not supported"),
+        (vec!["-t", "tar-rafs"], "is a directory, not a tar layer"),
         (vec!["--blob-id", "a/b"], "blob id"),
     ] {
         let mut all = vec!["create"];
@@ -320,4 +322,24 @@ fn error_causes_are_printed_once() {
 /// A UTF-8 path as a command-line argument.
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
+}
+
+/// containerd's nydus converter detects what the builder can do by grepping
+/// `nydus-image create -h` for `--type` and `tar-rafs`; upstream's other conversion
+/// types are named too, the unsupported ones refused by name.
+#[test]
+fn create_help_names_the_tar_types_the_converter_looks_for() {
+    let out = ours(&["create", "-h"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for word in [
+        "--type",
+        "tar-rafs",
+        "targz-rafs",
+        "estargz-rafs",
+        "--prefetch-policy",
+        "--blob-inline-meta",
+    ] {
+        assert!(help.contains(word), "create -h lacks {word}:\n{help}");
+    }
 }

@@ -65,26 +65,6 @@ fn tree(root: &Path) {
     whole_second_mtimes(root);
 }
 
-/// Drops the nanoseconds of every mtime under `root` (children before their directory,
-/// whose mtime the change would not touch anyway).
-fn whole_second_mtimes(root: &Path) {
-    let mut entries = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < entries.len() {
-        let p = entries[i].clone();
-        if fs::symlink_metadata(&p).unwrap().is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                entries.push(e.unwrap().path());
-            }
-        }
-        i += 1;
-    }
-    for p in entries.iter().rev() {
-        use std::os::unix::fs::MetadataExt;
-        set_mtime(p, fs::symlink_metadata(p).unwrap().mtime(), 0);
-    }
-}
-
 fn tar_args(cmd: &mut Command) -> &mut Command {
     cmd.args([
         "--xattrs",

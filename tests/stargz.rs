@@ -16,6 +16,7 @@
 mod common {
     pub mod attrs;
     pub mod compare;
+    pub mod estargz;
     pub mod files;
     pub mod nydusd_quirks;
     pub mod ours;
@@ -29,43 +30,16 @@ mod common {
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::compare::{assert_identical_except, Except};
 use common::nydusd_quirks::nydusd_mount_time;
-use common::{files::*, ours::*, output::*, sample::*, scratch::Scratch, upstream::Nydusd};
+use common::{
+    estargz::mkestargz, files::*, ours::*, output::*, sample::*, scratch::Scratch, upstream::Nydusd,
+};
 use nydus_image::mount::BackgroundMount;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
 use nydus_verify::FsTree;
-
-/// The converter, built once per test run.
-fn mkestargz() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mkestargz");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/estargz");
-        let o = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg(".")
-            .current_dir(&src)
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GO111MODULE", "off")
-            .env("GOFLAGS", "")
-            .env("GOCACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache"))
-            .output()
-            .expect(
-                "run `go` (packages golang-go and golang-github-containerd-stargz-snapshotter-dev; scripts/setup installs them)",
-            );
-        assert!(
-            o.status.success(),
-            "building tests/estargz failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
-    })
-}
 
 /// An eStargz layer made from a directory.
 struct Layer {

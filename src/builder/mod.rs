@@ -84,6 +84,17 @@ pub enum BuildError {
         #[source]
         source: crate::storage::compress::CompressError,
     },
+    /// A tar layer is malformed, cannot be read, or holds what RAFS cannot.
+    #[error("tar layer {}{}", path.display(), compressed_read.map(|n| format!(" ({n} compressed bytes read)")).unwrap_or_default())]
+    Tar {
+        /// The layer file (or FIFO).
+        path: PathBuf,
+        /// For a compressed layer, how far into the file decompression had read.
+        compressed_read: Option<u64>,
+        /// What is wrong, naming the entry and its offset in the tar stream.
+        #[source]
+        source: source::tar::TarError,
+    },
     /// The options do not make sense.
     #[error("{0}")]
     Options(String),
@@ -333,7 +344,8 @@ fn layered_tree(
 
 /// Builds the blob table and chunk table: the parent's blobs, then the chunk
 /// dictionary's blobs this build references, then the new blob; and each file's chunk
-/// list as indexes into the chunk table.
+/// list as indexes into the chunk table. A file to chunk from its source finds its
+/// chunks in `new_file_chunks` (by node id); a file chunked as it was read carries them.
 fn assemble_chunks(
     tree: &tree::Tree,
     new_file_chunks: &[Vec<chunker::ChunkRef>],
@@ -345,7 +357,15 @@ fn assemble_chunks(
     use std::collections::HashMap;
     // Dictionary blobs actually referenced, mapped to their place in the final table.
     let mut dict_index: HashMap<u32, u32> = HashMap::new();
-    for refs in new_file_chunks {
+    // Files chunked from a stream carry their chunks.
+    let carried = tree
+        .nodes
+        .iter()
+        .filter_map(|n| match (&n.data, n.hardlink_of) {
+            (tree::FileData::Chunked(refs), None) => Some(refs),
+            _ => None,
+        });
+    for refs in new_file_chunks.iter().chain(carried) {
         for r in refs {
             if let chunker::ChunkRef::Known(info) = r {
                 dict_index.entry(info.blob_index).or_insert_with(|| {
@@ -384,22 +404,27 @@ fn assemble_chunks(
             tree::FileData::Chunks(list) => {
                 list.iter().map(|c| add(c.clone(), &mut table)).collect()
             }
-            tree::FileData::Source => new_file_chunks[id]
-                .iter()
-                .map(|r| {
-                    let info = match r {
-                        chunker::ChunkRef::New(i) => ChunkInfo {
-                            blob_index: new_blob_index,
-                            ..new_chunks[*i as usize].clone()
-                        },
-                        chunker::ChunkRef::Known(info) => ChunkInfo {
-                            blob_index: dict_index[&info.blob_index],
-                            ..info.clone()
-                        },
-                    };
-                    add(info, &mut table)
-                })
-                .collect(),
+            tree::FileData::Source | tree::FileData::Chunked(_) => {
+                let refs = match &node.data {
+                    tree::FileData::Chunked(refs) => refs,
+                    _ => &new_file_chunks[id],
+                };
+                refs.iter()
+                    .map(|r| {
+                        let info = match r {
+                            chunker::ChunkRef::New(i) => ChunkInfo {
+                                blob_index: new_blob_index,
+                                ..new_chunks[*i as usize].clone()
+                            },
+                            chunker::ChunkRef::Known(info) => ChunkInfo {
+                                blob_index: dict_index[&info.blob_index],
+                                ..info.clone()
+                            },
+                        };
+                        add(info, &mut table)
+                    })
+                    .collect()
+            }
         };
     }
     (blobs, table, files)
@@ -465,12 +490,34 @@ enum BootOutput {
     InBlob { toc: bool },
 }
 
+/// Builds a RAFS v6 image of the directory `source`; see [`build_from`].
+pub fn build_to(
+    source: &Path,
+    bootstrap_target: &BootstrapTarget,
+    blob_target: &BlobTarget,
+    opts: &BuildOptions,
+    progress: &(dyn Fn(&chunker::Progress) + Sync),
+) -> Result<BuildSummary, BuildError> {
+    let source = Source::Dir(source.to_path_buf());
+    build_from(&source, bootstrap_target, blob_target, opts, progress)
+}
+
+/// What a build reads its tree from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A directory, read before anything is written; its files are read as they are
+    /// chunked.
+    Dir(PathBuf),
+    /// A tar layer (a file or a FIFO), read once as a stream while the blob is written.
+    Tar(PathBuf, source::tar::TarFormat),
+}
+
 /// Builds a RAFS v6 image of `source`. Outputs appear at their final paths only when all
 /// are complete. `progress` hears as files are done. With the bootstrap in the blob, the
 /// summary's `bootstrap` is the blob's path, and its blob id the blob's sha256 (the name
 /// a reader gives the blob; the bootstrap itself records upstream's placeholder).
-pub fn build_to(
-    source: &Path,
+pub fn build_from(
+    source: &Source,
     bootstrap_target: &BootstrapTarget,
     blob_target: &BlobTarget,
     opts: &BuildOptions,
@@ -492,14 +539,22 @@ pub fn build_to(
         ));
     }
     let started = std::time::Instant::now();
-    let (tree, parent_blobs) = layered_tree(source, opts)?;
-    log::debug!(
-        "{}: {} entries, {} inodes, read in {:.3} s",
-        source.display(),
-        tree.nodes.len(),
-        tree.inode_count(),
-        started.elapsed().as_secs_f64()
-    );
+    // A directory is read whole before anything is written; a tar layer is read while
+    // the blob is written, onto its parent once it has been read.
+    let (dir_tree, tar_parent) = match source {
+        Source::Dir(path) => {
+            let (tree, parent_blobs) = layered_tree(path, opts)?;
+            log::debug!(
+                "{}: {} entries, {} inodes, read in {:.3} s",
+                path.display(),
+                tree.nodes.len(),
+                tree.inode_count(),
+                started.elapsed().as_secs_f64()
+            );
+            (Some((tree, parent_blobs)), None)
+        }
+        Source::Tar(..) => (None, load_parent(opts, Some(opts.chunk_size))?),
+    };
 
     // Open the outputs before the long part, so an unwritable path fails early.
     let boot_out = match bootstrap_target {
@@ -531,7 +586,40 @@ pub fn build_to(
         None => None,
     };
     let known = |digest: &[u8; 32]| dict.as_ref().and_then(|d| d.get(digest));
-    let chunked = chunker::chunk_files(&tree, chunk_opts, &mut writer, &known, progress)?;
+    let (tree, parent_blobs, chunked, new_file_chunks) = match (source, dir_tree) {
+        (Source::Dir(_), Some((tree, parent_blobs))) => {
+            let mut chunked =
+                chunker::chunk_files(&tree, chunk_opts, &mut writer, &known, progress)?;
+            let by_node = std::mem::take(&mut chunked.file_chunks);
+            (tree, parent_blobs, chunked, by_node)
+        }
+        (Source::Tar(path, format), _) => {
+            let (upper, chunked) = source::tar::chunk_layer(
+                path,
+                *format,
+                opts.whiteout_spec,
+                chunk_opts,
+                &mut writer,
+                &known,
+                progress,
+            )?;
+            // Every file of the layer carries its chunks; the parent's, theirs.
+            let (tree, parent_blobs) = match tar_parent {
+                Some((mut parent, blobs, _)) => {
+                    overlay::apply(&mut parent, upper, opts.whiteout_spec);
+                    (overlay::flatten(parent), blobs)
+                }
+                None => {
+                    let mut root = overlay::empty_root(&upper.node);
+                    overlay::apply(&mut root, upper, opts.whiteout_spec);
+                    (overlay::flatten(root), Vec::new())
+                }
+            };
+            let none = vec![Vec::new(); tree.nodes.len()];
+            (tree, parent_blobs, chunked, none)
+        }
+        (Source::Dir(_), None) => unreachable!("a directory's tree is read first"),
+    };
     log::debug!("chunked at {:.3} s", started.elapsed().as_secs_f64());
     crate::heap::release_free();
     let blob_err = |e| BuildError::output(&blob_pending.target, "cannot write blob", e);
@@ -551,7 +639,7 @@ pub fn build_to(
     };
     let (blobs, chunks, file_chunks) = assemble_chunks(
         &tree,
-        &chunked.file_chunks,
+        &new_file_chunks,
         &new_chunks,
         parent_blobs,
         dict.as_ref().map(|d| d.blobs.as_slice()).unwrap_or(&[]),

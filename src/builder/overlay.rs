@@ -75,7 +75,7 @@ impl Entry {
 }
 
 /// A node that owns no memory, left behind in an `Entry` whose node was taken.
-fn placeholder_node() -> Node {
+pub(crate) fn placeholder_node() -> Node {
     Node {
         name: Vec::new(),
         source: std::path::PathBuf::new(),

@@ -71,6 +71,18 @@ pub enum FileData {
     Source,
     /// Already stored: these chunks (of a parent image's blobs), in file order.
     Chunks(Vec<ChunkInfo>),
+    /// Chunked by this build as its source was read (a tar stream): in the new blob, or
+    /// found among the known chunks; in file order.
+    Chunked(Vec<ChunkRef>),
+}
+
+/// Where one chunk of a file this build chunks ended up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkRef {
+    /// This index in the new blob.
+    New(u32),
+    /// A chunk that already exists elsewhere (a chunk dictionary's blob).
+    Known(ChunkInfo),
 }
 
 /// The whole tree, breadth first.

@@ -1,5 +1,5 @@
-//! `create`: builds an image from a directory or an eStargz TOC, then optionally compacts
-//! and verifies it.
+//! `create`: builds an image from a directory, a tar layer (plain, gzip-compressed or a
+//! whole eStargz layer) or an eStargz TOC, then optionally compacts and verifies it.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,8 @@ use clap::ValueEnum;
 
 use nydus_image::builder::chunker::Progress;
 use nydus_image::builder::source::stargz::StargzOptions;
-use nydus_image::builder::{self, BlobTarget, BootstrapTarget, BuildOptions, BuildSummary};
+use nydus_image::builder::source::tar::TarFormat;
+use nydus_image::builder::{self, BlobTarget, BootstrapTarget, BuildOptions, BuildSummary, Source};
 use nydus_image::format::{Compressor, Digester};
 use nydus_image::ops::compact::CompactConfig;
 use nydus_image::ops::verify::{Stack, VerifyError, Via};
@@ -22,16 +23,28 @@ use crate::args::{self, BackendArgs, CompressorArg, DigesterArg, LogLevel, White
 
 #[derive(clap::Args)]
 pub struct CreateArgs {
-    /// Source directory (or, with --type stargz_index, the eStargz layer's TOC JSON).
+    /// Source: a directory; with --type tar-rafs, targz-rafs or estargz-rafs a tar layer
+    /// (a file or a FIFO, read once as a stream); with stargz_index an eStargz layer's TOC
+    /// JSON.
     source: PathBuf,
-    /// Conversion type: dir-rafs (alias directory: a directory) or stargz_index (alias
-    /// estargztoc-ref: an eStargz layer's TOC; the layer itself becomes the data blob,
-    /// named by --blob-id).
-    #[arg(short = 't', long = "type", default_value = "dir-rafs")]
-    source_type: String,
-    /// Same as --type (upstream spells it both ways).
-    #[arg(long = "source-type")]
-    source_type_alt: Option<String>,
+    /// Conversion type: dir-rafs (alias directory): a directory; tar-rafs: a tar layer;
+    /// targz-rafs: a gzip-compressed tar layer; estargz-rafs: a whole eStargz layer, read
+    /// as a tar.gz; stargz_index (alias estargztoc-ref): an eStargz layer's TOC, the layer
+    /// itself becoming the data blob (named by --blob-id). targz-ref and estargz-ref are
+    /// upstream's and not supported here. Also spelled --source-type.
+    #[arg(
+        short = 't',
+        long = "type",
+        visible_alias = "source-type",
+        value_enum,
+        default_value = "dir-rafs"
+    )]
+    source_type: SourceType,
+    /// Prefetch policy: none, fs or blob. With fs or blob, prefetch patterns (absolute
+    /// paths, one a line) are read from standard input unless it is a terminal; they are
+    /// checked, but no prefetch table is written yet.
+    #[arg(long = "prefetch-policy", value_enum, default_value = "none")]
+    prefetch_policy: PrefetchPolicy,
     /// Where to write the bootstrap (RAFS metadata). Not with --blob-inline-meta.
     #[arg(short = 'B', long)]
     bootstrap: Option<PathBuf>,
@@ -112,6 +125,40 @@ pub struct CreateArgs {
     verify: Option<VerifyHow>,
 }
 
+/// `--type`: what the source is.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum SourceType {
+    /// A directory.
+    #[value(name = "dir-rafs", alias = "directory")]
+    DirRafs,
+    /// A tar layer.
+    #[value(name = "tar-rafs")]
+    TarRafs,
+    /// A gzip-compressed tar layer.
+    #[value(name = "targz-rafs")]
+    TargzRafs,
+    /// A whole eStargz layer, read as a gzip-compressed tar.
+    #[value(name = "estargz-rafs")]
+    EstargzRafs,
+    /// Upstream's: a tar.gz layer as the data blob (not supported).
+    #[value(name = "targz-ref")]
+    TargzRef,
+    /// Upstream's: an eStargz layer as the data blob (not supported).
+    #[value(name = "estargz-ref")]
+    EstargzRef,
+    /// An eStargz layer's TOC; the layer is the data blob.
+    #[value(name = "stargz_index", alias = "estargztoc-ref")]
+    StargzIndex,
+}
+
+/// `--prefetch-policy`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum PrefetchPolicy {
+    None,
+    Fs,
+    Blob,
+}
+
 /// `--features`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum FeatureArg {
@@ -128,7 +175,9 @@ enum VerifyHow {
 
 /// What the source is.
 enum SourceKind {
-    Dir {
+    /// A directory or a tar layer, built into a new blob.
+    Build {
+        source: Source,
         target: BlobTarget,
         /// compact.json's settings, to compact after the build.
         compaction: Option<CompactConfig>,
@@ -140,6 +189,8 @@ enum SourceKind {
 /// A checked `create` request.
 pub struct CreateOptions {
     source: PathBuf,
+    /// Prefetch patterns read from standard input (checked, not yet written).
+    prefetch: Vec<String>,
     bootstrap: BootstrapTarget,
     kind: SourceKind,
     build: BuildOptions,
@@ -152,14 +203,18 @@ pub struct CreateOptions {
 impl CreateArgs {
     /// Checks the flags and turns them into a request, before any work.
     pub fn options(self) -> Result<CreateOptions> {
-        let source_type = self.source_type_alt.as_deref().unwrap_or(&self.source_type);
-        let stargz = match source_type {
-            "dir-rafs" | "directory" => false,
-            "stargz_index" | "estargztoc-ref" => true,
-            other => bail!(
-                "conversion type {other:?} is not supported: use dir-rafs (a directory) or stargz_index (an eStargz TOC)"
+        let tar = match self.source_type {
+            SourceType::DirRafs | SourceType::StargzIndex => None,
+            SourceType::TarRafs => Some(TarFormat::Tar),
+            SourceType::TargzRafs => Some(TarFormat::TarGz),
+            SourceType::EstargzRafs => Some(TarFormat::EStargz),
+            SourceType::TargzRef | SourceType::EstargzRef => bail!(
+                "conversion type {} is not supported: it would reference the compressed layer as the data blob; use {} to build a blob of its own",
+                if self.source_type == SourceType::TargzRef { "targz-ref" } else { "estargz-ref" },
+                if self.source_type == SourceType::TargzRef { "targz-rafs" } else { "estargz-rafs" },
             ),
         };
+        let stargz = self.source_type == SourceType::StargzIndex;
         let toc = self.features == Some(FeatureArg::BlobToc);
         let bootstrap = match (&self.bootstrap, self.blob_inline_meta) {
             (Some(_), true) => bail!(
@@ -176,7 +231,7 @@ impl CreateArgs {
         };
         if self.blob_inline_meta {
             if stargz {
-                bail!("--blob-inline-meta builds from a directory (--type dir-rafs); an eStargz layer cannot carry a bootstrap");
+                bail!("--blob-inline-meta builds from a directory or a tar layer; an eStargz layer cannot carry a bootstrap");
             }
             if self.blob_id.is_some() {
                 bail!("--blob-id conflicts with --blob-inline-meta: such a blob is named by whoever uses it (by its sha256 here)");
@@ -243,7 +298,7 @@ impl CreateArgs {
                 layer_file,
             };
             let BootstrapTarget::File(boot) = &bootstrap else {
-                bail!("--blob-inline-meta builds from a directory (--type dir-rafs)");
+                bail!("--blob-inline-meta builds from a directory or a tar layer");
             };
             (SourceKind::Stargz(opts, boot.clone()), blobs)
         } else {
@@ -276,7 +331,18 @@ impl CreateArgs {
                     bail!("--verify with --parent-bootstrap needs --blob-dir holding the parent's blobs too");
                 }
             }
-            (SourceKind::Dir { target, compaction }, Some(blobs))
+            let source = match tar {
+                None => Source::Dir(self.source.clone()),
+                Some(format) => Source::Tar(self.source.clone(), format),
+            };
+            (
+                SourceKind::Build {
+                    source,
+                    target,
+                    compaction,
+                },
+                Some(blobs),
+            )
         };
         if !stargz {
             build.validate()?;
@@ -284,11 +350,12 @@ impl CreateArgs {
         let verify = match self.verify {
             None => None,
             Some(how) => {
-                let against = match (&self.verify_against, stargz) {
+                let against = match (&self.verify_against, stargz || tar.is_some()) {
                     (Some(d), _) => d.clone(),
                     (None, false) => self.source.clone(),
                     (None, true) => bail!(
-                        "--verify with stargz_index needs --verify-against DIR: the directory the layer was made from"
+                        "--verify with --type {} needs --verify-against DIR: the directory the layer was made from",
+                        self.source_type.to_possible_value().expect("not skipped").get_name()
                     ),
                 };
                 let Some(blobs) = verify_blobs else {
@@ -297,8 +364,18 @@ impl CreateArgs {
                 Some((how, against, blobs))
             }
         };
+        let prefetch = match self.prefetch_policy {
+            PrefetchPolicy::None => Vec::new(),
+            PrefetchPolicy::Fs | PrefetchPolicy::Blob if std::io::stdin().is_terminal() => {
+                Vec::new()
+            }
+            PrefetchPolicy::Fs | PrefetchPolicy::Blob => {
+                prefetch_patterns(std::io::stdin().lock())?
+            }
+        };
         Ok(CreateOptions {
             source: self.source,
+            prefetch,
             bootstrap,
             kind,
             build,
@@ -308,6 +385,37 @@ impl CreateArgs {
             progress: std::io::stderr().is_terminal() && self.log_level <= LogLevel::Info,
         })
     }
+}
+
+/// Prefetch patterns, one a line, as upstream reads them: each trimmed; empty lines
+/// skipped; a path that is not absolute skipped with a warning, as upstream does; a
+/// pattern below an earlier one dropped, as it adds nothing. Input that is not UTF-8 is
+/// an error, as upstream's.
+fn prefetch_patterns(input: impl std::io::BufRead) -> Result<Vec<String>> {
+    let mut patterns: Vec<String> = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let line = line.with_context(|| {
+            format!("cannot read prefetch pattern {} from standard input", i + 1)
+        })?;
+        let pattern = line.trim();
+        if pattern.is_empty() {
+            continue;
+        }
+        if !pattern.starts_with('/') {
+            log::warn!(
+                "prefetch pattern {} ({pattern:?}) is not an absolute path: skipped",
+                i + 1
+            );
+            continue;
+        }
+        let covered = patterns
+            .iter()
+            .any(|p| Path::new(pattern).starts_with(Path::new(p)));
+        if !covered {
+            patterns.push(pattern.to_string());
+        }
+    }
+    Ok(patterns)
 }
 
 fn is_fifo(path: &Path) -> bool {
@@ -320,15 +428,20 @@ fn is_fifo(path: &Path) -> bool {
 /// Builds, then compacts and verifies as asked.
 pub fn run(opts: CreateOptions) -> Result<ExitCode> {
     let started = Instant::now();
+    if !opts.prefetch.is_empty() {
+        log::info!(
+            "{} prefetch pattern(s) read; no prefetch table is written yet",
+            opts.prefetch.len()
+        );
+    }
     let summary = match &opts.kind {
-        SourceKind::Dir { target, .. } => {
+        SourceKind::Build { source, target, .. } => {
             nydus_image::heap::tune_for_build(opts.build.chunk_size);
             let meter = ProgressMeter::new(opts.progress);
-            let summary =
-                builder::build_to(&opts.source, &opts.bootstrap, target, &opts.build, &|p| {
-                    meter.update(p)
-                })
-                .with_context(|| format!("cannot build an image of {}", opts.source.display()))?;
+            let summary = builder::build_from(source, &opts.bootstrap, target, &opts.build, &|p| {
+                meter.update(p)
+            })
+            .with_context(|| format!("cannot build an image of {}", opts.source.display()))?;
             meter.finish();
             summary
         }
@@ -339,9 +452,10 @@ pub fn run(opts: CreateOptions) -> Result<ExitCode> {
         }
     };
     report(&opts, &summary, started)?;
-    if let SourceKind::Dir {
+    if let SourceKind::Build {
         target,
         compaction: Some(cfg),
+        ..
     } = &opts.kind
     {
         let blob_dir = match target {
@@ -482,7 +596,7 @@ impl ProgressMeter {
         let mut last = self.last.lock().expect("progress lock");
         let now = Instant::now();
         if last.is_some_and(|t| now - t < Duration::from_millis(200))
-            && p.files_done < p.files_total
+            && (p.files_done < p.files_total || p.files_total == 0)
         {
             return;
         }
@@ -495,6 +609,17 @@ impl ProgressMeter {
             0.0
         };
         let mut err = std::io::stderr().lock();
+        if p.bytes_total == 0 && p.files_total == 0 {
+            // A stream: how far it is, not how far it has to go.
+            let _ = write!(
+                err,
+                "\r{} files, {:.1} MiB, {:.1} MiB/s   ",
+                p.files_done,
+                p.bytes_done as f64 / 1048576.0,
+                rate / 1048576.0
+            );
+            return;
+        }
         let _ = write!(
             err,
             "\r{}/{} files, {:.1}/{:.1} MiB, {:.1} MiB/s, {:.0}s left   ",
@@ -511,5 +636,23 @@ impl ProgressMeter {
         if self.enabled && self.last.lock().expect("progress lock").is_some() {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_patterns_are_read_as_upstream_reads_them() {
+        let input = b"/\n  /usr/bin \n\nrelative/path\n/etc\n".as_slice();
+        assert_eq!(prefetch_patterns(input).unwrap(), ["/"]);
+        let input = b"/usr/bin\n/usr/bin/ls\n/etc/\n/usr/lib\n".as_slice();
+        assert_eq!(
+            prefetch_patterns(input).unwrap(),
+            ["/usr/bin", "/etc/", "/usr/lib"]
+        );
+        let err = prefetch_patterns(b"/ok\n/\xff\n".as_slice()).unwrap_err();
+        assert!(format!("{err:#}").contains("pattern 2"), "{err:#}");
     }
 }

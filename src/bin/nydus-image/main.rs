@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a RAFS filesystem from a directory or an eStargz layer's TOC.
+    /// Create a RAFS filesystem from a directory, a tar layer (tar-rafs, targz-rafs,
+    /// estargz-rafs) or an eStargz layer's TOC.
     Create(Box<create::CreateArgs>),
     /// Validate a RAFS bootstrap and list its blobs and features.
     Check(check::CheckArgs),

@@ -375,7 +375,9 @@ mod tests {
     fn chunk_offsets(n: &crate::builder::tree::Node) -> Vec<u64> {
         match &n.data {
             FileData::Chunks(list) => list.iter().map(|c| c.compressed_offset).collect(),
-            FileData::Source => panic!("{}: no chunks", n.source.display()),
+            FileData::Source | FileData::Chunked(_) => {
+                panic!("{}: no stored chunks", n.source.display())
+            }
         }
     }
 
