@@ -74,6 +74,53 @@ pub fn stargz_toc(data: &[u8]) {
     nydus_image::ops::check::check(&image, false).expect("our own bootstrap checks");
 }
 
+/// A tar layer built as `create --type tar-rafs` builds it: the first byte picks plain
+/// or gzip-compressed input, the rest is the stream. Errors are fine; a panic is a bug, and
+/// an image that builds must open, pass our own check, and read back every file whole
+/// with every chunk's digest verified.
+pub fn tar_layer(data: &[u8]) {
+    use nydus_image::builder::source::tar::TarFormat;
+    use nydus_image::builder::{build_from, BlobTarget, BootstrapTarget, BuildOptions, Source};
+
+    let Some((&settings, stream)) = data.split_first() else {
+        return;
+    };
+    let format = if settings & 1 == 0 {
+        TarFormat::Tar
+    } else {
+        TarFormat::TarGz
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("fuzz-tar-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("scratch directory");
+    let layer = dir.path().join("layer.tar");
+    std::fs::write(&layer, stream).expect("write the layer");
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir(&blobs).expect("blob directory");
+    let boot = dir.path().join("boot");
+    let opts = BuildOptions {
+        chunk_size: 0x1000,
+        threads: 1,
+        ..BuildOptions::default()
+    };
+    let built = build_from(
+        &Source::Tar(layer, format),
+        &BootstrapTarget::File(boot.clone()),
+        &BlobTarget::Dir(blobs.clone()),
+        &opts,
+        &|_| {},
+    );
+    if built.is_err() {
+        return;
+    }
+    let mut image = Image::open(&boot, BlobSource::Dir(blobs)).expect("our own bootstrap opens");
+    image.validate = true;
+    nydus_image::ops::check::check(&image, false).expect("our own bootstrap checks");
+    nydus_image::ops::check::read_all_files(&image).expect("every file reads back");
+}
+
 /// The builder fed a random tree description: the bytes say what to create (directories,
 /// files of sizes around 4 KiB chunk boundaries, sparse files, symlinks, hard links,
 /// FIFOs, xattrs), the tree is built with 4 KiB chunks, and the image must read back

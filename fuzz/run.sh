@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1   # cargo-fuzz's sanitizer flags on the stable toolchain
 seeds=$(mktemp -d)
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds/src/d" corpus/read_image corpus/blob_meta corpus/stargz_toc corpus/build_tree
+mkdir -p "$seeds/src/d" corpus/read_image corpus/blob_meta corpus/stargz_toc corpus/build_tree corpus/tar_layer
 printf hello > "$seeds/src/a"; ln -s a "$seeds/src/l"; printf x > "$seeds/src/d/b"
 setfattr -n user.k -v v "$seeds/src/a" 2>/dev/null || true
 cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
@@ -22,6 +22,12 @@ fi
 for b in "$seeds"/*; do [ -f "$b" ] && [ ${#b} -gt 60 ] && tail -c 4200 "$b" > corpus/blob_meta/$(basename "$b" | cut -c1-16); done
 cp ../tests/fuzz-seeds/*.toc.json corpus/stargz_toc/
 head -c 600 /dev/urandom > corpus/build_tree/random-seed
-for t in read_image blob_meta stargz_toc build_tree; do
+# tar_layer: a first byte (even: plain tar, odd: gzip) and the stream, in POSIX and GNU
+# formats.
+for fmt in posix gnu; do
+  { printf '\0'; tar --format=$fmt --xattrs -cf - -C "$seeds/src" .; } > corpus/tar_layer/seed-$fmt
+  { printf '\1'; tar --format=$fmt --xattrs -cf - -C "$seeds/src" . | gzip; } > corpus/tar_layer/seed-$fmt-gz
+done
+for t in read_image blob_meta stargz_toc build_tree tar_layer; do
   cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048
 done

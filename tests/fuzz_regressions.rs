@@ -39,6 +39,29 @@ fn stargz_toc_regressions() {
 }
 
 #[test]
+fn tar_layer_on_fixed_streams() {
+    // The tar target on a real archive and on every cut and single-byte damage of its
+    // first blocks, so that the suite runs it even where cargo-fuzz does not.
+    let mut tar = vec![0u8];
+    let mut b = ::tar::Builder::new(Vec::new());
+    let mut h = ::tar::Header::new_ustar();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "d/a", &b"hello"[..]).unwrap();
+    tar.extend(b.into_inner().unwrap());
+    checks::tar_layer(&tar);
+    for cut in (0..tar.len()).step_by(97) {
+        checks::tar_layer(&tar[..cut]);
+    }
+    for at in (1..1100.min(tar.len())).step_by(13) {
+        let mut bad = tar.clone();
+        bad[at] ^= 0x5a;
+        checks::tar_layer(&bad);
+    }
+}
+
+#[test]
 fn build_tree_regressions() {
     assert!(replay("build_tree", checks::build_tree) >= 1);
 }
