@@ -85,6 +85,31 @@ pub enum ChunkRef {
     Known(ChunkInfo),
 }
 
+impl Node {
+    /// A directory with default metadata (0755, owner 0:0, mtime 0), as upstream 2.2.0
+    /// makes the root and the directories a tar or an eStargz TOC uses in a path without
+    /// listing them.
+    pub fn implied_dir(source: PathBuf) -> Node {
+        Node {
+            name: Vec::new(),
+            source,
+            parent: 0,
+            kind: Kind::Dir(Vec::new()),
+            mode: libc::S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            rdev: 0,
+            xattrs: Vec::new(),
+            hardlink_of: None,
+            nlink: 2,
+            data: FileData::Source,
+        }
+    }
+}
+
 /// The whole tree, breadth first.
 #[derive(Clone, Debug, Default)]
 pub struct Tree {

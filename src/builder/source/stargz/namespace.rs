@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use super::error::EntryError;
-use crate::builder::tree::{FileData, Kind, Node, NodeId, Tree};
+use crate::builder::tree::{Kind, Node, NodeId, Tree};
 
 /// Index of a non-directory inode: what a hard link shares.
 pub(super) type InodeId = usize;
@@ -55,23 +55,7 @@ pub(super) struct Namespace {
 /// A directory node with default metadata, for the root and for directories the TOC
 /// implies (uses in a path without listing them).
 pub(super) fn dir_node(source: PathBuf) -> Node {
-    Node {
-        name: Vec::new(),
-        source,
-        parent: 0,
-        kind: Kind::Dir(Vec::new()),
-        mode: libc::S_IFDIR | 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        rdev: 0,
-        xattrs: Vec::new(),
-        hardlink_of: None,
-        nlink: 2,
-        data: FileData::Source,
-    }
+    Node::implied_dir(source)
 }
 
 /// `parts` joined with `/`, for messages and source paths.

@@ -220,28 +220,6 @@ struct Layer {
     whiteouts: WhiteoutSpec,
 }
 
-/// A directory the archive did not list, or its root before a `.` member: as upstream
-/// 2.2.0 makes them.
-fn implied_dir(source: PathBuf) -> Node {
-    Node {
-        name: Vec::new(),
-        source,
-        parent: 0,
-        kind: Kind::Dir(Vec::new()),
-        mode: libc::S_IFDIR | 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        rdev: 0,
-        xattrs: Vec::new(),
-        hardlink_of: None,
-        nlink: 2,
-        data: FileData::Source,
-    }
-}
-
 /// `path` split into its names: `.` and empty names dropped (`./a//b/` is `a/b`), `..`
 /// refused, each name at most 255 bytes, at most `MAX_DEPTH` of them.
 fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, String> {
@@ -273,7 +251,7 @@ impl Layer {
     fn new(format: TarFormat, whiteouts: WhiteoutSpec) -> Self {
         Layer {
             root: Entry {
-                node: implied_dir(PathBuf::from("/")),
+                node: Node::implied_dir(PathBuf::from("/")),
                 link: None,
                 children: BTreeMap::new(),
             },
@@ -455,7 +433,7 @@ impl Layer {
             at = at.children.entry(name.to_vec()).or_insert_with(|| {
                 let source = dirs[..=depth].join(&b'/');
                 Entry {
-                    node: implied_dir(PathBuf::from(OsStr::from_bytes(&source))),
+                    node: Node::implied_dir(PathBuf::from(OsStr::from_bytes(&source))),
                     link: None,
                     children: BTreeMap::new(),
                 }
