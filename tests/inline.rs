@@ -22,6 +22,7 @@ mod common {
     pub mod sample;
     pub mod scratch;
     pub mod upstream;
+    pub mod upstream_tree;
     pub mod watchdog;
 }
 
@@ -29,9 +30,10 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::upstream_tree::upstream_tar_safe_tree;
 use common::{
-    attrs::*, commands::*, compare::*, errors::chain, files::*, nydusd_quirks::nydusd_mount_time,
-    output::*, privileged::*, sample::*, scratch::*, upstream::*, watchdog::*,
+    commands::*, compare::*, errors::chain, files::*, nydusd_quirks::nydusd_mount_time, output::*,
+    privileged::*, sample::*, scratch::*, upstream::*, watchdog::*,
 };
 use nydus_image::format::blob_toc::{names, TarHeader, Toc};
 use nydus_image::format::Compressor;
@@ -39,31 +41,6 @@ use nydus_image::mount::ImageTree;
 use nydus_image::reader::{Image, ReadError};
 use nydus_image::storage::blobs::BlobSource;
 use nydus_verify::FsTree;
-
-/// A tree with every entry kind (no ACLs), small enough for several builds.
-fn tree(root: &Path) {
-    let spec = TreeSpec {
-        acls: false,
-        sparse_size: 5_000_000,
-        big_dir_entries: 300,
-        depth: 20,
-        // Upstream 2.2.0's tar reader (tar-rs 0.4.38) splits PAX records at newlines, so
-        // an xattr value holding a 0x0a byte fails its build ("malformed pax
-        // extension"); the big values are random bytes.
-        big_xattrs: false,
-        ..TreeSpec::default()
-    };
-    make_tree(root, &spec);
-    // Upstream 2.2.0's tar reader turns a hard link to a symlink into a file whose chunk
-    // index is the target's bytes (its own `check` then fails: "failed to get chunk info
-    // for chunk 100/28271/0").
-    fs::remove_file(root.join("hardlink-to-symlink")).unwrap();
-    // It also reads 0 for what GNU tar puts in PAX records instead of the header: a gid
-    // of 2^21 or more and a negative mtime.
-    lchown(&root.join("big-owner"), 100_000, 2_000_000);
-    set_mtime(&root.join("cs-1"), 86_400, 0);
-    whole_second_mtimes(root);
-}
 
 fn tar_args(cmd: &mut Command) -> &mut Command {
     cmd.args([
@@ -141,7 +118,7 @@ fn our_check_and_verify_read_upstream_inline_blobs_from_a_tar() {
     let _dog = watchdog("upstream inline blobs", 600);
     let scratch = Scratch::new();
     let src = scratch.path().join("src");
-    tree(&src);
+    upstream_tar_safe_tree(&src);
     let tar = scratch.path().join("layer.tar");
     let extracted = scratch.path().join("extracted");
     tar_and_extract(&src, &tar, &extracted);

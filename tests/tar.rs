@@ -23,6 +23,7 @@ mod common {
     pub mod sample;
     pub mod scratch;
     pub mod upstream;
+    pub mod upstream_tree;
     pub mod watchdog;
 }
 
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::compare::{assert_identical, assert_identical_except, Except};
+use common::upstream_tree::upstream_tar_safe_tree;
 use common::{
     attrs::*, estargz::mkestargz, fifo::run_with_fifos, files::*, nydusd_quirks::nydusd_mount_time,
     ours::our_bin, output::text, privileged::*, sample::*, scratch::Scratch, upstream::*,
@@ -240,33 +242,13 @@ fn an_estargz_layer_reads_back_as_its_tree() {
     }
 }
 
-/// The tree with every entry kind, less what upstream 2.2.0's tar reader gets wrong (see
-/// `upstream_quirks_are_exactly_these`).
-fn quirk_free_tree(root: &Path) {
-    make_tree(
-        root,
-        &TreeSpec {
-            acls: false,
-            sparse_size: 5_000_000,
-            big_dir_entries: 300,
-            depth: 20,
-            big_xattrs: false,
-            ..TreeSpec::default()
-        },
-    );
-    fs::remove_file(root.join("hardlink-to-symlink")).unwrap();
-    lchown(&root.join("big-owner"), 100_000, 2_000_000);
-    set_mtime(&root.join("cs-1"), 86_400, 0);
-    whole_second_mtimes(root);
-}
-
 /// Upstream 2.2.0 builds the same tree as ours from the same tar (POSIX and GNU formats,
 /// directories the tar leaves out included), and both show the tree GNU tar extracts.
 #[test]
 fn upstream_builds_the_same_tree_from_the_same_tar() {
     let scratch = Scratch::new();
     let src = scratch.path().join("src");
-    quirk_free_tree(&src);
+    upstream_tar_safe_tree(&src);
     for format in ["posix", "gnu"] {
         if format == "gnu" {
             // Upstream refuses a FIFO in a GNU-format tar (upstream_quirks_are_exactly_these).
