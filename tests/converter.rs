@@ -18,6 +18,7 @@
 mod common {
     pub mod attrs;
     pub mod compare;
+    pub mod errors;
     pub mod fifo;
     pub mod files;
     pub mod nydusd_quirks;
@@ -37,6 +38,7 @@ use std::process::{Command, Output, Stdio};
 use sha2::{Digest, Sha256};
 
 use common::compare::{assert_identical_except, Except};
+use common::errors::chain;
 use common::fifo::run_bin_with_fifos;
 use common::nydusd_quirks::nydusd_mount_time;
 use common::{
@@ -94,9 +96,9 @@ enum Op {
     Opaque(&'static str),
 }
 
-/// Three layers: files spanning chunks, hard links, symlinks, xattrs; whiteouts of a file
+/// Four layers: files spanning chunks, hard links, symlinks, xattrs; whiteouts of a file
 /// and of a directory, an opaque directory, a file replaced, a directory's mode changed, a
-/// removed name brought back as a directory. The bottom layer has no whiteouts: upstream
+/// removed name brought back as a directory, a layer without file data. The bottom layer has no whiteouts: upstream
 /// keeps a bottom layer's `.wh.` files as they are, where overlayfs hides them.
 fn layers() -> Vec<Vec<Op>> {
     use Op::*;
@@ -143,6 +145,13 @@ fn layers() -> Vec<Vec<Op>> {
             Dir("keep", 0o711),
             File("keep/k", 0, 0, 0o644),
             Xattr("keep", "user.dir", b"upper"),
+        ],
+        // No file data: no blob of its own (its bootstrap's blob table is empty), yet a
+        // place in every per-layer list.
+        vec![
+            Whiteout("new"),
+            Dir("meta", 0o755),
+            File("meta/empty", 0, 0, 0o600),
         ],
     ]
 }
@@ -296,6 +305,13 @@ struct Layer {
     toc_hex: String,
 }
 
+/// The blobs a merge of all the layers references, in order: all but the last layer's,
+/// which has no file data.
+fn data_blobs(layers: &[Layer]) -> Vec<String> {
+    assert_eq!(layers.len(), 4);
+    layers[..3].iter().map(|l| l.blob_hex.clone()).collect()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -435,8 +451,8 @@ fn assert_nydusd_shows(what: &str, boot: &Path, blobs: &Path, overlay: &Path, wo
         },
     );
     // Root, etc{,/conf,/conf.hard,/added}, usr{,/bin,/bin/tool}, opq{,/new},
-    // keep{,/k}, new, gone{,/again}: the stack less what the upper layers removed.
-    assert_eq!(report.entries_compared, 15, "{what}: entries compared");
+    // keep{,/k}, gone{,/again}, meta{,/empty}: the stack less what the upper layers removed.
+    assert_eq!(report.entries_compared, 16, "{what}: entries compared");
 }
 
 /// Ours and upstream's create, ours and upstream's merge, both namings: every merged
@@ -454,7 +470,7 @@ fn converter_layers_merge_as_overlayfs_shows_them_both_ways() {
         let work = root.join(format!("{creator:?}"));
         let blobs = work.join("blobs");
         let layers = convert(creator, &tars, &work, &blobs);
-        let want: Vec<String> = layers.iter().map(|l| l.blob_hex.clone()).collect();
+        let want = data_blobs(&layers);
         for naming in [Naming::BlobDigest, Naming::OriginalDigest] {
             let (boots, flags) = bootstraps(&layers, naming, &work.join(format!("{naming:?}")));
             let mut reports = Vec::new();
@@ -502,7 +518,7 @@ fn inline_blobs_merge_in_place_of_bootstraps() {
     let _overlay = Overlay::mount(&ovl, &root.join("overlay"));
     let blobs = root.join("blobs");
     let layers = convert(Tool::Ours, &tars, root, &blobs);
-    let want: Vec<String> = layers.iter().map(|l| l.blob_hex.clone()).collect();
+    let want = data_blobs(&layers);
     let sources: Vec<PathBuf> = layers.iter().map(|l| l.blob.clone()).collect();
     let extra = ["--blob-dir".to_string(), s(&blobs).to_string()];
     for (tool, extra) in [
@@ -541,7 +557,7 @@ fn layers_merge_onto_a_parent_bootstrap() {
     let extra = ["--parent-bootstrap".to_string(), s(&parent).to_string()];
     let o = merge(Tool::Ours, &out, &json, &boots[1..], &extra);
     assert!(o.status.success(), "{}", text(&o));
-    let want: Vec<String> = layers.iter().map(|l| l.blob_hex.clone()).collect();
+    let want = data_blobs(&layers);
     assert_eq!(json_blobs(&read_json(&json)), want);
     assert_nydusd_shows(
         "merged onto a parent",
@@ -715,6 +731,20 @@ fn bad_merge_input_is_a_clear_error_and_leaves_no_output() {
             vec![s(&damaged).into(), "TOC".into()],
         ),
     ];
+    // The extraction helper the converter flow uses refuses the same files, naming them.
+    for (path, name, want) in [
+        (&not_boot, names::BOOTSTRAP, "no inline metadata"),
+        (&damaged, names::BOOTSTRAP, "TOC"),
+        (&layers[0].blob, "nope", "no \"nope\" record"),
+        (&layers[0].blob, names::BLOB_DATA, "only metadata sections"),
+    ] {
+        let err = chain(&extract_section(path, name).unwrap_err());
+        assert!(
+            err.contains(s(path)) && err.contains(want),
+            "{name} from {}: {err}",
+            path.display()
+        );
+    }
     for (what, sources, extra, want) in cases {
         let out = root.join("out.boot");
         let json = root.join("out.json");
