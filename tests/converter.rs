@@ -401,6 +401,18 @@ fn bootstraps(layers: &[Layer], naming: Naming, dir: &Path) -> (Vec<PathBuf>, Ve
 
 /// `merge` as the converter runs it, `/` on standard input.
 fn merge(tool: Tool, out: &Path, json: &Path, boots: &[PathBuf], extra: &[String]) -> Output {
+    merge_with_patterns(tool, out, json, boots, extra, b"/")
+}
+
+/// [`merge`] with `patterns` on standard input.
+fn merge_with_patterns(
+    tool: Tool,
+    out: &Path,
+    json: &Path,
+    boots: &[PathBuf],
+    extra: &[String],
+    patterns: &[u8],
+) -> Output {
     let mut child = Command::new(tool.bin())
         .args([
             "merge",
@@ -421,7 +433,7 @@ fn merge(tool: Tool, out: &Path, json: &Path, boots: &[PathBuf], extra: &[String
         .spawn()
         .unwrap();
     // A merge refusing its flags exits before reading the patterns: the pipe may be closed.
-    let _ = child.stdin.take().unwrap().write_all(b"/");
+    let _ = child.stdin.take().unwrap().write_all(patterns);
     child.wait_with_output().unwrap()
 }
 
@@ -534,6 +546,41 @@ fn inline_blobs_merge_in_place_of_bootstraps() {
         assert_eq!(json_blobs(&read_json(&json)), want, "{what}");
         let work = root.join(format!("m-{tool:?}-{}", extra.len()));
         assert_nydusd_shows(&what, &out, &blobs, &root.join("overlay"), &work);
+    }
+}
+
+/// `--blob-dir` without `--bootstrap`: the merged bootstrap goes to the blob directory,
+/// named by its sha256, with ours as with upstream's.
+#[test]
+fn without_bootstrap_the_merge_goes_to_the_blob_dir_by_its_sha256() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let (tars, _) = make_layers(root);
+    let blobs = root.join("blobs");
+    let layers = convert(Tool::Ours, &tars, root, &blobs);
+    let (boots, _) = bootstraps(&layers, Naming::BlobDigest, &root.join("boots"));
+    for tool in [Tool::Ours, Tool::Upstream] {
+        let json = root.join(format!("{tool:?}.json"));
+        let o = Command::new(tool.bin())
+            .args([
+                "merge",
+                "--log-level",
+                "warn",
+                "-J",
+                s(&json),
+                "-D",
+                s(&blobs),
+            ])
+            .args(&boots)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{tool:?}: {}", text(&o));
+        let report = read_json(&json);
+        assert_eq!(json_blobs(&report), data_blobs(&layers), "{tool:?}");
+        let boot = PathBuf::from(report["bootstrap"].as_str().unwrap());
+        assert_eq!(boot.parent(), Some(blobs.as_path()), "{tool:?}");
+        let name = boot.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, sha256_hex(&fs::read(&boot).unwrap()), "{tool:?}");
     }
 }
 
@@ -731,6 +778,12 @@ fn bad_merge_input_is_a_clear_error_and_leaves_no_output() {
             vec![s(&damaged).into(), "TOC".into()],
         ),
     ];
+    // Prefetch patterns are read as create reads them: text that is not UTF-8 is refused.
+    let (out, json) = (root.join("out.boot"), root.join("out.json"));
+    let o = merge_with_patterns(Tool::Ours, &out, &json, &boots, &[], b"/ok\n/\xff\n");
+    assert!(!o.status.success(), "bad prefetch patterns accepted");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("prefetch pattern 2"));
+    assert!(!out.exists() && !json.exists());
     // The extraction helper the converter flow uses refuses the same files, naming them.
     for (path, name, want) in [
         (&not_boot, names::BOOTSTRAP, "no inline metadata"),
