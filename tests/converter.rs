@@ -505,6 +505,11 @@ fn converter_layers_merge_as_overlayfs_shows_them_both_ways() {
                     }
                 }
                 tables.push(image.blobs().to_vec());
+                let o = Command::new(upstream_bin("nydus-image"))
+                    .args(["check", "--bootstrap", s(&out), "-D", s(&blobs)])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{what}: upstream check: {}", text(&o));
                 let mut keys: Vec<String> = report.as_object().unwrap().keys().cloned().collect();
                 keys.sort();
                 reports.push((keys, json_blobs(&report)));
@@ -582,6 +587,30 @@ fn without_bootstrap_the_merge_goes_to_the_blob_dir_by_its_sha256() {
         let name = boot.file_name().unwrap().to_str().unwrap();
         assert_eq!(name, sha256_hex(&fs::read(&boot).unwrap()), "{tool:?}");
     }
+}
+
+/// `--blob-toc-sizes` (which the converter does not pass) lands in the blob table as
+/// upstream puts it there, with the other lists.
+#[test]
+fn every_per_layer_list_lands_in_the_blob_table_as_upstream_puts_it() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let (tars, _) = make_layers(root);
+    let blobs = root.join("blobs");
+    let layers = convert(Tool::Upstream, &tars, root, &blobs);
+    let (boots, mut flags) = bootstraps(&layers, Naming::OriginalDigest, &root.join("boots"));
+    flags.extend(["--blob-toc-sizes".into(), "640,1152,0,4".into()]);
+    let mut tables = Vec::new();
+    for tool in [Tool::Ours, Tool::Upstream] {
+        let out = root.join(format!("{tool:?}.boot"));
+        let o = merge(tool, &out, &root.join("merge.json"), &boots, &flags);
+        assert!(o.status.success(), "{tool:?}: {}", text(&o));
+        let image = Image::open(&out, BlobSource::None).unwrap();
+        let sizes: Vec<u32> = image.blobs().iter().map(|b| b.toc_size).collect();
+        assert_eq!(sizes, [640, 1152, 0], "{tool:?}");
+        tables.push(image.blobs().to_vec());
+    }
+    assert_eq!(tables[0], tables[1]);
 }
 
 /// `--parent-bootstrap` (upstream 2.2.0's merge has none; the converter passes it when
