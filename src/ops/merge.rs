@@ -392,9 +392,10 @@ pub fn merge(
                 continue;
             }
             if own_seen {
+                let ids: Vec<&str> = image.blobs().iter().map(|b| b.blob_id.as_str()).collect();
                 return Err(bad(format!(
-                    "references blobs {} and more besides the chunk dictionary's: a layer bootstrap has at most one blob of its own (build each layer without --parent-bootstrap)",
-                    image.blobs().iter().map(|b| b.blob_id.as_str()).collect::<Vec<_>>().join(", ")
+                    "references blobs {} of which more than one is not the chunk dictionary's: a layer bootstrap has at most one blob of its own (give --chunk-dict if the layers were built with one; layers built with --parent-bootstrap are not merged)",
+                    ids.join(", ")
                 )));
             }
             own_seen = true;
