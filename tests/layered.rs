@@ -171,8 +171,12 @@ fn merge_equals_the_chained_build() {
             ..BuildOptions::default()
         };
         let b = out.join(format!("sep{i}"));
-        build(l, &b, &BlobTarget::Dir(out.clone()), &opts, &|_| {}).unwrap();
-        boots.push(b);
+        let summary = build(l, &b, &BlobTarget::Dir(out.clone()), &opts, &|_| {}).unwrap();
+        // Merge names each layer's blob by its bootstrap's name less the extension, as
+        // upstream does.
+        let named = out.join(format!("{}.boot", summary.blob_id.unwrap()));
+        fs::rename(&b, &named).unwrap();
+        boots.push(named);
     }
     let merged = out.join("merged");
     let o = Command::new(our_bin())

@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{Image, ReadError, MAX_BOOTSTRAP};
-use crate::format::blob_toc::{names, Tail, TarHeader, Toc, TocEntry, TAR_HEADER_SIZE};
-use crate::format::{Compressor, FormatError};
+use crate::format::blob_toc::{
+    names, Tail, TarHeader, Toc, TocEntry, MAX_TOC_ENTRIES, TAR_HEADER_SIZE, TOC_ENTRY_SIZE,
+};
+use crate::format::Compressor;
 use crate::storage::blobs::BlobSource;
 use crate::storage::compress;
 
@@ -119,23 +121,10 @@ impl Image {
         last: &[u8; TAR_HEADER_SIZE],
         blobs: BlobSource,
     ) -> Result<Self, ReadError> {
-        let fmt = |what: &str, e: FormatError| inline_err(path, what, e);
-        let read = |what: &str, offset: u64, size: u64| -> Result<Vec<u8>, ReadError> {
-            let mut buf = vec![0u8; size as usize];
-            file.read_exact_at(&mut buf, offset).map_err(|e| {
-                inline_err(
-                    path,
-                    format!("cannot read {what} at 0x{offset:x} (0x{size:x} bytes)"),
-                    e,
-                )
-            })?;
-            Ok(buf)
-        };
-        let tail = Tail::from_last_header(last, len).map_err(|e| fmt("tail", e))?;
+        let tail = Tail::from_last_header(last, len).map_err(|e| inline_err(path, "tail", e))?;
         let (toc, bootstrap, limit) = match tail {
             Tail::Toc { offset, size } => {
-                let bytes = read("the TOC", offset, size)?;
-                let toc = Toc::decode(&bytes, offset).map_err(|e| fmt("TOC", e))?;
+                let toc = read_toc(path, file, offset, size)?;
                 let entry = toc.find(names::BOOTSTRAP).cloned().ok_or_else(|| {
                     inline_bad(
                         path,
@@ -149,67 +138,8 @@ impl Image {
                 (None, entry, end)
             }
         };
+        let meta = read_section(path, file, &bootstrap, limit)?;
         let at = bootstrap.compressed_offset;
-        if bootstrap.compressed_end() > limit {
-            return Err(inline_bad(
-                path,
-                format!(
-                    "bootstrap section at 0x{at:x} (0x{:x} bytes) runs past 0x{limit:x}, where the TOC starts",
-                    bootstrap.compressed_size
-                ),
-            ));
-        }
-        if bootstrap.uncompressed_size > MAX_BOOTSTRAP || bootstrap.compressed_size > MAX_BOOTSTRAP
-        {
-            return Err(inline_bad(
-                path,
-                format!(
-                    "bootstrap section at 0x{at:x}: 0x{:x} bytes, 0x{:x} uncompressed, more than the 2 GiB limit",
-                    bootstrap.compressed_size, bootstrap.uncompressed_size
-                ),
-            ));
-        }
-        if bootstrap.compressor == Compressor::None
-            && bootstrap.compressed_size != bootstrap.uncompressed_size
-        {
-            return Err(inline_bad(
-                path,
-                format!(
-                    "bootstrap section at 0x{at:x}: stored as is in 0x{:x} bytes but 0x{:x} uncompressed",
-                    bootstrap.compressed_size, bootstrap.uncompressed_size
-                ),
-            ));
-        }
-        let stored = read("the bootstrap", at, bootstrap.compressed_size)?;
-        let meta = if bootstrap.compressor == Compressor::None {
-            stored
-        } else {
-            let mut out = vec![0u8; bootstrap.uncompressed_size as usize];
-            compress::decompress(bootstrap.compressor, &stored, &mut out).map_err(|e| {
-                inline_err(
-                    path,
-                    format!(
-                        "bootstrap section at 0x{at:x}: cannot decompress it ({})",
-                        bootstrap.compressor.name()
-                    ),
-                    e,
-                )
-            })?;
-            out
-        };
-        if let Some(want) = bootstrap.uncompressed_sha256 {
-            let got: [u8; 32] = Sha256::digest(&meta).into();
-            if got != want {
-                return Err(inline_bad(
-                    path,
-                    format!(
-                        "bootstrap section at 0x{at:x}: sha256 {}, the TOC records {}",
-                        hex::encode(got),
-                        hex::encode(want)
-                    ),
-                ));
-            }
-        }
         let blob_id = blob_id_for(path, file, len)?;
         log::debug!(
             "{}: bootstrap of 0x{:x} bytes at 0x{at:x} ({}), blob id {blob_id}",
@@ -229,6 +159,160 @@ impl Image {
         });
         Ok(image)
     }
+}
+
+/// Reads the section `entry` describes from `file` (the blob at `path`), checked: it must
+/// end by `limit` (where the TOC or the tail starts), fit in memory, decompress to its
+/// recorded size and match the sha256 its record holds, if any.
+fn read_section(
+    path: &Path,
+    file: &File,
+    entry: &TocEntry,
+    limit: u64,
+) -> Result<Vec<u8>, ReadError> {
+    let label = if entry.name == names::BOOTSTRAP {
+        "bootstrap"
+    } else {
+        entry.name.as_str()
+    };
+    let at = entry.compressed_offset;
+    if entry.compressed_end() > limit {
+        return Err(inline_bad(
+            path,
+            format!(
+                "{label} section at 0x{at:x} (0x{:x} bytes) runs past 0x{limit:x}, where the TOC starts",
+                entry.compressed_size
+            ),
+        ));
+    }
+    if entry.uncompressed_size > MAX_BOOTSTRAP || entry.compressed_size > MAX_BOOTSTRAP {
+        return Err(inline_bad(
+            path,
+            format!(
+                "{label} section at 0x{at:x}: 0x{:x} bytes, 0x{:x} uncompressed, more than the 2 GiB limit",
+                entry.compressed_size, entry.uncompressed_size
+            ),
+        ));
+    }
+    if entry.compressor == Compressor::None && entry.compressed_size != entry.uncompressed_size {
+        return Err(inline_bad(
+            path,
+            format!(
+                "{label} section at 0x{at:x}: stored as is in 0x{:x} bytes but 0x{:x} uncompressed",
+                entry.compressed_size, entry.uncompressed_size
+            ),
+        ));
+    }
+    let mut stored = vec![0u8; entry.compressed_size as usize];
+    file.read_exact_at(&mut stored, at).map_err(|e| {
+        inline_err(
+            path,
+            format!(
+                "cannot read the {label} section at 0x{at:x} (0x{:x} bytes)",
+                entry.compressed_size
+            ),
+            e,
+        )
+    })?;
+    let bytes = if entry.compressor == Compressor::None {
+        stored
+    } else {
+        let mut out = vec![0u8; entry.uncompressed_size as usize];
+        compress::decompress(entry.compressor, &stored, &mut out).map_err(|e| {
+            inline_err(
+                path,
+                format!(
+                    "{label} section at 0x{at:x}: cannot decompress it ({})",
+                    entry.compressor.name()
+                ),
+                e,
+            )
+        })?;
+        out
+    };
+    if let Some(want) = entry.uncompressed_sha256 {
+        let got: [u8; 32] = Sha256::digest(&bytes).into();
+        if got != want {
+            return Err(inline_bad(
+                path,
+                format!(
+                    "{label} section at 0x{at:x}: sha256 {}, the TOC records {}",
+                    hex::encode(got),
+                    hex::encode(want)
+                ),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Takes the metadata section `name` (one of [`names`] but `image.blob`, say `image.boot`) out of the blob at
+/// `path`, as containerd's converter takes a layer's bootstrap out of its blob: found
+/// through the TOC at the blob's end (or, for `image.boot` in a blob without a TOC, right
+/// before the last tar header), read, decompressed and checked against its record.
+pub fn extract_section(path: &Path, name: &str) -> Result<Vec<u8>, ReadError> {
+    if name == names::BLOB_DATA {
+        // Its record's digest and sizes describe the chunks, not bytes to copy out.
+        return Err(inline_bad(
+            path,
+            format!("{name:?} is the blob's chunk data: only metadata sections are extracted"),
+        ));
+    }
+    let io = |what: &str, e| ReadError::Io {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+        source: e,
+    };
+    let file = File::open(path).map_err(|e| io("cannot open", e))?;
+    let len = file.metadata().map_err(|e| io("cannot stat", e))?.len();
+    let last = last_header(&file, len)
+        .map_err(|e| io("cannot read the last 512 bytes", e))?
+        .filter(|h| TarHeader::has_magic(h))
+        .ok_or_else(|| inline_bad(path, "does not end in a tar header: no inline metadata"))?;
+    let tail = Tail::from_last_header(&last, len).map_err(|e| inline_err(path, "tail", e))?;
+    let (entry, limit) = match tail {
+        Tail::Toc { offset, size } => {
+            let toc = read_toc(path, &file, offset, size)?;
+            let entry = toc.find(name).cloned().ok_or_else(|| {
+                inline_bad(
+                    path,
+                    format!("the TOC at 0x{offset:x} has no {name:?} record"),
+                )
+            })?;
+            (entry, offset)
+        }
+        Tail::Bootstrap(entry) if name == names::BOOTSTRAP => {
+            let end = entry.compressed_end();
+            (entry, end)
+        }
+        Tail::Bootstrap(_) => {
+            return Err(inline_bad(
+                path,
+                format!("the blob has no TOC, so no {name:?} section can be found"),
+            ))
+        }
+    };
+    read_section(path, &file, &entry, limit)
+}
+
+/// Reads and decodes the TOC of `size` bytes at `offset`.
+fn read_toc(path: &Path, file: &File, offset: u64, size: u64) -> Result<Toc, ReadError> {
+    let most = (MAX_TOC_ENTRIES * TOC_ENTRY_SIZE) as u64;
+    if size > most {
+        return Err(inline_bad(
+            path,
+            format!("the TOC at 0x{offset:x} is 0x{size:x} bytes, more than 0x{most:x}"),
+        ));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    file.read_exact_at(&mut bytes, offset).map_err(|e| {
+        inline_err(
+            path,
+            format!("cannot read the TOC at 0x{offset:x} (0x{size:x} bytes)"),
+            e,
+        )
+    })?;
+    Toc::decode(&bytes, offset).map_err(|e| inline_err(path, "TOC", e))
 }
 
 /// Whether `name` is a blob id as blob directories name blobs: 64 lowercase hex digits.

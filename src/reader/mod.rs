@@ -22,7 +22,7 @@ mod inline;
 pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
 pub use data::SharedRead;
-pub use inline::{is_inline_blob, InlineSource};
+pub use inline::{extract_section, is_inline_blob, InlineSource};
 
 use std::path::{Path, PathBuf};
 

@@ -21,10 +21,23 @@ pub struct FifoRun {
     pub blob: Vec<u8>,
 }
 
-/// Runs `nydus-image` with `args`, where the arguments `TAR_FIFO` and `BLOB_FIFO` stand for
-/// FIFOs made in `dir`: a thread writes the file `tar` into the first, another reads the
-/// second whole. `stdin` goes to its standard input.
+/// Runs our `nydus-image` with `args`, where the arguments `TAR_FIFO` and `BLOB_FIFO` stand
+/// for FIFOs made in `dir`: a thread writes the file `tar` into the first, another reads
+/// the second whole. `stdin` goes to its standard input.
+// tests/converter.rs runs upstream's binary too, through run_bin_with_fifos.
+#[allow(dead_code)]
 pub fn run_with_fifos(dir: &Path, args: &[&str], tar: &Path, stdin: &[u8]) -> FifoRun {
+    run_bin_with_fifos(&our_bin(), dir, args, tar, stdin)
+}
+
+/// [`run_with_fifos`] with the `nydus-image` at `bin` (ours or upstream's).
+pub fn run_bin_with_fifos(
+    bin: &Path,
+    dir: &Path,
+    args: &[&str],
+    tar: &Path,
+    stdin: &[u8],
+) -> FifoRun {
     let tar_fifo = dir.join("tar.fifo");
     let blob_fifo = dir.join("blob.fifo");
     for f in [&tar_fifo, &blob_fifo] {
@@ -58,7 +71,7 @@ pub fn run_with_fifos(dir: &Path, args: &[&str], tar: &Path, stdin: &[u8]) -> Fi
             other => other,
         })
         .collect();
-    let mut child = Command::new(our_bin())
+    let mut child = Command::new(bin)
         .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

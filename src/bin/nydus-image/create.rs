@@ -391,7 +391,7 @@ impl CreateArgs {
 /// skipped; a path that is not absolute skipped with a warning, as upstream does; a
 /// pattern below an earlier one dropped, as it adds nothing. Input that is not UTF-8 is
 /// an error, as upstream's.
-fn prefetch_patterns(input: impl std::io::BufRead) -> Result<Vec<String>> {
+pub(crate) fn prefetch_patterns(input: impl std::io::BufRead) -> Result<Vec<String>> {
     let mut patterns: Vec<String> = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| {
