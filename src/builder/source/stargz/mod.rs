@@ -135,13 +135,16 @@ pub struct Described {
     pub used_chunks: u64,
 }
 
-/// Lays out the bootstrap of `layer` applied over the parent (or nothing). Fails only if
-/// the merged tree holds what the bootstrap cannot (xattrs of a parent image, say).
+/// Lays out the bootstrap of `layer` applied over the parent (or nothing), with the
+/// prefetch table `prefetch` asks for (the layer is its own blob: no policy reorders it).
+/// Fails only if the merged tree holds what the bootstrap cannot (xattrs of a parent
+/// image, say).
 pub fn describe(
     layer: StargzLayer,
     parent_tree: Option<Entry>,
     parent_blobs: Vec<crate::format::v6::tables::BlobEntry>,
     blob_id: &str,
+    prefetch: &crate::builder::prefetch::Prefetch,
 ) -> Result<Described, BuildError> {
     use crate::builder::{bootstrap, overlay};
     use crate::format::v6::tables::{blob_features, BlobEntry};
@@ -204,7 +207,7 @@ pub fn describe(
     };
     let mut blobs = parent_blobs;
     blobs.push(entry);
-    let (image, blobs) = crate::builder::stored_tree_bootstrap(
+    let (image, blobs) = crate::builder::stored_tree_bootstrap_with(
         &tree,
         blobs,
         bootstrap::v6::BootstrapOptions {
@@ -212,6 +215,7 @@ pub fn describe(
             compressor: Compressor::Gzip,
             digester: Digester::Sha256,
         },
+        prefetch,
     )?;
     Ok(Described {
         bootstrap: image,
@@ -307,7 +311,7 @@ pub fn build(
         layer.chunks.len() as u64,
         layer.chunk_size,
     );
-    let described = describe(layer, parent_tree, parent_blobs, &blob_id)?;
+    let described = describe(layer, parent_tree, parent_blobs, &blob_id, &opts.prefetch)?;
     let image = &described.bootstrap;
     let bootstrap =
         crate::builder::output::PendingFile::write_whole(bootstrap_path, image, "bootstrap")?;
@@ -354,7 +358,14 @@ mod tests {
     /// Parses and describes `toc` as a first layer; the bootstrap must read back whole.
     fn described(toc: &[u8]) -> Described {
         let layer = parse(Path::new("t.json"), toc, 0, None, None).unwrap();
-        let d = describe(layer, None, Vec::new(), &"0".repeat(64)).unwrap();
+        let d = describe(
+            layer,
+            None,
+            Vec::new(),
+            &"0".repeat(64),
+            &Default::default(),
+        )
+        .unwrap();
         let image = crate::reader::Image::from_bytes(
             Path::new("t.boot"),
             d.bootstrap.clone(),
@@ -485,7 +496,14 @@ mod tests {
         )
         .unwrap();
         let parent_tree = crate::builder::parent::load(&parent, 0).unwrap();
-        let second = describe(upper, Some(parent_tree), first.blobs, &"1".repeat(64)).unwrap();
+        let second = describe(
+            upper,
+            Some(parent_tree),
+            first.blobs,
+            &"1".repeat(64),
+            &Default::default(),
+        )
+        .unwrap();
         let deepest = second.tree.nodes.last().unwrap();
         assert_eq!(
             (deepest.name.as_slice(), &deepest.kind),
