@@ -119,34 +119,27 @@ impl Prefetch {
         if !self.is_active() || self.patterns.is_empty() {
             return Vec::new();
         }
-        let roots: Vec<NodeId> = self
-            .patterns
-            .iter()
-            .filter_map(|p| resolve(tree, p))
-            .collect();
         let mut covered = vec![false; tree.nodes.len()];
-        let mut files = Vec::new();
-        for root in roots {
+        for root in self.patterns.iter().filter_map(|p| resolve(tree, p)) {
             let mut stack = vec![root];
             while let Some(id) = stack.pop() {
                 if std::mem::replace(&mut covered[id], true) {
                     continue;
                 }
-                let node = &tree.nodes[id];
-                match &node.kind {
-                    Kind::Dir(children) => stack.extend(children.iter().copied()),
-                    Kind::File if node.size > 0 => files.push(id),
-                    _ => {}
+                if let Kind::Dir(children) = &tree.nodes[id].kind {
+                    stack.extend(children.iter().copied());
                 }
             }
         }
-        // Sorting by name components is sorting by path component by component.
-        let mut keyed: Vec<(Vec<Vec<u8>>, NodeId)> = files
+        // Children are in name order, so a depth-first walk visits paths in order
+        // component by component: no sort needed.
+        tree.depth_first()
             .into_iter()
-            .map(|id| (components_of(tree, id), id))
-            .collect();
-        keyed.sort();
-        keyed.into_iter().map(|(_, id)| id).collect()
+            .filter(|&id| {
+                let node = &tree.nodes[id];
+                covered[id] && node.kind == Kind::File && node.size > 0
+            })
+            .collect()
     }
 }
 
@@ -202,17 +195,6 @@ pub fn resolve(tree: &Tree, path: &Path) -> Option<NodeId> {
         id = *children.iter().find(|&&c| tree.nodes[c].name == name)?;
     }
     Some(id)
-}
-
-/// The names from the root down to `id`.
-fn components_of(tree: &Tree, mut id: NodeId) -> Vec<Vec<u8>> {
-    let mut names = Vec::new();
-    while id != 0 {
-        names.push(tree.nodes[id].name.clone());
-        id = tree.nodes[id].parent;
-    }
-    names.reverse();
-    names
 }
 
 #[cfg(test)]

@@ -376,6 +376,42 @@ mod tests {
         d
     }
 
+    /// `--prefetch-policy fs` with stargz_index: the bootstrap carries the table (the
+    /// layer is its own blob, so nothing is reordered); `blob` writes none.
+    #[test]
+    fn a_toc_layer_takes_a_prefetch_table() {
+        use crate::builder::prefetch::{Prefetch, PrefetchPolicy};
+        let toc = toc(&[
+            serde_json::json!({"name": "d/", "type": "dir", "mode": 0o755}),
+            reg("d/f", 10, 0, 1),
+            reg("z", 10, 100, 2),
+        ]);
+        for (policy, want) in [
+            (PrefetchPolicy::Fs, vec![&b"/z"[..], b"/d"]),
+            (PrefetchPolicy::Blob, vec![]),
+        ] {
+            let layer = parse(Path::new("t.json"), &toc, 0, None, None).unwrap();
+            let prefetch = Prefetch {
+                policy,
+                patterns: ["/z", "/missing", "/d"].iter().map(Into::into).collect(),
+            };
+            let d = describe(layer, None, Vec::new(), &"0".repeat(64), &prefetch).unwrap();
+            let image = crate::reader::Image::from_bytes(
+                Path::new("t.boot"),
+                d.bootstrap,
+                crate::storage::blobs::BlobSource::None,
+            )
+            .unwrap();
+            let paths: Vec<Vec<u8>> = image
+                .prefetch_paths()
+                .unwrap()
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            assert_eq!(paths, want, "{policy:?}");
+        }
+    }
+
     fn node<'t>(tree: &'t Tree, path: &str) -> &'t crate::builder::tree::Node {
         let id = (0..tree.nodes.len())
             .find(|&id| tree.image_path(id) == path.as_bytes())
