@@ -67,7 +67,7 @@ pub enum PrefetchError {
 }
 
 /// Reads prefetch patterns, one a line, as upstream reads them: each trimmed of white
-/// space; a line that is not an absolute path (an empty one too) skipped with a warning;
+/// space; a blank line skipped; a line that is not an absolute path skipped with a warning;
 /// a path given again (component by component: `/a/` is `/a`) kept once, where it first
 /// came.
 pub fn read_patterns(input: impl BufRead) -> Result<Vec<PathBuf>, PrefetchError> {
@@ -78,6 +78,9 @@ pub fn read_patterns(input: impl BufRead) -> Result<Vec<PathBuf>, PrefetchError>
             source,
         })?;
         let pattern = Path::new(line.trim());
+        if pattern.as_os_str().is_empty() {
+            continue; // upstream warns about blank lines too; nothing is lost here
+        }
         if !pattern.is_absolute() {
             log::warn!(
                 "prefetch pattern on line {} ({line:?}) is not an absolute path: skipped",
