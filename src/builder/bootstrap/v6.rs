@@ -107,11 +107,15 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Result<Vec<u8>, 
     let devtable_end = DEVTABLE_OFFSET + 128 * blob_count;
     let blob_table_offset = devtable_end.next_multiple_of(BLOCK_SIZE);
     let blob_table_size = BLOB_ENTRY_SIZE as u64 * blob_count;
-    let prefetch = input.prefetch.filter(|p| p.slots > 0 && blob_count > 0);
+    // A slot per pattern, and never fewer than the entries to write.
+    let prefetch = input
+        .prefetch
+        .map(|p| (p, p.slots.max(p.nodes.len())))
+        .filter(|&(_, slots)| slots > 0 && blob_count > 0);
     let prefetch_table_offset = blob_table_offset + blob_table_size;
     let prefetch_table_size = match prefetch {
-        Some(p) => u32::try_from(p.slots as u64 * prefetch_table::ENTRY_SIZE)
-            .map_err(|_| WriteError::PrefetchTable(format!("{} patterns", p.slots)))?,
+        Some((_, slots)) => u32::try_from(slots as u64 * prefetch_table::ENTRY_SIZE)
+            .map_err(|_| WriteError::PrefetchTable(format!("{slots} patterns")))?,
         None => 0,
     };
     let inode_start =
@@ -291,7 +295,7 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Result<Vec<u8>, 
         out[at..at + BLOB_ENTRY_SIZE].copy_from_slice(&blob.encode(i as u32));
     }
 
-    if let Some(p) = prefetch {
+    if let Some((p, slots)) = prefetch {
         let nids = p
             .nodes
             .iter()
@@ -305,7 +309,7 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Result<Vec<u8>, 
                 })
             })
             .collect::<Result<Vec<u32>, _>>()?;
-        let bytes = prefetch_table::encode(&nids, p.slots);
+        let bytes = prefetch_table::encode(&nids, slots);
         let at = prefetch_table_offset as usize;
         out[at..at + bytes.len()].copy_from_slice(&bytes);
     }
@@ -688,6 +692,16 @@ pub(crate) mod tests {
             .super_block()
             .clone();
         assert_eq!(sb.meta_blkaddr, 1);
+        // Entries beyond the slots asked for get slots of their own, never overwrite
+        // what follows.
+        let short = PrefetchNodes {
+            slots: 1,
+            nodes: vec![0, 1],
+        };
+        let image = open(bootstrap_with_prefetch(&tree, &short));
+        assert_eq!(image.super_block().prefetch_table_size, 8);
+        assert_eq!(image.prefetch_table().unwrap().len(), 2);
+        crate::ops::check::check(&image, false).unwrap();
 
         // Without a blob table there is no table, as upstream writes none there.
         let file_chunks = vec![Vec::new(); tree.nodes.len()];
