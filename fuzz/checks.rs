@@ -13,14 +13,17 @@ const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 
-/// The whole reader on a (mutated) bootstrap: open, check, walk every entry, read every
-/// file, xattr and symlink.
+/// The whole reader on a (mutated) bootstrap: open, check, the prefetch table, walk every
+/// entry, read every file, xattr and symlink.
 pub fn read_image(data: &[u8]) {
     let Ok(image) = Image::from_bytes(Path::new("fuzz.boot"), data.to_vec(), BlobSource::None)
     else {
         return;
     };
     let _ = nydus_image::ops::check::check(&image, true);
+    // Also when the walk inside `check` fails first.
+    let _ = image.prefetch_table();
+    let _ = image.prefetch_paths();
     let _ = image.walk(|_, nid| {
         let st = image.stat(nid)?;
         let _ = image.xattrs(nid);
@@ -63,8 +66,14 @@ pub fn stargz_toc(data: &[u8]) {
     let Ok(layer) = stargz::parse(path, data, 0, None, None) else {
         return;
     };
-    let described = stargz::describe(layer, None, Vec::new(), &"0".repeat(64))
-        .expect("a TOC that parses describes");
+    let described = stargz::describe(
+        layer,
+        None,
+        Vec::new(),
+        &"0".repeat(64),
+        &Default::default(),
+    )
+    .expect("a TOC that parses describes");
     let image = Image::from_bytes(
         Path::new("fuzz.boot"),
         described.bootstrap,

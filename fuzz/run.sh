@@ -15,9 +15,14 @@ setfattr -n user.k -v v "$seeds/src/a" 2>/dev/null || true
 cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
   create --log-level warn -B "$seeds/ours.boot" -D "$seeds" "$seeds/src" >/dev/null
 cp "$seeds/ours.boot" corpus/read_image/
+# With a prefetch table (a directory, a file, a symlink and a path that is not there).
+printf '/d\n/a\n/l\n/missing\n' | cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
+  create --log-level warn --prefetch-policy fs -B "$seeds/ours-prefetch.boot" -D "$seeds" "$seeds/src" >/dev/null
+cp "$seeds/ours-prefetch.boot" corpus/read_image/
 up="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydus-image"
 if [ -x "$up" ]; then
   "$up" create --log-level warn -B "$seeds/up.boot" -D "$seeds" "$seeds/src" >/dev/null 2>&1 && cp "$seeds/up.boot" corpus/read_image/
+  printf '/d\n/a\n/l\n/missing\n' | "$up" create --log-level warn --prefetch-policy fs -B "$seeds/up-prefetch.boot" -D "$seeds" "$seeds/src" >/dev/null 2>&1 && cp "$seeds/up-prefetch.boot" corpus/read_image/
 fi
 for b in "$seeds"/*; do [ -f "$b" ] && [ ${#b} -gt 60 ] && tail -c 4200 "$b" > corpus/blob_meta/$(basename "$b" | cut -c1-16); done
 cp ../tests/fuzz-seeds/*.toc.json corpus/stargz_toc/

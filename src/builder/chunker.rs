@@ -29,7 +29,7 @@ use crossbeam_channel::bounded;
 
 use super::blob::BlobWriter;
 pub use super::tree::ChunkRef;
-use super::tree::{Kind, Tree};
+use super::tree::{Kind, NodeId, Tree};
 use super::BuildError;
 use crate::format::v6::tables::ChunkInfo;
 use crate::format::{Compressor, Digester};
@@ -156,6 +156,20 @@ pub fn chunk_files<W: Write>(
     known: KnownChunks,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Chunked, BuildError> {
+    chunk_files_first(tree, &[], opts, blob, known, progress)
+}
+
+/// Like [`chunk_files`], but the files in `first` are chunked before all others, in that
+/// order (prefetched files: see [`super::prefetch::Prefetch::file_order`]); a hard link
+/// stands for its inode, which is stored at the first of its names to come.
+pub fn chunk_files_first<W: Write>(
+    tree: &Tree,
+    first: &[NodeId],
+    opts: ChunkOptions,
+    blob: &mut BlobWriter<W>,
+    known: KnownChunks,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Chunked, BuildError> {
     let mut state = Progress::default();
     for node in &tree.nodes {
         if needs_chunking(node) {
@@ -164,13 +178,18 @@ pub fn chunk_files<W: Write>(
         }
     }
     let chunk_size = opts.chunk_size as u64;
-    // The dispatcher: the chunks of files in depth-first order, each after taking its
-    // share of the budget. The workers read them, so that opening, reading and checking
-    // many small files is spread over every core.
+    // The dispatcher: the chunks of files in depth-first order (after those asked for
+    // first), each after taking its share of the budget. The workers read them, so that
+    // opening, reading and checking many small files is spread over every core.
     let dispatch = |feed: &mut Feed| {
-        'files: for id in tree.depth_first() {
+        let mut dispatched = vec![false; tree.nodes.len()];
+        let order = first
+            .iter()
+            .map(|&id| tree.nodes[id].hardlink_of.unwrap_or(id))
+            .chain(tree.depth_first());
+        'files: for id in order {
             let node = &tree.nodes[id];
-            if !needs_chunking(node) {
+            if !needs_chunking(node) || std::mem::replace(&mut dispatched[id], true) {
                 continue;
             }
             if feed.stopped() {

@@ -21,6 +21,7 @@ pub mod dict;
 pub mod output;
 pub mod overlay;
 pub mod parent;
+pub mod prefetch;
 pub mod source;
 pub mod tree;
 
@@ -184,6 +185,9 @@ pub struct BuildOptions {
     pub parent_bootstrap: Option<PathBuf>,
     /// How whiteouts are spelled in the source.
     pub whiteout_spec: overlay::WhiteoutSpec,
+    /// Prefetch hints: the blob order of a directory build, and the bootstrap's
+    /// prefetch table.
+    pub prefetch: prefetch::Prefetch,
 }
 
 impl Default for BuildOptions {
@@ -199,6 +203,7 @@ impl Default for BuildOptions {
             parent_bootstrap: None,
             chunk_dict: None,
             whiteout_spec: overlay::WhiteoutSpec::Oci,
+            prefetch: prefetch::Prefetch::none(),
         }
     }
 }
@@ -432,11 +437,23 @@ fn assemble_chunks(
 
 /// The bootstrap of a tree whose files all reference chunks already stored in `blobs`
 /// (parent layers, merges, compaction, eStargz layers): its bytes and the blob table it
-/// holds.
+/// holds. No prefetch table: see [`stored_tree_bootstrap_with`].
 pub(crate) fn stored_tree_bootstrap(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
+) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
+    stored_tree_bootstrap_with(tree, blobs, opts, &prefetch::Prefetch::none())
+}
+
+/// [`stored_tree_bootstrap`] with prefetch hints: with policy `fs`, the bootstrap
+/// carries the prefetch table of `tree` for `prefetch`'s patterns (the blobs are already
+/// stored, so no policy changes their order).
+pub(crate) fn stored_tree_bootstrap_with(
+    tree: &tree::Tree,
+    blobs: Vec<BlobEntry>,
+    opts: bootstrap::v6::BootstrapOptions,
+    prefetch: &prefetch::Prefetch,
 ) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
     debug_assert!(tree
         .nodes
@@ -444,12 +461,14 @@ pub(crate) fn stored_tree_bootstrap(
         .all(|n| n.kind != tree::Kind::File || n.data != tree::FileData::Source));
     let no_new = vec![Vec::new(); tree.nodes.len()];
     let (blobs, chunks, file_chunks) = assemble_chunks(tree, &no_new, &[], blobs, &[], None);
+    let table = prefetch.table(tree);
     let bytes = bootstrap::v6::write(
         &bootstrap::v6::BootstrapInput {
             tree,
             file_chunks: &file_chunks,
             chunks: &chunks,
             blobs: &blobs,
+            prefetch: table.as_ref(),
         },
         opts,
     )?;
@@ -588,8 +607,17 @@ pub fn build_from(
     let known = |digest: &[u8; 32]| dict.as_ref().and_then(|d| d.get(digest));
     let (tree, parent_blobs, chunked, new_file_chunks) = match (source, dir_tree) {
         (Source::Dir(_), Some((tree, parent_blobs))) => {
-            let mut chunked =
-                chunker::chunk_files(&tree, chunk_opts, &mut writer, &known, progress)?;
+            // Prefetched files first, as upstream lays out a directory's blob; a tar
+            // layer's data is stored as it streams by.
+            let first = opts.prefetch.file_order(&tree);
+            let mut chunked = chunker::chunk_files_first(
+                &tree,
+                &first,
+                chunk_opts,
+                &mut writer,
+                &known,
+                progress,
+            )?;
             let by_node = std::mem::take(&mut chunked.file_chunks);
             (tree, parent_blobs, chunked, by_node)
         }
@@ -652,12 +680,14 @@ pub fn build_from(
         )));
     }
 
+    let table = opts.prefetch.table(&tree);
     let image = bootstrap::v6::write(
         &bootstrap::v6::BootstrapInput {
             tree: &tree,
             file_chunks: &file_chunks,
             chunks: &chunks,
             blobs: &blobs,
+            prefetch: table.as_ref(),
         },
         bootstrap::v6::BootstrapOptions {
             chunk_size: opts.chunk_size,

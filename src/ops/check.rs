@@ -1,5 +1,6 @@
 //! `check`: validates a whole bootstrap (every inode, directory, xattr, symlink and chunk
-//! index reachable from the root) and reports its blobs and features.
+//! index reachable from the root, and the prefetch table) and reports its blobs, features
+//! and prefetch list.
 
 use serde::Serialize;
 
@@ -62,6 +63,17 @@ pub struct CheckReport {
     pub blobs: Vec<BlobReport>,
     /// Every entry (filled when verbose).
     pub tree: Vec<EntryReport>,
+    /// The prefetch table's entries, in order (always checked and filled).
+    pub prefetch: Vec<PrefetchEntry>,
+}
+
+/// One prefetch table entry as `check` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrefetchEntry {
+    /// The nid listed.
+    pub nid: Nid,
+    /// Its path (a hard link's first name).
+    pub path: String,
 }
 
 /// Names of the superblock flag bits that are set.
@@ -204,6 +216,14 @@ pub fn check(image: &Image, verbose: bool) -> Result<CheckReport, ReadError> {
             digester: b.digester.name(),
         })
         .collect();
+    let prefetch = image
+        .prefetch_paths()?
+        .into_iter()
+        .map(|(nid, path)| PrefetchEntry {
+            nid,
+            path: String::from_utf8_lossy(&path).into_owned(),
+        })
+        .collect();
     Ok(CheckReport {
         fs_version: "6",
         features: flag_names(sb.flags),
@@ -212,6 +232,7 @@ pub fn check(image: &Image, verbose: bool) -> Result<CheckReport, ReadError> {
         entries,
         blobs,
         tree,
+        prefetch,
     })
 }
 

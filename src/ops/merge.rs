@@ -26,6 +26,7 @@ use thiserror::Error;
 
 use crate::builder::output::PendingFile;
 use crate::builder::overlay::{self, Entry, WhiteoutSpec};
+use crate::builder::prefetch::Prefetch;
 use crate::builder::tree::FileData;
 use crate::builder::{bootstrap, parent, BuildError};
 use crate::format::v6::tables::blob_features::{INLINED_FS_META, SEPARATE};
@@ -114,10 +115,10 @@ pub struct MergeOptions {
     /// Where a source that is no bootstrap is looked up as a blob carrying its bootstrap,
     /// by the id the source path gives (`--blob-dir`).
     pub blob_dir: Option<PathBuf>,
-    /// Prefetch patterns read for `--prefetch-policy fs|blob` (empty for `none`),
-    /// checked as `create` checks them. NOT YET WRITTEN: the prefetch table writer
-    /// (branch `prefetch`) is to take them from here.
-    pub prefetch_patterns: Vec<String>,
+    /// Prefetch hints (`--prefetch-policy`): with `fs`, the merged bootstrap gets a
+    /// prefetch table over the merged tree, as upstream's merge writes it. No blob is
+    /// rewritten, so `blob` changes nothing here.
+    pub prefetch: Prefetch,
 }
 
 impl MergeOptions {
@@ -336,12 +337,6 @@ pub fn merge(
             .into());
         }
     }
-    if !opts.prefetch_patterns.is_empty() {
-        log::info!(
-            "{} prefetch pattern(s) read; no prefetch table is written yet",
-            opts.prefetch_patterns.len()
-        );
-    }
     let mut settings: Option<Settings> = None;
     let dict_ids = match &opts.chunk_dict {
         Some(p) => dict_blob_ids(p, &mut settings)?,
@@ -446,7 +441,7 @@ pub fn merge(
     }
     let tree = overlay::flatten(merged.expect("at least one layer"));
     let settings = settings.expect("at least one layer");
-    let (bytes, blobs) = crate::builder::stored_tree_bootstrap(
+    let (bytes, blobs) = crate::builder::stored_tree_bootstrap_with(
         &tree,
         table.blobs,
         bootstrap::v6::BootstrapOptions {
@@ -454,6 +449,7 @@ pub fn merge(
             compressor: compressor.expect("at least one layer"),
             digester: settings.digester,
         },
+        &opts.prefetch,
     )?;
     let out = match target {
         MergeTarget::File(p) => p.clone(),

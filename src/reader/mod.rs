@@ -18,6 +18,7 @@
 mod cache;
 mod data;
 mod inline;
+mod prefetch;
 
 pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
@@ -95,6 +96,21 @@ pub enum ReadError {
     /// The caller asked for something that is not there (wrong kind of inode, say).
     #[error("{0}")]
     Request(String),
+    /// An entry of the prefetch table names no inode of the image.
+    #[error("bootstrap {}: prefetch table entry {index} at 0x{offset:x}: nid {nid}", path.display())]
+    Prefetch {
+        /// The bootstrap.
+        path: PathBuf,
+        /// The entry's position in the table, from 0.
+        index: usize,
+        /// The entry's byte offset in the bootstrap.
+        offset: u64,
+        /// The nid it holds.
+        nid: Nid,
+        /// Why it names no inode.
+        #[source]
+        source: Box<ReadError>,
+    },
     /// Reading one entry of the image failed (names the entry's path in the image).
     #[error("{path}")]
     Entry {

@@ -30,12 +30,26 @@ pub struct Nydusd {
 impl Nydusd {
     /// Mounts `boot` with blobs from `blobs`, using `work` for its mount point, cache
     /// and log.
+    // tests/prefetch.rs mounts only through `mount_with`.
+    #[allow(dead_code)]
     pub fn mount(boot: &Path, blobs: &Path, work: &Path) -> Self {
+        Self::mount_with(boot, blobs, work, serde_json::json!({}), "warn")
+    }
+
+    /// [`Nydusd::mount`] with more top-level configuration keys (`fs_prefetch`, say) and
+    /// this log level; the log is `work/nydusd.log`.
+    pub fn mount_with(
+        boot: &Path,
+        blobs: &Path,
+        work: &Path,
+        extra: serde_json::Value,
+        log_level: &str,
+    ) -> Self {
         let mnt = work.join("mnt");
         let cache = work.join("cache");
         fs::create_dir_all(&mnt).unwrap();
         fs::create_dir_all(&cache).unwrap();
-        let cfg = serde_json::json!({
+        let mut cfg = serde_json::json!({
             "device": {
                 "backend": {"type": "localfs", "config": {"dir": blobs}},
                 "cache": {"type": "blobcache", "config": {"work_dir": cache}}
@@ -44,6 +58,9 @@ impl Nydusd {
             "digest_validate": false,
             "enable_xattr": true
         });
+        if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
+            cfg.extend(extra.clone());
+        }
         let cfg_path = work.join("nydusd.json");
         fs::write(&cfg_path, cfg.to_string()).unwrap();
         let log = fs::File::create(work.join("nydusd.log")).unwrap();
@@ -54,7 +71,7 @@ impl Nydusd {
             .arg(&mnt)
             .arg("--bootstrap")
             .arg(boot)
-            .args(["--rlimit-nofile", "0", "--log-level", "warn"])
+            .args(["--rlimit-nofile", "0", "--log-level", log_level])
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

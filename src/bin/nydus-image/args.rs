@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 
 use nydus_image::builder::overlay::WhiteoutSpec;
+use nydus_image::builder::prefetch::{self, Prefetch, PrefetchPolicy};
 use nydus_image::format::{Compressor, Digester};
 use nydus_image::storage::backend::{self, Backend};
 use nydus_image::storage::blobs::BlobSource;
@@ -260,4 +261,38 @@ mod tests {
         assert!(parse_hex("--x", "0x0xff").is_err());
         assert!(parse_chunk_size("0x100000000").is_err());
     }
+}
+
+/// `--prefetch-policy`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum PrefetchArg {
+    None,
+    Fs,
+    Blob,
+}
+
+impl From<PrefetchArg> for PrefetchPolicy {
+    fn from(p: PrefetchArg) -> Self {
+        match p {
+            PrefetchArg::None => PrefetchPolicy::None,
+            PrefetchArg::Fs => PrefetchPolicy::Fs,
+            PrefetchArg::Blob => PrefetchPolicy::Blob,
+        }
+    }
+}
+
+/// The prefetch hints of `--prefetch-policy`: with fs or blob, the patterns read from
+/// standard input as upstream reads them (none when it is a terminal, where upstream
+/// would wait for them).
+pub fn prefetch(policy: PrefetchArg) -> Result<Prefetch> {
+    use std::io::IsTerminal;
+    let policy = PrefetchPolicy::from(policy);
+    let patterns = if policy == PrefetchPolicy::None || std::io::stdin().is_terminal() {
+        Vec::new()
+    } else {
+        prefetch::read_patterns(std::io::stdin().lock())
+            .context("cannot read prefetch patterns from standard input")?
+    };
+    log::debug!("{} prefetch pattern(s)", patterns.len());
+    Ok(Prefetch { policy, patterns })
 }

@@ -79,6 +79,9 @@ pub fn run(opts: CheckOptions) -> Result<ExitCode> {
                 e.path, e.nid, e.mode, e.size, e.nlink, e.chunks
             );
         }
+        for e in &report.prefetch {
+            println!("prefetch: {:?} nid {}", e.path, e.nid);
+        }
     }
     println!("RAFS filesystem metadata is valid, referenced data blobs: ");
     for (i, b) in report.blobs.iter().enumerate() {
@@ -103,6 +106,7 @@ pub fn run(opts: CheckOptions) -> Result<ExitCode> {
             "inodes": report.inodes,
             "entries": report.entries,
             "blob_details": report.blobs,
+            "prefetch": report.prefetch,
             "tree": if opts.verbose { serde_json::to_value(&report.tree)? } else { serde_json::Value::Null },
         });
         args::write_json(path, &json)?;

@@ -41,10 +41,12 @@ pub struct CreateArgs {
     )]
     source_type: SourceType,
     /// Prefetch policy: none, fs or blob. With fs or blob, prefetch patterns (absolute
-    /// paths, one a line) are read from standard input unless it is a terminal; they are
-    /// checked, but no prefetch table is written yet.
+    /// paths in the image, one a line) are read from standard input unless it is a
+    /// terminal. fs: the bootstrap gets a prefetch table (the nid of each path, in order)
+    /// and, from a directory, the data of the files they cover goes first in the blob;
+    /// blob: only that blob order (RAFS v6 stores no readahead range).
     #[arg(long = "prefetch-policy", value_enum, default_value = "none")]
-    prefetch_policy: PrefetchPolicy,
+    prefetch_policy: args::PrefetchArg,
     /// Where to write the bootstrap (RAFS metadata). Not with --blob-inline-meta.
     #[arg(short = 'B', long)]
     bootstrap: Option<PathBuf>,
@@ -151,14 +153,6 @@ enum SourceType {
     StargzIndex,
 }
 
-/// `--prefetch-policy`.
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-enum PrefetchPolicy {
-    None,
-    Fs,
-    Blob,
-}
-
 /// `--features`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum FeatureArg {
@@ -189,8 +183,6 @@ enum SourceKind {
 /// A checked `create` request.
 pub struct CreateOptions {
     source: PathBuf,
-    /// Prefetch patterns read from standard input (checked, not yet written).
-    prefetch: Vec<String>,
     bootstrap: BootstrapTarget,
     kind: SourceKind,
     build: BuildOptions,
@@ -364,18 +356,9 @@ impl CreateArgs {
                 Some((how, against, blobs))
             }
         };
-        let prefetch = match self.prefetch_policy {
-            PrefetchPolicy::None => Vec::new(),
-            PrefetchPolicy::Fs | PrefetchPolicy::Blob if std::io::stdin().is_terminal() => {
-                Vec::new()
-            }
-            PrefetchPolicy::Fs | PrefetchPolicy::Blob => {
-                prefetch_patterns(std::io::stdin().lock())?
-            }
-        };
+        build.prefetch = args::prefetch(self.prefetch_policy)?;
         Ok(CreateOptions {
             source: self.source,
-            prefetch,
             bootstrap,
             kind,
             build,
@@ -385,37 +368,6 @@ impl CreateArgs {
             progress: std::io::stderr().is_terminal() && self.log_level <= LogLevel::Info,
         })
     }
-}
-
-/// Prefetch patterns, one a line, as upstream reads them: each trimmed; empty lines
-/// skipped; a path that is not absolute skipped with a warning, as upstream does; a
-/// pattern below an earlier one dropped, as it adds nothing. Input that is not UTF-8 is
-/// an error, as upstream's.
-pub(crate) fn prefetch_patterns(input: impl std::io::BufRead) -> Result<Vec<String>> {
-    let mut patterns: Vec<String> = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line = line.with_context(|| {
-            format!("cannot read prefetch pattern {} from standard input", i + 1)
-        })?;
-        let pattern = line.trim();
-        if pattern.is_empty() {
-            continue;
-        }
-        if !pattern.starts_with('/') {
-            log::warn!(
-                "prefetch pattern {} ({pattern:?}) is not an absolute path: skipped",
-                i + 1
-            );
-            continue;
-        }
-        let covered = patterns
-            .iter()
-            .any(|p| Path::new(pattern).starts_with(Path::new(p)));
-        if !covered {
-            patterns.push(pattern.to_string());
-        }
-    }
-    Ok(patterns)
 }
 
 fn is_fifo(path: &Path) -> bool {
@@ -428,12 +380,6 @@ fn is_fifo(path: &Path) -> bool {
 /// Builds, then compacts and verifies as asked.
 pub fn run(opts: CreateOptions) -> Result<ExitCode> {
     let started = Instant::now();
-    if !opts.prefetch.is_empty() {
-        log::info!(
-            "{} prefetch pattern(s) read; no prefetch table is written yet",
-            opts.prefetch.len()
-        );
-    }
     let summary = match &opts.kind {
         SourceKind::Build { source, target, .. } => {
             nydus_image::heap::tune_for_build(opts.build.chunk_size);
@@ -636,23 +582,5 @@ impl ProgressMeter {
         if self.enabled && self.last.lock().expect("progress lock").is_some() {
             eprintln!();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefetch_patterns_are_read_as_upstream_reads_them() {
-        let input = b"/\n  /usr/bin \n\nrelative/path\n/etc\n".as_slice();
-        assert_eq!(prefetch_patterns(input).unwrap(), ["/"]);
-        let input = b"/usr/bin\n/usr/bin/ls\n/etc/\n/usr/lib\n".as_slice();
-        assert_eq!(
-            prefetch_patterns(input).unwrap(),
-            ["/usr/bin", "/etc/", "/usr/lib"]
-        );
-        let err = prefetch_patterns(b"/ok\n/\xff\n".as_slice()).unwrap_err();
-        assert!(format!("{err:#}").contains("pattern 2"), "{err:#}");
     }
 }

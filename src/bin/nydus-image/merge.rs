@@ -1,7 +1,6 @@
 //! `merge`: joins separately built layer bootstraps into one image, with upstream 2.2.0's
 //! flags as containerd's nydus converter passes them.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,25 +50,16 @@ pub struct MergeArgs {
     #[arg(long = "parent-bootstrap")]
     parent_bootstrap: Option<PathBuf>,
     /// Prefetch policy: none, fs or blob. With fs or blob, prefetch patterns (absolute
-    /// paths, one a line) are read from standard input unless it is a terminal; they are
-    /// checked, but no prefetch table is written yet.
+    /// paths, one a line) are read from standard input unless it is a terminal; fs writes
+    /// a prefetch table over the merged tree.
     #[arg(long = "prefetch-policy", value_enum, default_value = "none")]
-    prefetch_policy: PrefetchPolicy,
+    prefetch_policy: args::PrefetchArg,
     /// Write a JSON report here: upstream's fields (version, bootstrap, blobs, trace).
     #[arg(short = 'J', long = "output-json")]
     output_json: Option<PathBuf>,
     /// Log level.
     #[arg(short = 'l', long = "log-level", value_enum, default_value = "info")]
     pub log_level: LogLevel,
-}
-
-/// `--prefetch-policy`, as `create` takes it (a copy of create's private enum, to leave
-/// create.rs to the prefetch work).
-#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
-enum PrefetchPolicy {
-    None,
-    Fs,
-    Blob,
 }
 
 /// A checked `merge` request.
@@ -159,23 +149,14 @@ impl MergeArgs {
                 .transpose()?,
             parent_bootstrap: self.parent_bootstrap,
             blob_dir: self.blob_dir,
-            prefetch_patterns: Vec::new(),
+            prefetch: Default::default(),
         };
         lib.check_counts(self.sources.len())?;
-        let prefetch_patterns = match self.prefetch_policy {
-            PrefetchPolicy::None => Vec::new(),
-            _ if std::io::stdin().is_terminal() => Vec::new(),
-            PrefetchPolicy::Fs | PrefetchPolicy::Blob => {
-                crate::create::prefetch_patterns(std::io::stdin().lock())?
-            }
-        };
+        let prefetch = args::prefetch(self.prefetch_policy)?;
         Ok(MergeOptions {
             sources: self.sources,
             target,
-            lib: LibOptions {
-                prefetch_patterns,
-                ..lib
-            },
+            lib: LibOptions { prefetch, ..lib },
             output_json: self.output_json,
         })
     }

@@ -1,19 +1,23 @@
 //! Lays out and encodes a RAFS v6 bootstrap from a tree and its chunks.
 //!
 //! Layout (upstream's order): block 0 holds the superblock, its extension and the device
-//! table; the blob table follows at the next block; inodes start one block later, so the
-//! root's nid is 128 as upstream's; directory and symlink blocks that cannot be inlined go
-//! after the inodes; the chunk info table comes last. Every table starts on a block.
+//! table; the blob table follows at the next block, and the prefetch table (with policy
+//! `fs`) right after it, unaligned, as upstream places it; inodes start on the next block,
+//! the metadata area one block before them, so the root's nid is 128 as upstream's;
+//! directory and symlink blocks that cannot be inlined go after the inodes; the chunk info
+//! table comes last.
 
 use std::path::PathBuf;
 
 use thiserror::Error;
 
+use super::super::prefetch::PrefetchNodes;
 use super::super::tree::{Kind, NodeId, Tree};
 use crate::format::v6::inode::{
     self, encode_dirent, ChunkAddr, DataLayout, FileType, Inode, XattrError, CHUNK_FORMAT_INDEXES,
     DIRENT_SIZE, EXTENDED_SIZE, SLOT_SIZE,
 };
+use crate::format::v6::prefetch as prefetch_table;
 use crate::format::v6::super_block::{flags, DeviceSlot, SuperBlock, DEVTABLE_OFFSET};
 use crate::format::v6::tables::{
     blob_features, BlobEntry, ChunkInfo, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE,
@@ -37,6 +41,10 @@ pub enum WriteError {
         #[source]
         source: XattrError,
     },
+    /// The prefetch table cannot be written (absurdly many patterns, or a bootstrap
+    /// whose nids pass 32 bits).
+    #[error("cannot write the prefetch table: {0}")]
+    PrefetchTable(String),
 }
 
 impl From<WriteError> for crate::builder::BuildError {
@@ -50,6 +58,7 @@ impl From<WriteError> for crate::builder::BuildError {
                 path: source_path,
                 what: source.to_string(),
             },
+            e @ WriteError::PrefetchTable(_) => crate::builder::BuildError::Options(e.to_string()),
         }
     }
 }
@@ -75,6 +84,9 @@ pub struct BootstrapInput<'a> {
     pub chunks: &'a [ChunkInfo],
     /// The blob table.
     pub blobs: &'a [BlobEntry],
+    /// The prefetch table's entries, if it has one. Upstream writes one only when there
+    /// is a blob table to put it after; so does this.
+    pub prefetch: Option<&'a PrefetchNodes>,
 }
 
 /// Where one inode goes and what follows it.
@@ -95,7 +107,19 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Result<Vec<u8>, 
     let devtable_end = DEVTABLE_OFFSET + 128 * blob_count;
     let blob_table_offset = devtable_end.next_multiple_of(BLOCK_SIZE);
     let blob_table_size = BLOB_ENTRY_SIZE as u64 * blob_count;
-    let inode_start = (blob_table_offset + blob_table_size).next_multiple_of(BLOCK_SIZE);
+    // A slot per pattern, and never fewer than the entries to write.
+    let prefetch = input
+        .prefetch
+        .map(|p| (p, p.slots.max(p.nodes.len())))
+        .filter(|&(_, slots)| slots > 0 && blob_count > 0);
+    let prefetch_table_offset = blob_table_offset + blob_table_size;
+    let prefetch_table_size = match prefetch {
+        Some((_, slots)) => u32::try_from(slots as u64 * prefetch_table::ENTRY_SIZE)
+            .map_err(|_| WriteError::PrefetchTable(format!("{slots} patterns")))?,
+        None => 0,
+    };
+    let inode_start =
+        (prefetch_table_offset + prefetch_table_size as u64).next_multiple_of(BLOCK_SIZE);
     // One block before the first inode, so that the root gets nid 128 as upstream's does.
     let meta_start = inode_start - BLOCK_SIZE;
 
@@ -250,8 +274,12 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Result<Vec<u8>, 
             chunk_table_offset
         },
         chunk_table_size,
-        prefetch_table_offset: 0,
-        prefetch_table_size: 0,
+        prefetch_table_offset: if prefetch.is_some() {
+            prefetch_table_offset
+        } else {
+            0
+        },
+        prefetch_table_size,
     };
     let (sb_bytes, ext_bytes) = sb.encode();
     out[1024..1152].copy_from_slice(&sb_bytes);
@@ -265,6 +293,25 @@ pub fn write(input: &BootstrapInput, opts: BootstrapOptions) -> Result<Vec<u8>, 
         out[at..at + 128].copy_from_slice(&slot.encode());
         let at = blob_table_offset as usize + i * BLOB_ENTRY_SIZE;
         out[at..at + BLOB_ENTRY_SIZE].copy_from_slice(&blob.encode(i as u32));
+    }
+
+    if let Some((p, slots)) = prefetch {
+        let nids = p
+            .nodes
+            .iter()
+            .map(|&id| {
+                let nid = nid_of(inode_of[id]);
+                u32::try_from(nid).map_err(|_| {
+                    WriteError::PrefetchTable(format!(
+                        "{}: nid {nid} does not fit 32 bits",
+                        String::from_utf8_lossy(&tree.image_path(id))
+                    ))
+                })
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
+        let bytes = prefetch_table::encode(&nids, slots);
+        let at = prefetch_table_offset as usize;
+        out[at..at + bytes.len()].copy_from_slice(&bytes);
     }
 
     // Inodes and their data.
@@ -478,6 +525,7 @@ pub(crate) mod tests {
             file_chunks: &file_chunks,
             chunks: &[],
             blobs: &[],
+            prefetch: None,
         };
         write(&input, options()).expect("the sketch fits the format")
     }
@@ -570,6 +618,109 @@ pub(crate) mod tests {
         }
     }
 
+    /// The bootstrap of `tree` without file data, with one blob (so that it can carry a
+    /// prefetch table) and `prefetch`.
+    pub(crate) fn bootstrap_with_prefetch(tree: &Tree, prefetch: &PrefetchNodes) -> Vec<u8> {
+        let file_chunks = vec![Vec::new(); tree.nodes.len()];
+        let blobs = sample().blobs;
+        let input = BootstrapInput {
+            tree,
+            file_chunks: &file_chunks,
+            chunks: &[],
+            blobs: &blobs,
+            prefetch: Some(prefetch),
+        };
+        write(&input, options()).expect("the sketch fits the format")
+    }
+
+    /// The prefetch table sits right after the blob table, one slot per pattern, the
+    /// matched nids first; the inodes move to the next block when it runs into theirs.
+    #[test]
+    fn the_prefetch_table_follows_the_blob_table() {
+        use crate::builder::prefetch::prefetch_nodes;
+        let mut s = Sketch::new();
+        let d = s.dir(0, "d");
+        let f = s.file(d, "f", 10);
+        s.hard_link(0, "h", f);
+        s.symlink(0, "l", b"d/f");
+        let tree = s.tree;
+        let pats: Vec<std::path::PathBuf> = ["/d", "/nothing", "/h", "/", "/l"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let table = prefetch_nodes(&tree, &pats);
+        let image = open(bootstrap_with_prefetch(&tree, &table));
+        let sb = image.super_block();
+        assert_eq!(sb.blob_table_offset, BLOCK_SIZE);
+        assert_eq!(sb.prefetch_table_offset, BLOCK_SIZE + 256);
+        assert_eq!(sb.prefetch_table_size, 20);
+        assert_eq!((sb.root_nid, sb.meta_blkaddr), (128, 1));
+        let want: Vec<crate::reader::Nid> = ["/d", "/d/f", "/", "/l"]
+            .iter()
+            .map(|p| image.resolve(p.as_bytes()).unwrap().unwrap())
+            .collect();
+        assert_eq!(image.prefetch_table().unwrap(), want);
+        let raw = &bootstrap_with_prefetch(&tree, &table)[4096 + 256..4096 + 256 + 20];
+        assert_eq!(
+            &raw[16..],
+            &[0; 4],
+            "the unmatched pattern's slot is zero, last"
+        );
+        let paths: Vec<Vec<u8>> = image
+            .prefetch_paths()
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(paths, [&b"/d"[..], b"/d/f", b"/", b"/l"]);
+
+        // 961 slots end past the blob table's block: inodes start a block later.
+        let many = PrefetchNodes {
+            slots: 961,
+            nodes: vec![0],
+        };
+        let image = open(bootstrap_with_prefetch(&tree, &many));
+        let sb = image.super_block();
+        assert_eq!((sb.root_nid, sb.meta_blkaddr), (128, 2));
+        assert_eq!(sb.prefetch_table_size, 961 * 4);
+        assert_eq!(image.prefetch_table().unwrap(), [image.root()]);
+        let fits = PrefetchNodes {
+            slots: 960,
+            nodes: vec![0],
+        };
+        let sb = open(bootstrap_with_prefetch(&tree, &fits))
+            .super_block()
+            .clone();
+        assert_eq!(sb.meta_blkaddr, 1);
+        // Entries beyond the slots asked for get slots of their own, never overwrite
+        // what follows.
+        let short = PrefetchNodes {
+            slots: 1,
+            nodes: vec![0, 1],
+        };
+        let image = open(bootstrap_with_prefetch(&tree, &short));
+        assert_eq!(image.super_block().prefetch_table_size, 8);
+        assert_eq!(image.prefetch_table().unwrap().len(), 2);
+        crate::ops::check::check(&image, false).unwrap();
+
+        // Without a blob table there is no table, as upstream writes none there.
+        let file_chunks = vec![Vec::new(); tree.nodes.len()];
+        let bytes = write(
+            &BootstrapInput {
+                tree: &tree,
+                file_chunks: &file_chunks,
+                chunks: &[],
+                blobs: &[],
+                prefetch: Some(&table),
+            },
+            options(),
+        )
+        .unwrap();
+        let image = open(bytes);
+        assert_eq!(image.super_block().prefetch_table_offset, 0);
+        assert!(image.prefetch_table().unwrap().is_empty());
+    }
+
     fn write_sample(sample: &Sample) -> Vec<u8> {
         write(
             &BootstrapInput {
@@ -577,6 +728,7 @@ pub(crate) mod tests {
                 file_chunks: &sample.file_chunks,
                 chunks: &sample.chunks,
                 blobs: &sample.blobs,
+                prefetch: None,
             },
             options(),
         )
@@ -847,6 +999,7 @@ pub(crate) mod tests {
                 file_chunks: &[Vec::new(), Vec::new()],
                 chunks: &[],
                 blobs: &[],
+                prefetch: None,
             },
             BootstrapOptions {
                 chunk_size: 0x10_0000,
@@ -875,7 +1028,7 @@ pub(crate) mod tests {
                     assert_eq!(image_path, b"/f");
                     assert_eq!(source_path, Path::new("src/f"));
                 }
-                Ok(_) => panic!("written"),
+                other => panic!("{other:?}"),
             }
         }
         let fits = vec![(b"user.k".to_vec(), vec![0u8; 65535])];

@@ -2,10 +2,12 @@
 //! chunks live in blobs addressed as extra devices.
 //!
 //! File order, as upstream writes it: block 0 holds the superblock (byte 1024), its RAFS
-//! extension (1152) and the device table (1408); inodes start at `meta_blkaddr`; the blob
-//! table, chunk info table and prefetch table follow the inodes.
+//! extension (1152) and the device table (1408); the blob table starts at the next block,
+//! the prefetch table (if any) right after it; inodes start one block past
+//! `meta_blkaddr`, after those; the chunk info table comes last.
 
 pub mod inode;
+pub mod prefetch;
 pub mod super_block;
 pub mod tables;
 

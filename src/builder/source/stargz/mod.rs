@@ -135,13 +135,16 @@ pub struct Described {
     pub used_chunks: u64,
 }
 
-/// Lays out the bootstrap of `layer` applied over the parent (or nothing). Fails only if
-/// the merged tree holds what the bootstrap cannot (xattrs of a parent image, say).
+/// Lays out the bootstrap of `layer` applied over the parent (or nothing), with the
+/// prefetch table `prefetch` asks for (the layer is its own blob: no policy reorders it).
+/// Fails only if the merged tree holds what the bootstrap cannot (xattrs of a parent
+/// image, say).
 pub fn describe(
     layer: StargzLayer,
     parent_tree: Option<Entry>,
     parent_blobs: Vec<crate::format::v6::tables::BlobEntry>,
     blob_id: &str,
+    prefetch: &crate::builder::prefetch::Prefetch,
 ) -> Result<Described, BuildError> {
     use crate::builder::{bootstrap, overlay};
     use crate::format::v6::tables::{blob_features, BlobEntry};
@@ -204,7 +207,7 @@ pub fn describe(
     };
     let mut blobs = parent_blobs;
     blobs.push(entry);
-    let (image, blobs) = crate::builder::stored_tree_bootstrap(
+    let (image, blobs) = crate::builder::stored_tree_bootstrap_with(
         &tree,
         blobs,
         bootstrap::v6::BootstrapOptions {
@@ -212,6 +215,7 @@ pub fn describe(
             compressor: Compressor::Gzip,
             digester: Digester::Sha256,
         },
+        prefetch,
     )?;
     Ok(Described {
         bootstrap: image,
@@ -307,7 +311,7 @@ pub fn build(
         layer.chunks.len() as u64,
         layer.chunk_size,
     );
-    let described = describe(layer, parent_tree, parent_blobs, &blob_id)?;
+    let described = describe(layer, parent_tree, parent_blobs, &blob_id, &opts.prefetch)?;
     let image = &described.bootstrap;
     let bootstrap =
         crate::builder::output::PendingFile::write_whole(bootstrap_path, image, "bootstrap")?;
@@ -354,7 +358,14 @@ mod tests {
     /// Parses and describes `toc` as a first layer; the bootstrap must read back whole.
     fn described(toc: &[u8]) -> Described {
         let layer = parse(Path::new("t.json"), toc, 0, None, None).unwrap();
-        let d = describe(layer, None, Vec::new(), &"0".repeat(64)).unwrap();
+        let d = describe(
+            layer,
+            None,
+            Vec::new(),
+            &"0".repeat(64),
+            &Default::default(),
+        )
+        .unwrap();
         let image = crate::reader::Image::from_bytes(
             Path::new("t.boot"),
             d.bootstrap.clone(),
@@ -363,6 +374,42 @@ mod tests {
         .unwrap();
         crate::ops::check::check(&image, false).unwrap();
         d
+    }
+
+    /// `--prefetch-policy fs` with stargz_index: the bootstrap carries the table (the
+    /// layer is its own blob, so nothing is reordered); `blob` writes none.
+    #[test]
+    fn a_toc_layer_takes_a_prefetch_table() {
+        use crate::builder::prefetch::{Prefetch, PrefetchPolicy};
+        let toc = toc(&[
+            serde_json::json!({"name": "d/", "type": "dir", "mode": 0o755}),
+            reg("d/f", 10, 0, 1),
+            reg("z", 10, 100, 2),
+        ]);
+        for (policy, want) in [
+            (PrefetchPolicy::Fs, vec![&b"/z"[..], b"/d"]),
+            (PrefetchPolicy::Blob, vec![]),
+        ] {
+            let layer = parse(Path::new("t.json"), &toc, 0, None, None).unwrap();
+            let prefetch = Prefetch {
+                policy,
+                patterns: ["/z", "/missing", "/d"].iter().map(Into::into).collect(),
+            };
+            let d = describe(layer, None, Vec::new(), &"0".repeat(64), &prefetch).unwrap();
+            let image = crate::reader::Image::from_bytes(
+                Path::new("t.boot"),
+                d.bootstrap,
+                crate::storage::blobs::BlobSource::None,
+            )
+            .unwrap();
+            let paths: Vec<Vec<u8>> = image
+                .prefetch_paths()
+                .unwrap()
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            assert_eq!(paths, want, "{policy:?}");
+        }
     }
 
     fn node<'t>(tree: &'t Tree, path: &str) -> &'t crate::builder::tree::Node {
@@ -485,7 +532,14 @@ mod tests {
         )
         .unwrap();
         let parent_tree = crate::builder::parent::load(&parent, 0).unwrap();
-        let second = describe(upper, Some(parent_tree), first.blobs, &"1".repeat(64)).unwrap();
+        let second = describe(
+            upper,
+            Some(parent_tree),
+            first.blobs,
+            &"1".repeat(64),
+            &Default::default(),
+        )
+        .unwrap();
         let deepest = second.tree.nodes.last().unwrap();
         assert_eq!(
             (deepest.name.as_slice(), &deepest.kind),
