@@ -811,7 +811,7 @@ fn bad_merge_input_is_a_clear_error_and_leaves_no_output() {
     let (out, json) = (root.join("out.boot"), root.join("out.json"));
     let o = merge_with_patterns(Tool::Ours, &out, &json, &boots, &[], b"/ok\n/\xff\n");
     assert!(!o.status.success(), "bad prefetch patterns accepted");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("prefetch pattern 2"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("prefetch pattern on line 2"));
     assert!(!out.exists() && !json.exists());
     // The extraction helper the converter flow uses refuses the same files, naming them.
     for (path, name, want) in [
