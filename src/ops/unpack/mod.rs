@@ -1,0 +1,313 @@
+//! `unpack`: an image's tree as a POSIX (PAX) tar, streamed: members in the image's tree
+//! order (depth first, each directory's entries in name order, parents before their
+//! children), each regular file's data written chunk by chunk as it is read from its
+//! blob and checked against its digest, so memory does not grow with the files.
+//!
+//! What each entry becomes (upstream 2.2.0's `unpack` writes the same kinds of members;
+//! where ours differs it is said here):
+//! - the root: a `./` directory member carrying its mode, owner, time and xattrs
+//!   (upstream writes no member for the root, so extraction loses them);
+//! - directories, regular files, symlinks, character and block devices and FIFOs: one
+//!   member each, names relative (upstream: relative too; its hard link targets are
+//!   absolute, which GNU tar strips);
+//! - hard links: the first name in tree order is the member with the data, every later
+//!   name a link member naming it (as upstream);
+//! - sockets: tar has no type for them, so they are left out with a warning, as upstream
+//!   leaves them out (silently);
+//! - xattrs: `SCHILY.xattr.NAME` records, values as stored, binary included (as upstream);
+//! - mtimes with their nanoseconds (upstream: whole seconds), uids and gids of any size,
+//!   names of any length: PAX records where ustar cannot hold them (see [`tar`]);
+//! - owner names are left empty, so an extracting tar uses the numeric ids the image holds
+//!   (upstream fills them from this machine's passwd and group files, which makes its
+//!   output depend on the host, and a tar extracting on another host may map them to
+//!   other ids).
+//!
+//! The output is written front to back, never sought: it may be a FIFO. A regular file
+//! is written under a temporary name and renamed into place once complete
+//! ([`PendingFile`]): on failure nothing is left at the output path.
+
+pub mod tar;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::builder::output::{PendingFile, Writeback};
+use crate::builder::BuildError;
+use crate::reader::{Image, Nid, ReadError};
+use tar::{Kind, Member, TarError};
+
+/// Zeros written for a hole, a piece at a time.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+/// Output buffer: small members are gathered before they are written.
+const OUT_BUFFER: usize = 256 << 10;
+
+/// Why an image could not be unpacked.
+#[derive(Debug, Error)]
+pub enum UnpackError {
+    /// The image could not be read: its metadata, or a file's data (the error names the
+    /// entry, the blob and the chunk with its offset).
+    #[error("cannot read image {}", image.display())]
+    Read {
+        /// The image's bootstrap (or blob with inline metadata).
+        image: PathBuf,
+        /// What failed.
+        #[source]
+        source: ReadError,
+    },
+    /// An entry cannot be written as a tar member.
+    #[error("{path}: cannot be written as a tar member")]
+    Member {
+        /// The entry's path in the image.
+        path: String,
+        /// Why.
+        #[source]
+        source: TarError,
+    },
+    /// The output could not be written.
+    #[error("{}: {what}", path.display())]
+    Output {
+        /// The output path.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output could not be created or moved into place.
+    #[error("output")]
+    Pending(#[source] Box<BuildError>),
+}
+
+/// What an unpack wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnpackReport {
+    /// Tar members written (hard links and the root included).
+    pub members: u64,
+    /// Bytes of regular file data written.
+    pub data_bytes: u64,
+    /// Sockets left out (tar cannot hold them), by path in the image.
+    pub sockets_skipped: Vec<String>,
+}
+
+/// Unpacks `image` into a tar at `output` (a file, written whole or not at all, or a
+/// FIFO, written in order). Chunk digests are verified as data is read.
+pub fn unpack(image: &mut Image, output: &Path) -> Result<UnpackReport, UnpackError> {
+    let (pending, file) =
+        PendingFile::create(output).map_err(|e| UnpackError::Pending(Box::new(e)))?;
+    let mut out = std::io::BufWriter::with_capacity(OUT_BUFFER, Writeback::new(file));
+    let report = write_tar(image, &mut out, output)?;
+    out.flush().map_err(|e| UnpackError::Output {
+        path: output.to_path_buf(),
+        what: "cannot write".into(),
+        source: e,
+    })?;
+    drop(out);
+    pending
+        .commit()
+        .map_err(|e| UnpackError::Pending(Box::new(e)))?;
+    Ok(report)
+}
+
+/// Writes `image` as a tar to `out` (`out_name` names it in errors), ending with the two
+/// zero blocks that close an archive. Chunk digests are verified as data is read.
+pub fn write_tar(
+    image: &mut Image,
+    out: &mut dyn Write,
+    out_name: &Path,
+) -> Result<UnpackReport, UnpackError> {
+    image.validate = true;
+    let image: &Image = image;
+    let mut writer = Writer {
+        image,
+        out,
+        out_name,
+        headers: Vec::with_capacity(tar::BLOCK * 4),
+        first_names: HashMap::new(),
+        report: UnpackReport::default(),
+    };
+    // The walk's callback can only return a read error: keep ours aside and stop it.
+    let mut failed: Option<UnpackError> = None;
+    let walked = image.walk(|path, nid| match writer.entry(path, nid) {
+        Ok(()) => Ok(()),
+        Err(Stop::Read(e)) => Err(e),
+        Err(Stop::Other(e)) => {
+            failed = Some(e);
+            Err(ReadError::Request("unpack stopped".into()))
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    walked.map_err(|source| UnpackError::Read {
+        image: image.path().to_path_buf(),
+        source,
+    })?;
+    writer.write(&[0u8; 2 * tar::BLOCK])?;
+    Ok(writer.report)
+}
+
+/// Why writing an entry stopped: the image (kept as a read error for the walk) or else.
+enum Stop {
+    Read(ReadError),
+    Other(UnpackError),
+}
+
+impl From<UnpackError> for Stop {
+    fn from(e: UnpackError) -> Self {
+        Stop::Other(e)
+    }
+}
+
+/// The state of one unpack.
+struct Writer<'a> {
+    image: &'a Image,
+    out: &'a mut dyn Write,
+    out_name: &'a Path,
+    /// Header bytes of the member being written.
+    headers: Vec<u8>,
+    /// The first name written of each inode with more than one link.
+    first_names: HashMap<Nid, Vec<u8>>,
+    report: UnpackReport,
+}
+
+impl Writer<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), UnpackError> {
+        self.out.write_all(bytes).map_err(|e| UnpackError::Output {
+            path: self.out_name.to_path_buf(),
+            what: "cannot write".into(),
+            source: e,
+        })
+    }
+
+    /// Writes the member(s) for the entry at `path` (absolute, "/" for the root).
+    fn entry(&mut self, path: &[u8], nid: Nid) -> Result<(), Stop> {
+        let shown = || String::from_utf8_lossy(path).into_owned();
+        let in_entry = |e: ReadError| {
+            Stop::Read(ReadError::Entry {
+                path: shown(),
+                source: Box::new(e),
+            })
+        };
+        let st = self.image.stat(nid).map_err(in_entry)?;
+        let kind = match st.mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Directory,
+            libc::S_IFREG => Kind::File,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            libc::S_IFIFO => Kind::Fifo,
+            _ => {
+                // A socket (the reader accepts no other type): tar has no member for it.
+                log::warn!("{}: a socket, which tar cannot hold: left out", shown());
+                self.report.sockets_skipped.push(shown());
+                return Ok(());
+            }
+        };
+        let mut name = path.strip_prefix(b"/").unwrap_or(path).to_vec();
+        if kind == Kind::Directory {
+            if name.is_empty() {
+                name.push(b'.');
+            }
+            name.push(b'/');
+        }
+        let earlier = if kind != Kind::Directory && st.nlink > 1 {
+            match self.first_names.get(&nid) {
+                Some(first) => Some(first.clone()),
+                None => {
+                    self.first_names.insert(nid, name.clone());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let target = match (&earlier, kind) {
+            (None, Kind::Symlink) => Some(self.image.readlink(nid).map_err(in_entry)?),
+            _ => None,
+        };
+        let xattrs = match earlier {
+            Some(_) => Vec::new(),
+            None => self.image.xattrs(nid).map_err(in_entry)?,
+        };
+        let rdev = st.rdev as libc::dev_t;
+        let member = Member {
+            path: &name,
+            kind: if earlier.is_some() {
+                Kind::HardLink
+            } else {
+                kind
+            },
+            mode: st.mode & 0o7777,
+            uid: st.uid,
+            gid: st.gid,
+            size: if earlier.is_none() && kind == Kind::File {
+                st.size
+            } else {
+                0
+            },
+            mtime: st.mtime,
+            mtime_nsec: st.mtime_nsec,
+            link: earlier.as_deref().or(target.as_deref()),
+            device: (libc::major(rdev), libc::minor(rdev)),
+            xattrs: &xattrs,
+        };
+        let size = member.size;
+        self.headers.clear();
+        tar::write_headers(&member, &mut self.headers).map_err(|source| {
+            Stop::Other(UnpackError::Member {
+                path: shown(),
+                source,
+            })
+        })?;
+        let headers = std::mem::take(&mut self.headers);
+        let written = self.write(&headers);
+        self.headers = headers;
+        written?;
+        if size > 0 {
+            self.file_data(nid, size).map_err(|e| match e {
+                Stop::Read(e) => in_entry(e),
+                other => other,
+            })?;
+            self.write(&ZEROS[..tar::padding(size)])?;
+            self.report.data_bytes += size;
+        }
+        self.report.members += 1;
+        Ok(())
+    }
+
+    /// Streams the `size` bytes of regular file `nid`, one chunk at a time.
+    fn file_data(&mut self, nid: Nid, size: u64) -> Result<(), Stop> {
+        let image = self.image;
+        let table = image.chunk_table_of(nid).map_err(Stop::Read)?;
+        if table.size != size {
+            return Err(Stop::Read(ReadError::Request(format!(
+                "inode {nid}: size changed from {size} to {}",
+                table.size
+            ))));
+        }
+        let chunk_size = image.super_block().chunk_size as u64;
+        for i in 0..table.count {
+            let start = i as u64 * chunk_size;
+            let len = (size - start).min(chunk_size);
+            match table.get(image, i).map_err(Stop::Read)? {
+                None => {
+                    let mut left = len as usize;
+                    while left > 0 {
+                        let n = left.min(ZEROS.len());
+                        self.write(&ZEROS[..n])?;
+                        left -= n;
+                    }
+                }
+                Some(addr) => {
+                    let data = image.load_chunk(addr, len).map_err(Stop::Read)?;
+                    self.write(&data[..len as usize])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
