@@ -311,3 +311,108 @@ impl Writer<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The members written for a sketched image (no blob: its files are holes, which
+    //! unpack as zeros), read back with the `tar` crate.
+
+    use super::*;
+    use crate::builder::bootstrap::v6::tests::bootstrap_of;
+    use crate::builder::tree::tests::Sketch;
+    use crate::builder::tree::Kind as TreeKind;
+    use crate::storage::blobs::BlobSource;
+
+    #[test]
+    fn members_follow_the_tree_with_links_and_records() {
+        let mut s = Sketch::new();
+        let d = s.dir(0, "d");
+        let f = s.file(d, "f", 10_000);
+        s.node(f).mtime_nsec = 123;
+        // No newline in the value: the `tar` crate splits PAX records at newlines (GNU tar
+        // reads them whole: tests/unpack.rs).
+        s.node(f).xattrs = vec![(b"user.bin".to_vec(), vec![0, b'=', 0xff])];
+        s.node(f).uid = 3_000_000;
+        s.hard_link(0, "a-link", f);
+        s.symlink(0, "l", b"d/f");
+        let c = s.add(0, b"c", TreeKind::CharDevice, 0o600);
+        s.node(c).rdev = libc::makedev(300, 70_000);
+        s.add(0, b"p", TreeKind::Fifo, 0o644);
+        s.add(0, b"sock", TreeKind::Socket, 0o755);
+        let long = "n".repeat(200);
+        s.file(d, &long, 0);
+        let mut image = Image::from_bytes(
+            "sketch.boot".as_ref(),
+            bootstrap_of(&s.tree),
+            BlobSource::None,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let report = write_tar(&mut image, &mut out, "out.tar".as_ref()).unwrap();
+        assert_eq!(report.sockets_skipped, ["/sock"]);
+        assert_eq!(report.data_bytes, 10_000);
+        assert_eq!(out.len() % tar::BLOCK, 0);
+
+        let mut archive = ::tar::Archive::new(out.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let link = entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8(l.into_owned()).unwrap());
+            let mut records = Vec::new();
+            if let Some(ext) = entry.pax_extensions().unwrap() {
+                for r in ext {
+                    let r = r.unwrap();
+                    records.push((r.key().unwrap().to_string(), r.value_bytes().to_vec()));
+                }
+            }
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            let h = entry.header();
+            seen.push((path.clone(), h.entry_type().as_byte()));
+            match path.as_str() {
+                "a-link" => {
+                    assert_eq!(data, vec![0u8; 10_000]);
+                    assert_eq!(h.uid().unwrap(), 3_000_000);
+                    assert!(records.contains(&("mtime".into(), b"1700000000.000000123".to_vec())));
+                    assert!(
+                        records.contains(&("SCHILY.xattr.user.bin".into(), vec![0, b'=', 0xff]))
+                    );
+                }
+                "l" => assert_eq!(link.as_deref(), Some("d/f")),
+                "c" => {
+                    assert_eq!(h.device_major().unwrap(), Some(300));
+                    assert_eq!(h.device_minor().unwrap(), Some(70_000));
+                }
+                _ => {}
+            }
+            if h.entry_type().as_byte() == b'1' {
+                assert_eq!(link.as_deref(), Some("a-link"), "{path}");
+                // The first name carries the data and xattrs.
+                assert!(data.is_empty(), "{path}");
+                assert!(
+                    records.iter().all(|r| !r.0.starts_with("SCHILY")),
+                    "{path}: {records:?}"
+                );
+            }
+        }
+        // Tree order: the root, then each directory's entries in name order, depth first;
+        // the hard link's first name in that order ("a-link") carries the data.
+        let want: Vec<(String, u8)> = [
+            ("./", b'5'),
+            ("a-link", b'0'),
+            ("c", b'3'),
+            ("d/", b'5'),
+            ("d/f", b'1'),
+            (&format!("d/{long}")[..], b'0'),
+            ("l", b'2'),
+            ("p", b'6'),
+        ]
+        .iter()
+        .map(|(p, t)| (p.to_string(), *t))
+        .collect();
+        assert_eq!(seen, want);
+    }
+}
