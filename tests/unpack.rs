@@ -691,67 +691,74 @@ fn a_corrupt_chunk_fails_and_leaves_no_output() {
     build(&src, &boot, &blobs);
     let blob = only_blob(&blobs);
     let blob_id = blob.file_name().unwrap().to_str().unwrap().to_string();
-    // The victim's second chunk: find its stored offset with our own check -v -J.
-    let mut image = nydus_image::reader::Image::open(
+    let pristine = fs::read(&blob).unwrap();
+    let image = nydus_image::reader::Image::open(
         &boot,
         nydus_image::storage::blobs::BlobSource::Dir(blobs.clone()),
     )
     .unwrap();
-    image.validate = true;
-    let nid = image.resolve(b"/victim").unwrap().unwrap();
-    let addr = image.chunk_addrs(nid).unwrap()[1].unwrap();
-    let info = image
-        .chunk_info(addr.blob(), addr.chunk())
-        .expect("chunk in the table");
-    let mut bytes = fs::read(&blob).unwrap();
-    let at = info.compressed_offset as usize + info.compressed_size as usize / 2;
-    bytes[at] ^= 0x55;
-    fs::write(&blob, &bytes).unwrap();
-    let out_dir = scratch.path().join("out");
-    fs::create_dir_all(&out_dir).unwrap();
-    let tar = out_dir.join("image.tar");
-    let o = run(
-        &our_bin(),
-        &[
-            os("unpack"),
-            os("--bootstrap"),
-            boot.as_os_str(),
-            os("--blob-dir"),
-            blobs.as_os_str(),
-            os("--output"),
-            tar.as_os_str(),
-        ],
-    );
-    assert!(
-        !o.status.success(),
-        "a corrupt chunk unpacked: {}",
-        text(&o)
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    let offset = format!("0x{:x}", info.compressed_offset);
-    for needle in ["/victim", blob_id.as_str(), offset.as_str()] {
-        assert!(err.contains(needle), "the error lacks {needle:?}: {err}");
+    // A large chunk (loaded by a worker thread) and a small one (loaded by the thread
+    // walking the tree).
+    for (victim, index) in [("/victim", 1), ("/z-last", 0)] {
+        let nid = image.resolve(victim.as_bytes()).unwrap().unwrap();
+        let addr = image.chunk_addrs(nid).unwrap()[index].unwrap();
+        let info = image
+            .chunk_info(addr.blob(), addr.chunk())
+            .expect("chunk in the table");
+        let mut bytes = pristine.clone();
+        let at = info.compressed_offset as usize + info.compressed_size as usize / 2;
+        bytes[at] ^= 0x55;
+        fs::write(&blob, &bytes).unwrap();
+        let out_dir = scratch.path().join("out");
+        fs::create_dir_all(&out_dir).unwrap();
+        let tar = out_dir.join("image.tar");
+        let o = run(
+            &our_bin(),
+            &[
+                os("unpack"),
+                os("--bootstrap"),
+                boot.as_os_str(),
+                os("--blob-dir"),
+                blobs.as_os_str(),
+                os("--output"),
+                tar.as_os_str(),
+            ],
+        );
+        assert!(
+            !o.status.success(),
+            "{victim}: a corrupt chunk unpacked: {}",
+            text(&o)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        let offset = format!("0x{:x}", info.compressed_offset);
+        for needle in [victim, blob_id.as_str(), offset.as_str()] {
+            assert!(err.contains(needle), "the error lacks {needle:?}: {err}");
+        }
+        assert_eq!(
+            fs::read_dir(&out_dir).unwrap().count(),
+            0,
+            "{victim}: something was left in the output directory"
+        );
+        // Through a FIFO: the stream ends early.
+        let fifo = scratch.path().join("out.fifo");
+        let _ = fs::remove_file(&fifo);
+        mknod(&fifo, libc::S_IFIFO | 0o600, 0, 0);
+        let (o, streamed) = unpack_into_fifo(&boot, &blobs, &fifo);
+        assert!(
+            !o.status.success(),
+            "{victim}: a corrupt chunk unpacked into a FIFO"
+        );
+        let partial = scratch.path().join("partial.tar");
+        fs::write(&partial, &streamed).unwrap();
+        let t = Command::new("tar")
+            .arg("-tf")
+            .arg(&partial)
+            .output()
+            .unwrap();
+        assert!(
+            !t.status.success(),
+            "{victim}: GNU tar took the cut stream as a whole archive: {}",
+            text(&t)
+        );
     }
-    assert_eq!(
-        fs::read_dir(&out_dir).unwrap().count(),
-        0,
-        "something was left in the output directory"
-    );
-    // Through a FIFO: the stream ends early.
-    let fifo = scratch.path().join("out.fifo");
-    mknod(&fifo, libc::S_IFIFO | 0o600, 0, 0);
-    let (o, streamed) = unpack_into_fifo(&boot, &blobs, &fifo);
-    assert!(!o.status.success(), "a corrupt chunk unpacked into a FIFO");
-    let partial = scratch.path().join("partial.tar");
-    fs::write(&partial, &streamed).unwrap();
-    let t = Command::new("tar")
-        .arg("-tf")
-        .arg(&partial)
-        .output()
-        .unwrap();
-    assert!(
-        !t.status.success(),
-        "GNU tar took the cut stream as a whole archive: {}",
-        text(&t)
-    );
 }

@@ -125,6 +125,8 @@ fn upstream_backend_config(file: &std::path::Path) -> Result<Box<dyn backend::Ba
 /// Unpacks and reports.
 pub fn run(opts: UnpackOptions) -> Result<ExitCode> {
     let mut image = Image::open_any(&opts.bootstrap, opts.blobs)?;
+    // Chunk-sized buffers come and go all the time: keep them in the heap.
+    nydus_image::heap::tune_for_build(image.super_block().chunk_size);
     let report = nydus_image::ops::unpack::unpack(&mut image, &opts.output)
         .with_context(|| format!("cannot unpack into {}", opts.output.display()))?;
     log::info!(

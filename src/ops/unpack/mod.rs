@@ -31,11 +31,15 @@ pub mod tar;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use thiserror::Error;
 
 use crate::builder::output::{PendingFile, Writeback};
 use crate::builder::BuildError;
+use crate::format::v6::inode::ChunkAddr;
 use crate::reader::{Image, Nid, ReadError};
 use tar::{Kind, Member, TarError};
 
@@ -114,6 +118,12 @@ pub fn unpack(image: &mut Image, output: &Path) -> Result<UnpackReport, UnpackEr
 
 /// Writes `image` as a tar to `out` (`out_name` names it in errors), ending with the two
 /// zero blocks that close an archive. Chunk digests are verified as data is read.
+///
+/// Three parts run at once, so that reading, checking and writing overlap: one thread
+/// walks the tree, makes the headers and loads small chunks itself, gathering them into
+/// batches; worker threads load the large chunks (read, decompress, digest); the calling
+/// thread writes batches and chunks in archive order. The channel between them holds a
+/// few items, so the data in flight stays within a few chunks.
 pub fn write_tar(
     image: &mut Image,
     out: &mut dyn Write,
@@ -121,69 +131,200 @@ pub fn write_tar(
 ) -> Result<UnpackReport, UnpackError> {
     image.validate = true;
     let image: &Image = image;
-    let mut writer = Writer {
-        image,
-        out,
-        out_name,
-        headers: Vec::with_capacity(tar::BLOCK * 4),
-        first_names: HashMap::new(),
-        report: UnpackReport::default(),
-    };
-    // The walk's callback can only return a read error: keep ours aside and stop it.
-    let mut failed: Option<UnpackError> = None;
-    let walked = image.walk(|path, nid| match writer.entry(path, nid) {
-        Ok(()) => Ok(()),
-        Err(Stop::Read(e)) => Err(e),
-        Err(Stop::Other(e)) => {
-            failed = Some(e);
-            Err(ReadError::Request("unpack stopped".into()))
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, MAX_WORKERS);
+    let (item_tx, item_rx) = bounded::<Item>(workers + 1);
+    let (job_tx, job_rx) = bounded::<Job>(workers);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let jobs = job_rx.clone();
+            scope.spawn(move || {
+                for job in jobs {
+                    // The writer may have stopped already: then nobody waits for it.
+                    let _ = job.reply.send(image.load_chunk(job.addr, job.len));
+                }
+            });
         }
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    walked.map_err(|source| UnpackError::Read {
-        image: image.path().to_path_buf(),
-        source,
-    })?;
-    writer.write(&[0u8; 2 * tar::BLOCK])?;
-    Ok(writer.report)
+        drop(job_rx);
+        let planner = scope.spawn(move || {
+            Planner {
+                image,
+                items: item_tx,
+                jobs: job_tx,
+                batch: Vec::with_capacity(BATCH),
+                first_names: HashMap::new(),
+                report: UnpackReport::default(),
+            }
+            .run()
+        });
+        let written = drain(image, item_rx, out, out_name);
+        let planned = planner.join().expect("the planning thread does not panic");
+        // A write error stops the planner too: report the write error, not its echo.
+        written?;
+        planned
+    })
 }
 
-/// Why writing an entry stopped: the image (kept as a read error for the walk) or else.
+/// Workers loading chunks, at most.
+const MAX_WORKERS: usize = 4;
+/// Chunks of at least this many bytes are loaded by the workers; smaller ones by the
+/// planning thread, straight into its batch.
+const WORKER_CHUNK: u64 = 128 << 10;
+/// Bytes gathered into a batch before it goes to the writer.
+const BATCH: usize = 256 << 10;
+
+/// What the writing thread gets, in archive order.
+enum Item {
+    /// Headers, small files' data, padding.
+    Bytes(Vec<u8>),
+    /// A run of zeros (a hole).
+    Zeros(u64),
+    /// A chunk a worker is loading: its first `len` bytes belong to the file at `path`.
+    Chunk {
+        path: String,
+        len: u64,
+        data: Receiver<Result<Arc<Vec<u8>>, ReadError>>,
+    },
+}
+
+/// A chunk for a worker to load, and where to send it.
+struct Job {
+    addr: ChunkAddr,
+    len: u64,
+    reply: Sender<Result<Arc<Vec<u8>>, ReadError>>,
+}
+
+/// Writes the items to `out` until the planner is done (or fails: then its error is the
+/// one reported).
+fn drain(
+    image: &Image,
+    items: Receiver<Item>,
+    out: &mut dyn Write,
+    out_name: &Path,
+) -> Result<(), UnpackError> {
+    let mut write = |bytes: &[u8]| {
+        out.write_all(bytes).map_err(|e| UnpackError::Output {
+            path: out_name.to_path_buf(),
+            what: "cannot write".into(),
+            source: e,
+        })
+    };
+    for item in items {
+        match item {
+            Item::Bytes(bytes) => write(&bytes)?,
+            Item::Zeros(mut left) => {
+                while left > 0 {
+                    let n = left.min(ZEROS.len() as u64) as usize;
+                    write(&ZEROS[..n])?;
+                    left -= n as u64;
+                }
+            }
+            Item::Chunk { path, len, data } => {
+                let loaded = data
+                    .recv()
+                    .unwrap_or_else(|_| Err(ReadError::Request("the chunk reader stopped".into())));
+                let chunk = loaded.map_err(|e| UnpackError::Read {
+                    image: image.path().to_path_buf(),
+                    source: ReadError::Entry {
+                        path,
+                        source: Box::new(e),
+                    },
+                })?;
+                write(&chunk[..len as usize])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why the planner stopped early.
 enum Stop {
+    /// The image could not be read (kept as a read error for the walk).
     Read(ReadError),
+    /// Something else failed.
     Other(UnpackError),
+    /// The writer is gone (it failed and says why).
+    Closed,
 }
 
-impl From<UnpackError> for Stop {
-    fn from(e: UnpackError) -> Self {
-        Stop::Other(e)
-    }
-}
-
-/// The state of one unpack.
-struct Writer<'a> {
+/// The walk: headers, small chunks, jobs for the workers.
+struct Planner<'a> {
     image: &'a Image,
-    out: &'a mut dyn Write,
-    out_name: &'a Path,
-    /// Header bytes of the member being written.
-    headers: Vec<u8>,
+    items: Sender<Item>,
+    jobs: Sender<Job>,
+    /// Bytes not yet handed to the writer.
+    batch: Vec<u8>,
     /// The first name written of each inode with more than one link.
     first_names: HashMap<Nid, Vec<u8>>,
     report: UnpackReport,
 }
 
-impl Writer<'_> {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), UnpackError> {
-        self.out.write_all(bytes).map_err(|e| UnpackError::Output {
-            path: self.out_name.to_path_buf(),
-            what: "cannot write".into(),
-            source: e,
-        })
+impl Planner<'_> {
+    fn run(mut self) -> Result<UnpackReport, UnpackError> {
+        let image = self.image;
+        // The walk's callback can only return a read error: keep ours aside and stop it.
+        let mut failed: Option<Stop> = None;
+        let walked = image.walk(|path, nid| match self.entry(path, nid) {
+            Ok(()) => Ok(()),
+            Err(Stop::Read(e)) => Err(e),
+            Err(other) => {
+                failed = Some(other);
+                Err(ReadError::Request("unpack stopped".into()))
+            }
+        });
+        let stopped = match failed {
+            Some(stop) => Err(stop),
+            None => walked.map_err(Stop::Read),
+        };
+        let finished = stopped
+            .and_then(|()| self.bytes(&[0u8; 2 * tar::BLOCK]))
+            .and_then(|()| self.flush());
+        match finished {
+            Ok(()) => Ok(self.report),
+            Err(Stop::Read(source)) => Err(UnpackError::Read {
+                image: image.path().to_path_buf(),
+                source,
+            }),
+            Err(Stop::Other(e)) => Err(e),
+            // The writer's error is the one reported; this stands in for it.
+            Err(Stop::Closed) => Err(UnpackError::Output {
+                path: PathBuf::new(),
+                what: "the writer stopped".into(),
+                source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+            }),
+        }
     }
 
-    /// Writes the member(s) for the entry at `path` (absolute, "/" for the root).
+    fn send(&mut self, item: Item) -> Result<(), Stop> {
+        self.items.send(item).map_err(|_| Stop::Closed)
+    }
+
+    fn flush(&mut self) -> Result<(), Stop> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.send(Item::Bytes(batch))
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Result<(), Stop> {
+        self.batch.extend_from_slice(bytes);
+        if self.batch.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn zeros(&mut self, len: u64) -> Result<(), Stop> {
+        if len <= ZEROS.len() as u64 {
+            return self.bytes(&ZEROS[..len as usize]);
+        }
+        self.flush()?;
+        self.send(Item::Zeros(len))
+    }
+
+    /// Plans the member(s) for the entry at `path` (absolute, "/" for the root).
     fn entry(&mut self, path: &[u8], nid: Nid) -> Result<(), Stop> {
         let shown = || String::from_utf8_lossy(path).into_owned();
         let in_entry = |e: ReadError| {
@@ -256,31 +397,29 @@ impl Writer<'_> {
             xattrs: &xattrs,
         };
         let size = member.size;
-        self.headers.clear();
-        tar::write_headers(&member, &mut self.headers).map_err(|source| {
+        tar::write_headers(&member, &mut self.batch).map_err(|source| {
             Stop::Other(UnpackError::Member {
                 path: shown(),
                 source,
             })
         })?;
-        let headers = std::mem::take(&mut self.headers);
-        let written = self.write(&headers);
-        self.headers = headers;
-        written?;
         if size > 0 {
-            self.file_data(nid, size).map_err(|e| match e {
+            self.file_data(nid, size, path).map_err(|e| match e {
                 Stop::Read(e) => in_entry(e),
                 other => other,
             })?;
-            self.write(&ZEROS[..tar::padding(size)])?;
+            self.zeros(tar::padding(size) as u64)?;
             self.report.data_bytes += size;
+        } else if self.batch.len() >= BATCH {
+            self.flush()?;
         }
         self.report.members += 1;
         Ok(())
     }
 
-    /// Streams the `size` bytes of regular file `nid`, one chunk at a time.
-    fn file_data(&mut self, nid: Nid, size: u64) -> Result<(), Stop> {
+    /// Plans the `size` bytes of regular file `nid`, one chunk at a time: small chunks
+    /// loaded here, large ones handed to the workers.
+    fn file_data(&mut self, nid: Nid, size: u64, path: &[u8]) -> Result<(), Stop> {
         let image = self.image;
         let table = image.chunk_table_of(nid).map_err(Stop::Read)?;
         if table.size != size {
@@ -294,17 +433,22 @@ impl Writer<'_> {
             let start = i as u64 * chunk_size;
             let len = (size - start).min(chunk_size);
             match table.get(image, i).map_err(Stop::Read)? {
-                None => {
-                    let mut left = len as usize;
-                    while left > 0 {
-                        let n = left.min(ZEROS.len());
-                        self.write(&ZEROS[..n])?;
-                        left -= n;
-                    }
+                None => self.zeros(len)?,
+                Some(addr) if len >= WORKER_CHUNK => {
+                    self.flush()?;
+                    let (reply, data) = bounded(1);
+                    self.jobs
+                        .send(Job { addr, len, reply })
+                        .map_err(|_| Stop::Closed)?;
+                    self.send(Item::Chunk {
+                        path: String::from_utf8_lossy(path).into_owned(),
+                        len,
+                        data,
+                    })?;
                 }
                 Some(addr) => {
                     let data = image.load_chunk(addr, len).map_err(Stop::Read)?;
-                    self.write(&data[..len as usize])?;
+                    self.bytes(&data[..len as usize])?;
                 }
             }
         }
