@@ -473,6 +473,7 @@ fn our_unpack_reads_upstream_images() {
 }
 
 /// The output is a FIFO read by another thread: written in order, the same tree comes out.
+/// A device output is written in place.
 #[test]
 fn unpack_writes_to_a_fifo() {
     let scratch = Scratch::new();
@@ -510,6 +511,24 @@ fn unpack_writes_to_a_fifo() {
         },
     );
     assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // A device is written in place too, never replaced by a file renamed over it (a copy
+    // of /dev/null here: the real one is the machine's).
+    let null = scratch.path().join("null");
+    mknod(&null, libc::S_IFCHR | 0o666, 1, 3);
+    ours_ok(
+        "unpack to a device",
+        &[
+            os("unpack"),
+            os("--bootstrap"),
+            boot.as_os_str(),
+            os("--blob-dir"),
+            blobs.as_os_str(),
+            os("--output"),
+            null.as_os_str(),
+        ],
+    );
+    let kind = fs::metadata(&null).unwrap().file_type();
+    assert!(kind.is_char_device(), "the device was replaced: {kind:?}");
 }
 
 /// Runs our `unpack` into `fifo` while a thread reads it whole.
