@@ -4,9 +4,10 @@
 # another, prefetch patterns ("/") on stdin.
 #   create --type tar-rafs    tar FIFO in, blob FIFO out, --blob-inline-meta --features blob-toc
 #   create --type targz-rafs  the same tar gzip-compressed (gzip -6, pigz if present)
-#   unpack                    the image our tar-rafs run built, to a tar FIFO (both tools
-#                             unpack the same image; upstream needs --blob-dir and --blob
-#                             to read a blob with inline metadata)
+#   unpack                    the image our tar-rafs run built, to a tar FIFO drained by
+#                             cat (both tools unpack the same image; upstream needs
+#                             --blob-dir and --blob to read a blob with inline metadata,
+#                             and leaves NAME.image.boot in that directory)
 # For each: median wall time of RUNS runs (the tools alternate, so that the machine's
 # drift falls on both alike), our/upstream ratio, and peak RSS (max over the runs, from
 # /usr/bin/time). Then one single-file tar (BIG_MIB MiB, default the 4 GiB mixed file of
@@ -112,14 +113,22 @@ create() {
   through "cat '$3'" "$4" "$1" $(create_args "$2")
 }
 
-# unpack TOOL BLOB_DIR BLOB -> "wall rss", the tar's size in $out/count
+# unpack TOOL BLOB_DIR BLOB [SINK] -> "wall rss", the tar drained by cat into SINK
+# (default /dev/null; COUNT: its size into $out/count)
 unpack() {
+  local sink=${4:-/dev/null}
   if [ "$1" = "$ours" ]; then
-    through "" COUNT "$1" unpack --log-level warn --bootstrap "$3" --output "$out_fifo"
+    through "" "$sink" "$1" unpack --log-level warn --bootstrap "$3" --output "$out_fifo"
   else
-    through "" COUNT "$1" unpack --log-level warn --bootstrap "$3" --blob-dir "$2" \
+    through "" "$sink" "$1" unpack --log-level warn --bootstrap "$3" --blob-dir "$2" \
       --blob "$3" --output "$out_fifo"
   fi
+}
+
+# tar_bytes TOOL BLOB_DIR BLOB: the size of the tar TOOL writes (an untimed run)
+tar_bytes() {
+  unpack "$1" "$2" "$3" COUNT > /dev/null
+  cat "$out/count"
 }
 
 # The blob moved into DIR under its sha256 (upstream names an inline blob by its file
@@ -172,7 +181,7 @@ for _ in $(seq "$runs"); do
 done
 report "unpack (our image)" "$(median "${ow[@]}")" "$(maximum "${orss[@]}")" \
   "$(median "${uw[@]}")" "$(maximum "${urss[@]}")"
-echo "  tar bytes: upstream $(cat "$out/count") (last run); ours $(unpack "$ours" "$out/image" "$image" >/dev/null; cat "$out/count")"
+echo "  tar bytes: ours $(tar_bytes "$ours" "$out/image" "$image"), upstream $(tar_bytes "$upstream" "$out/image" "$image")"
 rm -rf "$out/image" "$out"/*.blob
 
 # One big file, streamed as a tar (never stored as one), once per tool: peak RSS.
@@ -201,9 +210,9 @@ PY
   echo "  big: blob bytes: ours $(stat -c %s "$out/ours.blob")"
   image=$(by_digest "$out/image" "$out/ours.blob")
   read -r ow om <<< "$(unpack "$ours" "$out/image" "$image")"
-  ours_bytes=$(cat "$out/count")
   read -r uw um <<< "$(unpack "$upstream" "$out/image" "$image")"
   report "big: unpack" "$ow" "$om" "$uw" "$um"
-  echo "  big: tar bytes: ours $ours_bytes, upstream $(cat "$out/count")"
+  echo "  big: tar bytes: ours $(tar_bytes "$ours" "$out/image" "$image")," \
+    "upstream $(tar_bytes "$upstream" "$out/image" "$image")"
   echo "  big: one file of $(stat -c %s "$big_dir/mixed") bytes (random and text MiBs alternating)"
 fi
