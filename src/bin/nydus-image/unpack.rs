@@ -125,8 +125,11 @@ fn upstream_backend_config(file: &std::path::Path) -> Result<Box<dyn backend::Ba
 /// Unpacks and reports.
 pub fn run(opts: UnpackOptions) -> Result<ExitCode> {
     let mut image = Image::open_any(&opts.bootstrap, opts.blobs)?;
-    // Chunk-sized buffers come and go all the time: keep them in the heap.
+    // Chunk-sized buffers come and go all the time: keep them in one heap.
     nydus_image::heap::tune_for_build(image.super_block().chunk_size);
+    // Each chunk is read once, in order: a chunk's worth of cache is enough for the
+    // duplicates that follow each other.
+    image.set_cache_bytes(image.super_block().chunk_size as usize);
     let report = nydus_image::ops::unpack::unpack(&mut image, &opts.output)
         .with_context(|| format!("cannot unpack into {}", opts.output.display()))?;
     log::info!(
