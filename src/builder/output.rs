@@ -1,5 +1,6 @@
 //! Output files that appear whole or not at all: written under a temporary name in the
-//! destination directory and renamed into place once complete. A FIFO is written in place.
+//! destination directory and renamed into place once complete. A FIFO or a device is
+//! written in place.
 //!
 //! Temporary names are `.NAME.tmp-PID-N`: the process id and a counter of this process,
 //! so that builds and compactions running at once in one process (or in several) never
@@ -21,16 +22,19 @@ pub struct PendingFile {
 }
 
 impl PendingFile {
-    /// Creates a temporary file next to `target` (or opens `target` itself if it is a FIFO).
+    /// Creates a temporary file next to `target`, or opens `target` itself if it is a FIFO
+    /// or a device (`/dev/null`, `/dev/stdout` on a terminal): those are written in place,
+    /// never replaced by a file renamed over them.
     pub fn create(target: &Path) -> Result<(Self, File), BuildError> {
-        let is_fifo = fs::metadata(target)
-            .map(|m| m.file_type().is_fifo())
-            .unwrap_or(false);
-        if is_fifo {
+        let in_place = fs::metadata(target).is_ok_and(|m| {
+            let t = m.file_type();
+            t.is_fifo() || t.is_char_device() || t.is_block_device() || t.is_socket()
+        });
+        if in_place {
             let file = OpenOptions::new()
                 .write(true)
                 .open(target)
-                .map_err(|e| BuildError::output(target, "cannot open FIFO for writing", e))?;
+                .map_err(|e| BuildError::output(target, "cannot open for writing", e))?;
             return Ok((
                 PendingFile {
                     temp: None,

@@ -4,9 +4,11 @@
 //! - [`check`]: validate a bootstrap, optionally reading and verifying every chunk;
 //! - [`merge`]: join separately built layers into one image;
 //! - [`compact`]: rewrite sparsely used and small blobs into fewer, fuller ones;
-//! - [`verify`]: compare an image with the directories (and parent image) it was built from.
+//! - [`verify`]: compare an image with the directories (and parent image) it was built from;
+//! - [`unpack`]: write an image's tree as a tar, streamed.
 
 pub mod check;
 pub mod compact;
 pub mod merge;
+pub mod unpack;
 pub mod verify;

@@ -9,6 +9,7 @@ mod compact;
 mod create;
 mod merge;
 mod mount;
+mod unpack;
 mod verify;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Rewrite an image's unused, sparsely used and small blobs into fewer, fuller ones.
     Compact(Box<compact::CompactArgs>),
+    /// Write an image's tree as a tar (a file, or a FIFO written in order).
+    Unpack(unpack::UnpackArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => (a.log_level, None),
         Command::Compact(a) => (a.log_level, None),
         Command::Verify(a) => (a.log_level, None),
+        Command::Unpack(a) => (a.log_level, None),
     };
     if let Err(e) = args::init_logger(level, log_file) {
         eprintln!("error: {e:#}");
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => a.options().and_then(merge::run),
         Command::Verify(a) => a.options().and_then(verify::run),
         Command::Compact(a) => a.options().and_then(compact::run),
+        Command::Unpack(a) => a.options().and_then(unpack::run),
     };
     match result {
         Ok(code) => code,
