@@ -31,6 +31,12 @@ impl Nydusd {
     /// Mounts `boot` with blobs from `blobs`, using `work` for its mount point, cache
     /// and log.
     pub fn mount(boot: &Path, blobs: &Path, work: &Path) -> Self {
+        Self::mount_with(boot, blobs, work, false)
+    }
+
+    /// As [`Nydusd::mount`]; `digest_validate` has nydusd check RAFS v5 inode digests
+    /// (it refuses the setting for v6).
+    pub fn mount_with(boot: &Path, blobs: &Path, work: &Path, digest_validate: bool) -> Self {
         let mnt = work.join("mnt");
         let cache = work.join("cache");
         fs::create_dir_all(&mnt).unwrap();
@@ -41,7 +47,7 @@ impl Nydusd {
                 "cache": {"type": "blobcache", "config": {"work_dir": cache}}
             },
             "mode": "direct",
-            "digest_validate": false,
+            "digest_validate": digest_validate,
             "enable_xattr": true
         });
         let cfg_path = work.join("nydusd.json");
