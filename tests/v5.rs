@@ -398,3 +398,147 @@ fn our_v5_bootstrap_has_upstreams_records() {
         assert!((a - b).abs() / b < 0.01, "ours {a} bytes, upstream's {b}");
     }
 }
+
+/// `args` run through our binary; the output, failed or not.
+fn ours(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(our_bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn tar_layers_and_parent_layers_build_as_v5() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = source(root);
+    // A tar layer: the v5 image, through nydusd with digest_validate, shows what the v6
+    // image of the same tar shows through our library.
+    let tar = root.join("layer.tar");
+    run(Command::new("tar")
+        .args(["--format=posix", "--xattrs", "--xattrs-include=*", "-cf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    let (t5, t6) = (root.join("t5"), root.join("t6"));
+    build_ours(&tar, &t5, &["--type", "tar-rafs"]);
+    fs::create_dir_all(t6.join("blobs")).unwrap();
+    run(Command::new(our_bin())
+        .args(["create", "--log-level", "warn", "--type", "tar-rafs"])
+        .arg("--bootstrap")
+        .arg(t6.join("boot"))
+        .arg("--blob-dir")
+        .arg(t6.join("blobs"))
+        .arg(&tar));
+    let v6 = Image::open(&t6.join("boot"), BlobSource::Dir(t6.join("blobs"))).unwrap();
+    let daemon = Nydusd::mount_with(&t5.join("boot"), &t5.join("blobs"), &t5, true);
+    assert_identical_except(
+        "v5 tar layer through nydusd against its v6 image",
+        &ImageTree(&v6),
+        &FsTree::new(&daemon.mnt),
+        Except {
+            differences: Some(&nydusd_mount_time),
+            ..Except::default()
+        },
+    );
+    drop(daemon);
+
+    // Layers: a v5 layer over a v5 parent equals the v6 build of the same layers.
+    let upper = root.join("upper");
+    fs::create_dir_all(upper.join("hl")).unwrap();
+    fs::write(upper.join(".wh.one"), b"").unwrap();
+    fs::write(upper.join("hl/new"), b"new file").unwrap();
+    fs::write(upper.join("cs"), b"replaced").unwrap();
+    let (base5, base6) = (root.join("base5"), root.join("base6"));
+    build_ours(&src, &base5, &[]);
+    let layered = |out: &Path, parent: &Path, extra: &[&str]| {
+        fs::create_dir_all(out).unwrap();
+        run(Command::new(our_bin())
+            .args(["create", "--log-level", "warn"])
+            .args(extra)
+            .arg("--parent-bootstrap")
+            .arg(parent.join("boot"))
+            .arg("--bootstrap")
+            .arg(out.join("boot"))
+            .arg("--blob-dir")
+            .arg(parent.join("blobs"))
+            .arg(&upper));
+    };
+    fs::create_dir_all(base6.join("blobs")).unwrap();
+    run(Command::new(our_bin())
+        .args(["create", "--log-level", "warn"])
+        .arg("--bootstrap")
+        .arg(base6.join("boot"))
+        .arg("--blob-dir")
+        .arg(base6.join("blobs"))
+        .arg(&src));
+    let (top5, top6) = (root.join("top5"), root.join("top6"));
+    layered(&top5, &base5, &["-v", "5"]);
+    layered(&top6, &base6, &[]);
+    let v6 = Image::open(&top6.join("boot"), BlobSource::Dir(base6.join("blobs"))).unwrap();
+    let daemon = Nydusd::mount_with(&top5.join("boot"), &base5.join("blobs"), &top5, true);
+    assert_identical_except(
+        "v5 layer over a v5 parent through nydusd against the v6 build",
+        &ImageTree(&v6),
+        &FsTree::new(&daemon.mnt),
+        Except {
+            differences: Some(&nydusd_mount_time),
+            ..Except::default()
+        },
+    );
+    drop(daemon);
+
+    // A parent of the other version is refused before anything is written.
+    let mixed = root.join("mixed");
+    fs::create_dir_all(mixed.join("blobs")).unwrap();
+    let s = |p: &Path| p.as_os_str().to_owned();
+    let o = ours(&[
+        "create".as_ref(),
+        "-v".as_ref(),
+        "5".as_ref(),
+        "--parent-bootstrap".as_ref(),
+        &s(&base6.join("boot")),
+        "--bootstrap".as_ref(),
+        &s(&mixed.join("boot")),
+        "--blob-dir".as_ref(),
+        &s(&mixed.join("blobs")),
+        &s(&upper),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("is RAFS v6, this build writes v5"), "{err}");
+    assert!(!mixed.join("boot").exists());
+    assert_eq!(fs::read_dir(mixed.join("blobs")).unwrap().count(), 0);
+}
+
+#[test]
+fn v5_refuses_what_only_v6_carries() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    fs::create_dir_all(root.join("src")).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--type", "stargz_index", "--blob-id", "x"],
+            "conversion type stargz_index conflicts with RAFS v5",
+        ),
+        (
+            &["--blob-inline-meta", "--blob", "/dev/null"],
+            "--blob-inline-meta conflicts with RAFS v5",
+        ),
+        (&["--type", "targz-ref"], "targz-ref is not supported"),
+    ];
+    for (extra, says) in cases {
+        let boot = root.join("boot");
+        let mut args: Vec<std::ffi::OsString> = vec!["create".into(), "-v".into(), "5".into()];
+        args.extend(extra.iter().map(Into::into));
+        if !extra.contains(&"--blob-inline-meta") {
+            args.extend(["--bootstrap".into(), boot.clone().into_os_string()]);
+            args.extend(["--blob-dir".into(), root.as_os_str().to_owned()]);
+        }
+        args.push(root.join("src").into_os_string());
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let o = ours(&refs);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} succeeded");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(!boot.exists());
+    }
+}

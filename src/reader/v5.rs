@@ -583,3 +583,314 @@ impl Image {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hostile v5 bootstraps: each damage is an error naming the inode or offset, never a
+    //! panic or a hang.
+
+    use super::*;
+    use crate::builder::bootstrap::v5::tests::{bootstrap_of, sample_bootstrap};
+    use crate::builder::tree::tests::Sketch;
+
+    fn open(bytes: Vec<u8>) -> Result<Image, ReadError> {
+        Image::from_bytes("hostile.boot".as_ref(), bytes, BlobSource::None)
+    }
+
+    /// Opens and reads everything a mount would; returns the entries walked.
+    fn exercise(bytes: Vec<u8>) -> Result<usize, ReadError> {
+        let image = open(bytes)?;
+        let mut nids = Vec::new();
+        image.walk(|_, nid| {
+            nids.push(nid);
+            Ok(())
+        })?;
+        for &nid in &nids {
+            let st = image.stat(nid)?;
+            image.xattrs(nid)?;
+            match st.mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    for e in image.read_dir(nid)? {
+                        image.lookup(nid, &e.name)?;
+                    }
+                    image.v5_digest_mismatch(nid)?;
+                }
+                libc::S_IFLNK => drop(image.readlink(nid)?),
+                libc::S_IFREG => drop(image.chunk_addrs(nid)?),
+                _ => {}
+            }
+        }
+        Ok(nids.len())
+    }
+
+    fn sb(bytes: &[u8]) -> SuperBlock {
+        SuperBlock::decode(bytes, bytes.len() as u64).unwrap()
+    }
+
+    /// Byte offset of record `index`.
+    fn record_at(bytes: &[u8], index: u64) -> usize {
+        let sb = sb(bytes);
+        tables::inode_offset(
+            &bytes[sb.inode_table_offset as usize..],
+            sb.inode_table_offset,
+            sb.inode_table_entries,
+            index,
+        )
+        .unwrap() as usize
+    }
+
+    /// Offset of `field` (a byte offset inside the 128-byte inode) of record `index`.
+    fn field(bytes: &[u8], index: u64, field: usize) -> usize {
+        record_at(bytes, index) + field
+    }
+
+    fn put_u32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn put_u64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[test]
+    fn the_sample_reads_whole() {
+        assert_eq!(exercise(sample_bootstrap()).unwrap(), 9);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let full = sample_bootstrap();
+        for len in (0..full.len()).step_by(8).chain([1, 9, full.len() - 1]) {
+            let err = exercise(full[..len].to_vec()).expect_err(&format!("{len} bytes"));
+            let text = crate::error::Chain(&err).to_string();
+            assert!(text.starts_with("bootstrap hostile.boot"), "{len}: {text}");
+        }
+    }
+
+    #[test]
+    fn each_damage_is_named() {
+        // Records: 1 /, 2 a, 3 b, 4 c, 5 d, 6 l, 7 a/deep, 8 a/deep/f, 9 b/hl.
+        type Damage = fn(&mut Vec<u8>);
+        let cases: &[(&str, Damage, &str)] = &[
+            (
+                "inode table entry in the superblock",
+                |b| {
+                    let t = sb(b).inode_table_offset as usize;
+                    put_u32(b, t + 4, 16);
+                },
+                "inode 2: record offset 0x80 lies in the superblock",
+            ),
+            (
+                "inode number past the table",
+                |b| {
+                    let at = field(b, 4, 40);
+                    put_u64(b, at, 1000);
+                },
+                "inode 4: inode number 1000 outside the inode table",
+            ),
+            (
+                "a name serving an inode whose record is another's",
+                |b| {
+                    let (a, bb) = (field(b, 2, 40), field(b, 3, 40));
+                    put_u64(b, a, 3);
+                    put_u64(b, bb, 2);
+                },
+                "inode 3: its record carries inode number 2",
+            ),
+            (
+                "a name making a hard link to a directory",
+                |b| {
+                    let at = field(b, 4, 40);
+                    put_u64(b, at, 5);
+                },
+                "directory 5 reached a second time at /d",
+            ),
+            (
+                "children past the table",
+                |b| {
+                    let at = field(b, 2, 92);
+                    put_u32(b, at, 9);
+                    put_u32(b, at + 4, 5);
+                },
+                "inode 2: children 9..=13 outside the inode table of 9 entries",
+            ),
+            (
+                "a directory whose children include its parent",
+                |b| {
+                    // a/deep lists records 2..=2: a itself.
+                    let at = field(b, 7, 92);
+                    put_u32(b, at, 2);
+                },
+                "directory cycle at /a/deep/a",
+            ),
+            (
+                "two directories sharing children",
+                |b| {
+                    // d lists a's children: a/deep is reached twice.
+                    let at = field(b, 5, 92);
+                    put_u32(b, at, 7);
+                    put_u32(b, at + 4, 1);
+                },
+                "directory 7 reached a second time at /d/deep",
+            ),
+            (
+                "a name with a slash",
+                |b| {
+                    let at = record_at(b, 4) + 128;
+                    b[at] = b'/';
+                },
+                "contains '/' or NUL",
+            ),
+            (
+                "an empty name",
+                |b| {
+                    let at = field(b, 4, 100);
+                    b[at..at + 2].copy_from_slice(&0u16.to_le_bytes());
+                },
+                "inode 4: name of 0 bytes",
+            ),
+            (
+                "an unknown file type",
+                |b| {
+                    let at = field(b, 4, 60);
+                    put_u32(b, at, 0o170644);
+                },
+                "unknown file type in mode 0o170644",
+            ),
+            (
+                "a symlink without a target",
+                |b| {
+                    let at = field(b, 6, 102);
+                    b[at..at + 2].copy_from_slice(&0u16.to_le_bytes());
+                },
+                "inode 6: symlink without a target",
+            ),
+            (
+                "xattrs larger than the bootstrap",
+                |b| {
+                    let at = record_at(b, 8) + 128 + 8;
+                    put_u64(b, at, 1 << 40);
+                },
+                "RAFS v5 xattrs needs",
+            ),
+            (
+                "more chunks than the file has",
+                |b| {
+                    let at = field(b, 8, 96);
+                    put_u32(b, at, 2);
+                },
+                "inode 8: 2 chunks (flags 0x4) for 12288 bytes, expected 3",
+            ),
+            (
+                "a hole",
+                |b| {
+                    let at = field(b, 8, 80);
+                    put_u64(b, at, 0x4 | 0x8);
+                },
+                "flags 0xc",
+            ),
+            (
+                "a chunk at the wrong file offset",
+                |b| {
+                    // f's chunk infos follow its 128-byte inode, 8 bytes of name and 24 of
+                    // xattrs; file_offset is at 64.
+                    let at = record_at(b, 8) + 128 + 8 + 24 + 80 + 64;
+                    put_u64(b, at, 7);
+                },
+                "chunk 1 records file offset 7, expected 4096",
+            ),
+            (
+                "a chunk naming a blob past the table",
+                |b| {
+                    let at = record_at(b, 8) + 128 + 8 + 24 + 32;
+                    put_u32(b, at, 3);
+                },
+                "inode 8: chunk 0 names blob 3 of 1",
+            ),
+            (
+                "a blob id that is not printable",
+                |b| {
+                    let at = sb(b).blob_table_offset as usize + 8;
+                    b[at] = 0x07;
+                },
+                "is not printable ASCII",
+            ),
+        ];
+        for (name, damage, says) in cases {
+            let mut bytes = sample_bootstrap();
+            damage(&mut bytes);
+            match exercise(bytes) {
+                Err(e) => {
+                    let text = crate::error::Chain(&e).to_string();
+                    assert!(text.contains(says), "{name}: {text:?} lacks {says:?}");
+                }
+                Ok(n) => panic!("{name}: read {n} entries"),
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_stops_at_the_depth_limit() {
+        let chain = |depth: usize| {
+            let mut s = Sketch::new();
+            let mut parent = 0;
+            for _ in 0..depth {
+                parent = s.dir(parent, "d");
+            }
+            bootstrap_of(&s.tree)
+        };
+        assert_eq!(
+            exercise(chain(super::super::MAX_DEPTH - 1)).unwrap(),
+            super::super::MAX_DEPTH
+        );
+        let err = exercise(chain(super::super::MAX_DEPTH)).unwrap_err();
+        assert!(crate::error::Chain(&err)
+            .to_string()
+            .contains("nested deeper than 4096"));
+    }
+
+    /// A chunk record pointing past its blob's end fails the read, naming the chunk.
+    #[test]
+    fn chunks_past_the_blob_end_are_errors() {
+        let mut bytes = sample_bootstrap();
+        let at = record_at(&bytes, 8) + 128 + 8 + 24 + 48; // chunk 0's compressed offset
+        put_u64(&mut bytes, at, 1 << 40);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cd".repeat(32)), vec![0u8; 3 * 4096]).unwrap();
+        let image = Image::from_bytes(
+            "hostile.boot".as_ref(),
+            bytes,
+            BlobSource::Dir(dir.path().to_path_buf()),
+        )
+        .unwrap();
+        let f = image.resolve(b"/a/deep/f").unwrap().unwrap();
+        let err = image.read_all(f).unwrap_err();
+        let text = crate::error::Chain(&err).to_string();
+        assert!(text.contains("lies past the blob's end"), "{text}");
+    }
+
+    /// Every byte of the used superblock and of everything after it, set to a few values:
+    /// an error or a readable image, never a panic.
+    #[test]
+    fn no_single_byte_damage_panics() {
+        let base = sample_bootstrap();
+        let (mut errors, mut tried) = (0, 0);
+        for at in (0..80).chain(8192..base.len()) {
+            let was = base[at];
+            for value in [0, 0xff, was ^ 0x80, was.wrapping_add(1)] {
+                if value == was {
+                    continue;
+                }
+                let mut bytes = base.clone();
+                bytes[at] = value;
+                match std::panic::catch_unwind(|| exercise(bytes)) {
+                    Ok(result) => errors += result.is_err() as usize,
+                    Err(_) => panic!("byte {at} set to 0x{value:02x}: panic"),
+                }
+                tried += 1;
+            }
+        }
+        // Damage is noticed (most bytes are digests, reserved or padding).
+        assert!(errors > tried / 10, "{errors} errors in {tried} damages");
+    }
+}

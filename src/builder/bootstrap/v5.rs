@@ -285,3 +285,229 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
     debug_assert!(out.len() as u64 > SUPER_SIZE + INODE_SIZE);
     Ok(out)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::builder::tree::tests::Sketch;
+    use crate::format::v6::tables::{BlobEntry, ChunkInfo as Chunk};
+    use crate::format::{Compressor, Digester};
+    use crate::reader::{Image, Nid};
+    use crate::storage::blobs::BlobSource;
+
+    const CHUNK_SIZE: u32 = 0x1000;
+
+    fn options() -> V5Options {
+        V5Options {
+            base: BootstrapOptions {
+                chunk_size: CHUNK_SIZE,
+                compressor: Compressor::Zstd,
+                digester: Digester::Blake3,
+            },
+            hardlink_flag: false,
+        }
+    }
+
+    /// The v5 bootstrap of a sketched tree whose files have no chunks.
+    pub(crate) fn bootstrap_of(tree: &Tree) -> Vec<u8> {
+        let file_chunks = vec![Vec::new(); tree.nodes.len()];
+        let input = BootstrapInput {
+            tree,
+            file_chunks: &file_chunks,
+            chunks: &[],
+            blobs: &[],
+        };
+        write(&input, options()).expect("the sketch fits the format")
+    }
+
+    /// A blob of `n` chunks of `CHUNK_SIZE` stored raw, and its table entry.
+    pub(crate) fn raw_chunks(n: u32) -> (Vec<Chunk>, BlobEntry) {
+        let chunks = (0..n)
+            .map(|i| Chunk {
+                digest: crate::storage::compress::digest(
+                    Digester::Blake3,
+                    &vec![i as u8; CHUNK_SIZE as usize],
+                ),
+                blob_index: 0,
+                compressed: false,
+                compressed_size: CHUNK_SIZE,
+                uncompressed_size: CHUNK_SIZE,
+                compressed_offset: i as u64 * CHUNK_SIZE as u64,
+                uncompressed_offset: i as u64 * CHUNK_SIZE as u64,
+                file_offset: 0,
+                index: i,
+            })
+            .collect();
+        let blob = BlobEntry {
+            blob_id: "cd".repeat(32),
+            chunk_size: CHUNK_SIZE,
+            chunk_count: n,
+            compressor: Compressor::Zstd,
+            digester: Digester::Blake3,
+            features: 0,
+            compressed_size: n as u64 * CHUNK_SIZE as u64,
+            uncompressed_size: n as u64 * CHUNK_SIZE as u64,
+            toc_size: 0,
+            ci_compressor: Compressor::None,
+            ci_offset: 0,
+            ci_compressed_size: 0,
+            ci_uncompressed_size: 0,
+            toc_digest: [0; 32],
+        };
+        (chunks, blob)
+    }
+
+    /// root: a/ (deep/ (f: 3 chunks, xattrs)), b/ (hl: a link of /a/deep/f), c (fifo),
+    /// l -> a/deep/f, d/ (empty). Breadth first, /b/hl comes before /a/deep/f; in
+    /// upstream's record order /a/deep/f comes first, so it carries the inode number.
+    pub(crate) fn sample() -> (Tree, Vec<Vec<u32>>, Vec<Chunk>, BlobEntry) {
+        let mut s = Sketch::new();
+        let a = s.dir(0, "a");
+        let b = s.dir(0, "b");
+        s.add(0, b"c", Kind::Fifo, 0o600);
+        s.dir(0, "d");
+        s.symlink(0, "l", b"a/deep/f");
+        let deep = s.dir(a, "deep");
+        let f = s.file(deep, "f", 3 * CHUNK_SIZE as u64);
+        s.node(f).xattrs = vec![(b"user.k".to_vec(), b"v".to_vec())];
+        s.hard_link(b, "hl", f);
+        let mut file_chunks = vec![Vec::new(); s.tree.nodes.len()];
+        file_chunks[f] = vec![2, 0, 1];
+        let (chunks, blob) = raw_chunks(3);
+        (s.tree, file_chunks, chunks, blob)
+    }
+
+    pub(crate) fn sample_bootstrap() -> Vec<u8> {
+        let (tree, file_chunks, chunks, blob) = sample();
+        let input = BootstrapInput {
+            tree: &tree,
+            file_chunks: &file_chunks,
+            chunks: &chunks,
+            blobs: std::slice::from_ref(&blob),
+        };
+        write(&input, options()).unwrap()
+    }
+
+    fn open(bytes: Vec<u8>) -> Image {
+        Image::from_bytes("v5.boot".as_ref(), bytes, BlobSource::None).expect("opens")
+    }
+
+    #[test]
+    fn records_follow_upstreams_order_and_read_back() {
+        let image = open(sample_bootstrap());
+        assert_eq!(image.fs_version(), 5);
+        assert_eq!(image.root(), Nid(1));
+        // Root children are records 2..=6, then a's (7), deep's (8), b's (9).
+        let names = |p: &[u8]| -> Vec<(Vec<u8>, u64)> {
+            let nid = image.resolve(p).unwrap().unwrap();
+            image
+                .read_dir(nid)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.name, e.nid.0))
+                .collect()
+        };
+        assert_eq!(
+            names(b"/"),
+            [
+                (b"a".to_vec(), 2),
+                (b"b".to_vec(), 3),
+                (b"c".to_vec(), 4),
+                (b"d".to_vec(), 5),
+                (b"l".to_vec(), 6)
+            ]
+        );
+        assert_eq!(names(b"/a"), [(b"deep".to_vec(), 7)]);
+        assert_eq!(names(b"/a/deep"), [(b"f".to_vec(), 8)]);
+        // The link's own record (9) serves inode 8.
+        assert_eq!(names(b"/b"), [(b"hl".to_vec(), 8)]);
+        assert!(names(b"/d").is_empty());
+        let f = image.resolve(b"/b/hl").unwrap().unwrap();
+        let st = image.stat(f).unwrap();
+        assert_eq!((st.ino, st.nlink, st.size), (8, 2, 3 * CHUNK_SIZE as u64));
+        assert_eq!(
+            image.xattrs(f).unwrap(),
+            [(b"user.k".to_vec(), b"v".to_vec())]
+        );
+        let chunks: Vec<u32> = image
+            .chunk_addrs(f)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.unwrap().chunk_index)
+            .collect();
+        assert_eq!(chunks, [2, 0, 1]);
+        let l = image.resolve(b"/l").unwrap().unwrap();
+        assert_eq!(image.readlink(l).unwrap(), b"a/deep/f");
+        let root = image.stat(Nid(1)).unwrap();
+        assert_eq!((root.nlink, root.size), (5, 4096));
+        assert_eq!(image.lookup(Nid(1), b"zz").unwrap(), None);
+        assert_eq!(image.lookup(Nid(1), b"c").unwrap(), Some(Nid(4)));
+        assert_eq!(image.chunk_table().count(), 3);
+        assert_eq!(image.blobs()[0].chunk_count, 3);
+        // Every directory's digest and its children's hold.
+        image
+            .walk(|path, nid| {
+                if image.stat(nid)?.mode & libc::S_IFMT == libc::S_IFDIR {
+                    assert_eq!(image.v5_digest_mismatch(nid)?, None, "{path:?}");
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn digests_and_blocks_are_upstreams() {
+        let bytes = sample_bootstrap();
+        let sb =
+            crate::format::v5::super_block::SuperBlock::decode(&bytes, bytes.len() as u64).unwrap();
+        let record = |index: u64| {
+            let at = tables::inode_offset(
+                &bytes[sb.inode_table_offset as usize..],
+                sb.inode_table_offset,
+                sb.inode_table_entries,
+                index,
+            )
+            .unwrap();
+            Inode::decode(&bytes[at as usize..], at).unwrap()
+        };
+        let d = |data: &[u8]| compress::digest(Digester::Blake3, data);
+        // The fifo and the empty directory: the digest of nothing.
+        assert_eq!(record(4).digest, d(b""));
+        assert_eq!(record(5).digest, d(b""));
+        assert_eq!(record(6).digest, d(b"a/deep/f"));
+        // The file: its chunk digests in file order; its link the same.
+        let (_, _, chunks, _) = sample();
+        let want: Vec<u8> = [2, 0, 1].iter().flat_map(|&i| chunks[i].digest).collect();
+        assert_eq!(record(8).digest, d(&want));
+        assert_eq!(record(9).digest, d(&want));
+        // 3 chunks plus the padded xattr pair (4 + 6 + 1 + 1 = 12 -> 16 bytes).
+        assert_eq!(record(8).blocks, (3 * CHUNK_SIZE as u64 + 16).div_ceil(512));
+        // A directory: its children's digests in order.
+        assert_eq!(record(3).digest, d(&record(9).digest));
+        assert_eq!(sb.inodes, 7, "the root and the second name are not counted");
+        assert_eq!(record(8).parent, 7);
+        assert_eq!(record(9).parent, 3);
+    }
+
+    #[test]
+    fn tar_builds_flag_the_later_names_of_hard_links() {
+        let (tree, file_chunks, chunks, blob) = sample();
+        let input = BootstrapInput {
+            tree: &tree,
+            file_chunks: &file_chunks,
+            chunks: &chunks,
+            blobs: std::slice::from_ref(&blob),
+        };
+        let opts = V5Options {
+            hardlink_flag: true,
+            ..options()
+        };
+        let flagged = write(&input, opts).unwrap();
+        let plain = write(&input, options()).unwrap();
+        assert_eq!(flagged.len(), plain.len());
+        let diff: Vec<usize> = (0..plain.len())
+            .filter(|&i| plain[i] != flagged[i])
+            .collect();
+        assert_eq!(diff.len(), 1, "one flag bit: {diff:?}");
+    }
+}
