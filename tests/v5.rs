@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::compare::{assert_identical_except, Except};
+use common::compare::{assert_identical, assert_identical_except, Except};
 use common::nydusd_quirks::nydusd_mount_time;
 use common::upstream::{upstream_bin, Nydusd};
 use common::{ours::our_bin, sample::*, scratch::Scratch};
@@ -541,4 +541,38 @@ fn v5_refuses_what_only_v6_carries() {
         assert!(err.contains(says), "{extra:?}: {err}");
         assert!(!boot.exists());
     }
+}
+
+#[test]
+fn a_v5_image_serves_as_chunk_dictionary() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = source(root);
+    let dict = root.join("dict");
+    build_ours(&src, &dict, &[]);
+    // The same files again, and one new: only the new file's chunk is stored.
+    let again = root.join("again");
+    run(Command::new("cp").arg("-a").arg(&src).arg(&again));
+    fs::write(again.join("fresh"), b"not in the dictionary").unwrap();
+    let out = root.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let dict_arg = format!("bootstrap={}", dict.join("boot").display());
+    let text = run(Command::new(our_bin())
+        .args(["create", "-v", "5", "--chunk-dict", &dict_arg])
+        .arg("--bootstrap")
+        .arg(out.join("boot"))
+        .arg("--blob-dir")
+        .arg(dict.join("blobs"))
+        .arg(&again));
+    let image = Image::open(&out.join("boot"), BlobSource::Dir(dict.join("blobs"))).unwrap();
+    assert_eq!(image.blobs().len(), 2, "{text}");
+    let new_blob = &image.blobs()[1];
+    assert_eq!(new_blob.chunk_count, 1, "{text}");
+    let mut image = image;
+    image.validate = true;
+    assert_identical(
+        "v5 image built against a v5 chunk dictionary",
+        &FsTree::new(&again),
+        &ImageTree(&image),
+    );
 }
