@@ -109,7 +109,7 @@ impl Meta {
             let size = u64::from_le_bytes(size.try_into().expect("8 bytes"));
             let area = size
                 .checked_add(7)
-                .map(|s| 8 + (s & !7))
+                .and_then(|s| (s & !7).checked_add(8))
                 .ok_or_else(|| bad(format!("xattr size {size}")))?;
             range(meta, xattr_offset, area, "RAFS v5 xattrs")?;
             chunks_offset += area;
@@ -772,6 +772,14 @@ mod tests {
                     put_u64(b, at, 1 << 40);
                 },
                 "RAFS v5 xattrs needs",
+            ),
+            (
+                "an xattr size whose padding overflows",
+                |b| {
+                    let at = record_at(b, 8) + 128 + 8;
+                    put_u64(b, at, u64::MAX - 7);
+                },
+                "inode 8: xattr size 18446744073709551608",
             ),
             (
                 "more chunks than the file has",
