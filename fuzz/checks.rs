@@ -12,6 +12,7 @@ use nydus_image::storage::blobs::BlobSource;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
+const S_IFDIR: u32 = 0o040000;
 
 /// The whole reader on a (mutated) bootstrap: open, check, the prefetch table, walk every
 /// entry, read every file, xattr and symlink.
@@ -35,6 +36,11 @@ pub fn read_image(data: &[u8]) {
             }
             S_IFLNK => {
                 let _ = image.readlink(nid);
+            }
+            S_IFDIR => {
+                for entry in image.read_dir(nid).unwrap_or_default() {
+                    let _ = image.lookup(nid, &entry.name);
+                }
             }
             _ => {}
         }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 60), seeded from small real images of
-# ours and of upstream. Fails on any crash, hang (-timeout) or out-of-memory (-rss_limit).
+# ours and of upstream (read_image: RAFS v6 and v5 bootstraps of both). Fails on any
+# crash, hang (-timeout) or out-of-memory (-rss_limit).
 #   fuzz/run.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,7 +15,9 @@ printf hello > "$seeds/src/a"; ln -s a "$seeds/src/l"; printf x > "$seeds/src/d/
 setfattr -n user.k -v v "$seeds/src/a" 2>/dev/null || true
 cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
   create --log-level warn -B "$seeds/ours.boot" -D "$seeds" "$seeds/src" >/dev/null
-cp "$seeds/ours.boot" corpus/read_image/
+cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
+  create --log-level warn -v 5 -B "$seeds/ours-v5.boot" -D "$seeds" "$seeds/src" >/dev/null
+cp "$seeds/ours.boot" "$seeds/ours-v5.boot" corpus/read_image/
 # With a prefetch table (a directory, a file, a symlink and a path that is not there).
 printf '/d\n/a\n/l\n/missing\n' | cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
   create --log-level warn --prefetch-policy fs -B "$seeds/ours-prefetch.boot" -D "$seeds" "$seeds/src" >/dev/null
@@ -23,6 +26,7 @@ up="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydus-image"
 if [ -x "$up" ]; then
   "$up" create --log-level warn -B "$seeds/up.boot" -D "$seeds" "$seeds/src" >/dev/null 2>&1 && cp "$seeds/up.boot" corpus/read_image/
   printf '/d\n/a\n/l\n/missing\n' | "$up" create --log-level warn --prefetch-policy fs -B "$seeds/up-prefetch.boot" -D "$seeds" "$seeds/src" >/dev/null 2>&1 && cp "$seeds/up-prefetch.boot" corpus/read_image/
+  "$up" create --log-level warn --fs-version 5 -B "$seeds/up-v5.boot" -D "$seeds" "$seeds/src" >/dev/null 2>&1 && cp "$seeds/up-v5.boot" corpus/read_image/
 fi
 for b in "$seeds"/*; do [ -f "$b" ] && [ ${#b} -gt 60 ] && tail -c 4200 "$b" > corpus/blob_meta/$(basename "$b" | cut -c1-16); done
 cp ../tests/fuzz-seeds/*.toc.json corpus/stargz_toc/

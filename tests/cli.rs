@@ -182,7 +182,7 @@ fn unsupported_requests_are_refused_clearly() {
     let boot = tmp.path().join("boot");
     let blob = tmp.path().join("blob");
     for (args, expect) in [
-        (vec!["--fs-version", "5"], "RAFS v5"),
+        (vec!["--fs-version", "7"], "RAFS versions are 5 and 6"),
         (vec!["--chunk-size", "0x3000"], "power of two"),
         (vec!["--chunk-size", "0x2000000"], "power of two"),
         (vec!["--chunk-size", "zz"], "invalid --chunk-size"),

@@ -188,6 +188,28 @@ pub struct BuildOptions {
     /// Prefetch hints: the blob order of a directory build, and the bootstrap's
     /// prefetch table.
     pub prefetch: prefetch::Prefetch,
+    /// RAFS version of the bootstrap.
+    pub fs_version: FsVersion,
+}
+
+/// The RAFS version a build writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum FsVersion {
+    /// RAFS v5: nydus's own metadata layout (`bootstrap::v5`).
+    V5,
+    /// RAFS v6: EROFS-compatible (`bootstrap::v6`).
+    #[default]
+    V6,
+}
+
+impl FsVersion {
+    /// The version number.
+    pub fn number(self) -> u32 {
+        match self {
+            FsVersion::V5 => 5,
+            FsVersion::V6 => 6,
+        }
+    }
 }
 
 impl Default for BuildOptions {
@@ -204,6 +226,7 @@ impl Default for BuildOptions {
             chunk_dict: None,
             whiteout_spec: overlay::WhiteoutSpec::Oci,
             prefetch: prefetch::Prefetch::none(),
+            fs_version: FsVersion::V6,
         }
     }
 }
@@ -290,6 +313,16 @@ pub(crate) fn load_parent(
         },
     )?;
     let sb = image.super_block();
+    if image.fs_version() != opts.fs_version.number() {
+        return Err(BuildError::Parent {
+            path: path.clone(),
+            what: format!(
+                "is RAFS v{}, this build writes v{}; layers must share a version",
+                image.fs_version(),
+                opts.fs_version.number()
+            ),
+        });
+    }
     if let Some(want) = chunk_size.filter(|&c| c != sb.chunk_size) {
         return Err(BuildError::Parent {
             path: path.clone(),
@@ -552,6 +585,13 @@ pub fn build_from(
             });
         }
     }
+    if matches!(bootstrap_target, BootstrapTarget::InBlob { .. })
+        && opts.fs_version == FsVersion::V5
+    {
+        return Err(BuildError::Options(
+            "a bootstrap inside its blob is RAFS v6 only; build v5 with a bootstrap file".into(),
+        ));
+    }
     if matches!(bootstrap_target, BootstrapTarget::InBlob { .. }) && opts.blob_id.is_some() {
         return Err(BuildError::Options(
             "a blob carrying its bootstrap is named by its consumer: it takes no blob id".into(),
@@ -680,21 +720,33 @@ pub fn build_from(
         )));
     }
 
-    let table = opts.prefetch.table(&tree);
-    let image = bootstrap::v6::write(
-        &bootstrap::v6::BootstrapInput {
-            tree: &tree,
-            file_chunks: &file_chunks,
-            chunks: &chunks,
-            blobs: &blobs,
-            prefetch: table.as_ref(),
-        },
-        bootstrap::v6::BootstrapOptions {
-            chunk_size: opts.chunk_size,
-            compressor: opts.compressor,
-            digester: opts.digester,
-        },
-    )?;
+    // RAFS v5's prefetch table is not written yet: v5 builds take the blob order only.
+    let table = match opts.fs_version {
+        FsVersion::V6 => opts.prefetch.table(&tree),
+        FsVersion::V5 => None,
+    };
+    let input = bootstrap::v6::BootstrapInput {
+        tree: &tree,
+        file_chunks: &file_chunks,
+        chunks: &chunks,
+        blobs: &blobs,
+        prefetch: table.as_ref(),
+    };
+    let base = bootstrap::v6::BootstrapOptions {
+        chunk_size: opts.chunk_size,
+        compressor: opts.compressor,
+        digester: opts.digester,
+    };
+    let image = match opts.fs_version {
+        FsVersion::V6 => bootstrap::v6::write(&input, base)?,
+        FsVersion::V5 => bootstrap::v5::write(
+            &input,
+            bootstrap::v5::V5Options {
+                base,
+                hardlink_flag: matches!(source, Source::Tar(..)),
+            },
+        )?,
+    };
     log::debug!(
         "bootstrap laid out at {:.3} s",
         started.elapsed().as_secs_f64()

@@ -4,6 +4,7 @@
 
 pub mod blob_meta;
 pub mod blob_toc;
+pub mod v5;
 pub mod v6;
 
 use thiserror::Error;

@@ -140,6 +140,15 @@ pub fn check(image: &Image, verbose: bool) -> Result<CheckReport, ReadError> {
         let st = image.stat(nid)?;
         image.xattrs(nid)?;
         let mut chunks = 0;
+        // RAFS v5 inode digests, as nydusd checks them with digest_validate.
+        if st.mode & libc::S_IFMT == libc::S_IFDIR {
+            if let Some((inode, what)) = image.v5_digest_mismatch(nid)? {
+                return Err(ReadError::Request(format!(
+                    "{}: inode {inode}: {what} does not match its contents",
+                    String::from_utf8_lossy(path)
+                )));
+            }
+        }
         match st.mode & libc::S_IFMT {
             libc::S_IFLNK => {
                 image.readlink(nid)?;
@@ -225,7 +234,7 @@ pub fn check(image: &Image, verbose: bool) -> Result<CheckReport, ReadError> {
         })
         .collect();
     Ok(CheckReport {
-        fs_version: "6",
+        fs_version: if image.fs_version() == 5 { "5" } else { "6" },
         features: flag_names(sb.flags),
         chunk_size: sb.chunk_size,
         inodes: sb.inodes,

@@ -275,7 +275,7 @@ impl Image {
 
     /// Reads all of regular file `nid`.
     pub fn read_all(&self, nid: Nid) -> Result<Vec<u8>, ReadError> {
-        let size = self.inode(nid)?.inode.size;
+        let size = self.stat(nid)?.size;
         let mut out = Vec::new();
         let mut offset = 0u64;
         let mut buf = vec![0u8; self.sb.chunk_size as usize];

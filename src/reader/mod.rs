@@ -19,6 +19,7 @@ mod cache;
 mod data;
 mod inline;
 mod prefetch;
+mod v5;
 
 pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
@@ -164,11 +165,16 @@ pub(crate) struct ChunkTable<'a> {
     pub count: usize,
     start: u64,
     bytes: &'a [u8],
+    /// The entries are v5 chunk infos (80 bytes) rather than v6 chunk indexes.
+    v5: bool,
 }
 
 impl ChunkTable<'_> {
     /// Decodes index `i` (< `count`); `None` is a hole.
     pub fn get(&self, image: &Image, i: usize) -> Result<Option<ChunkAddr>, ReadError> {
+        if self.v5 {
+            return image.v5_chunk_addr(self.bytes, self.start, i);
+        }
         let at = i * inode::CHUNK_ADDR_SIZE;
         ChunkAddr::decode(
             &self.bytes[at..at + inode::CHUNK_ADDR_SIZE],
@@ -203,6 +209,8 @@ pub struct Image {
     inline: Option<InlineSource>,
     /// Verify chunk digests on every read.
     pub validate: bool,
+    /// Set when the bootstrap is RAFS v5: the public methods answer from its records.
+    v5: Option<v5::Meta>,
 }
 
 /// A decoded inode with where its parts are.
@@ -260,6 +268,15 @@ impl Image {
             path: path.to_path_buf(),
             source,
         };
+        if crate::format::v5::is_v5(&meta) {
+            if own.is_some() {
+                return Err(fmt(FormatError::Invalid {
+                    offset: 0,
+                    what: "a bootstrap inside its blob must be RAFS v6, this one is v5".into(),
+                }));
+            }
+            return Self::from_v5(path, meta, blobs);
+        }
         let sb = SuperBlock::decode(&meta, meta.len() as u64).map_err(fmt)?;
         if !(meta.len() as u64).is_multiple_of(BLOCK_SIZE) {
             return Err(fmt(FormatError::Invalid {
@@ -377,6 +394,7 @@ impl Image {
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
             inline: None,
             validate: false,
+            v5: None,
         };
         image.inode(image.root())?;
         Ok(image)
@@ -393,7 +411,17 @@ impl Image {
         &self.path
     }
 
-    /// The superblock.
+    /// The RAFS version of the bootstrap: 5 or 6.
+    pub fn fs_version(&self) -> u32 {
+        if self.v5.is_some() {
+            5
+        } else {
+            6
+        }
+    }
+
+    /// The superblock (for a v5 bootstrap, its settings and counts in v6's shape; see
+    /// [`Image::v5_super_block`] for the v5 fields).
     pub fn super_block(&self) -> &SuperBlock {
         &self.sb
     }
@@ -461,8 +489,14 @@ impl Image {
         slice(&self.meta, offset, len).map_err(|e| self.fmt_err(e))
     }
 
-    /// Decodes the inode `nid`.
+    /// Decodes the inode `nid` (RAFS v6 only: a v5 inode is read through [`Image::stat`]
+    /// and the other public methods).
     pub fn inode(&self, nid: Nid) -> Result<InodeView, ReadError> {
+        if self.v5.is_some() {
+            return Err(ReadError::Request(format!(
+                "inode {nid}: the bootstrap is RAFS v5, which has no v6 inodes"
+            )));
+        }
         let offset = nid
             .0
             .checked_mul(SLOT_SIZE)
@@ -509,6 +543,9 @@ impl Image {
 
     /// Attributes of `nid`.
     pub fn stat(&self, nid: Nid) -> Result<Stat, ReadError> {
+        if self.v5.is_some() {
+            return self.v5_stat(nid);
+        }
         let v = self.inode(nid)?;
         let i = &v.inode;
         let kind = i.mode as u32 & libc::S_IFMT;
@@ -535,6 +572,9 @@ impl Image {
 
     /// Inline xattrs of `nid`, in stored order.
     pub fn xattrs(&self, nid: Nid) -> Result<inode::Xattrs, ReadError> {
+        if self.v5.is_some() {
+            return self.v5_xattrs(nid);
+        }
         let v = self.inode(nid)?;
         let size = v.inode.xattr_size();
         if size == 0 {
@@ -637,6 +677,9 @@ impl Image {
 
     /// Entries of directory `nid`, "." and ".." excluded, in stored (name) order.
     pub fn read_dir(&self, nid: Nid) -> Result<Vec<DirEntry>, ReadError> {
+        if self.v5.is_some() {
+            return self.v5_read_dir(nid);
+        }
         let mut out = Vec::new();
         for (at, block) in self.dir_blocks(nid)? {
             for (name, child, ft) in self.block_entries(nid, at, block)? {
@@ -657,6 +700,9 @@ impl Image {
     pub fn lookup(&self, dir: Nid, name: &[u8]) -> Result<Option<Nid>, ReadError> {
         if name == b"." || name == b".." {
             return Ok(None);
+        }
+        if self.v5.is_some() {
+            return self.v5_lookup(dir, name);
         }
         let blocks = self.dir_blocks(dir)?;
         let (mut lo, mut hi) = (0usize, blocks.len());
@@ -694,6 +740,9 @@ impl Image {
 
     /// Target of symlink `nid`.
     pub fn readlink(&self, nid: Nid) -> Result<Vec<u8>, ReadError> {
+        if self.v5.is_some() {
+            return self.v5_readlink(nid);
+        }
         let v = self.inode(nid)?;
         if v.inode.mode as u32 & libc::S_IFMT != libc::S_IFLNK {
             return Err(ReadError::Request(format!("inode {nid} is not a symlink")));
@@ -709,6 +758,9 @@ impl Image {
 
     /// The chunk index array of regular file `nid`, bounds checked once.
     pub(crate) fn chunk_table_of(&self, nid: Nid) -> Result<ChunkTable<'_>, ReadError> {
+        if self.v5.is_some() {
+            return self.v5_chunk_table(nid);
+        }
         let v = self.inode(nid)?;
         if v.inode.layout != DataLayout::ChunkBased {
             return Err(ReadError::Request(format!(
@@ -723,6 +775,7 @@ impl Image {
             count: count as usize,
             start,
             bytes,
+            v5: false,
         })
     }
 
@@ -735,6 +788,9 @@ impl Image {
         let root = self.root();
         visit(b"/", root)?;
         let mut on_path: Vec<Nid> = vec![root];
+        // A directory has one name: one reached twice (a damaged image making a DAG)
+        // would multiply the walk.
+        let mut dirs_seen = std::collections::HashSet::from([root]);
         let mut stack: Vec<(Vec<u8>, std::vec::IntoIter<DirEntry>)> =
             vec![(Vec::new(), self.read_dir(root)?.into_iter())];
         while let Some((prefix, iter)) = stack.last_mut() {
@@ -759,6 +815,16 @@ impl Image {
                     return Err(self.fmt_err(FormatError::Invalid {
                         offset: 0,
                         what: format!("directories nested deeper than {MAX_DEPTH}"),
+                    }));
+                }
+                if !dirs_seen.insert(entry.nid) {
+                    return Err(self.fmt_err(FormatError::Invalid {
+                        offset: 0,
+                        what: format!(
+                            "directory {} reached a second time at {}",
+                            entry.nid,
+                            String::from_utf8_lossy(&path)
+                        ),
                     }));
                 }
                 on_path.push(entry.nid);

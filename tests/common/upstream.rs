@@ -36,8 +36,9 @@ impl Nydusd {
         Self::mount_with(boot, blobs, work, serde_json::json!({}), "warn")
     }
 
-    /// [`Nydusd::mount`] with more top-level configuration keys (`fs_prefetch`, say) and
-    /// this log level; the log is `work/nydusd.log`.
+    /// [`Nydusd::mount`] with more top-level configuration keys (`fs_prefetch`, or
+    /// `digest_validate`, which nydusd honours for RAFS v5 and refuses for v6) and this
+    /// log level; the log is `work/nydusd.log`.
     pub fn mount_with(
         boot: &Path,
         blobs: &Path,

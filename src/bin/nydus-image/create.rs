@@ -232,12 +232,21 @@ impl CreateArgs {
                 bail!("--config (compaction) cannot rewrite a blob that carries its bootstrap: build without --blob-inline-meta to compact");
             }
         }
-        match self.fs_version.as_str() {
-            "6" => {}
-            "5" => {
-                bail!("RAFS v5 (--fs-version 5) is not supported by this tool: use --fs-version 6")
-            }
+        let fs_version = match self.fs_version.as_str() {
+            "6" => builder::FsVersion::V6,
+            "5" => builder::FsVersion::V5,
             other => bail!("unknown --fs-version {other:?}: RAFS versions are 5 and 6"),
+        };
+        if fs_version == builder::FsVersion::V5 {
+            if stargz {
+                bail!("conversion type stargz_index conflicts with RAFS v5: use --fs-version 6");
+            }
+            if self.blob_inline_meta {
+                bail!("--blob-inline-meta conflicts with RAFS v5: use --fs-version 6");
+            }
+            if self.config.is_some() {
+                bail!("--config (compaction) conflicts with RAFS v5 here: use --fs-version 6");
+            }
         }
         let mut build = BuildOptions {
             compressor: self.compressor.map(Compressor::from).unwrap_or(if stargz {
@@ -258,6 +267,7 @@ impl CreateArgs {
                 .map(builder::dict::parse_arg)
                 .transpose()?,
             whiteout_spec: self.whiteout_spec.into(),
+            fs_version,
             ..BuildOptions::default()
         };
         if let Some(t) = args::build_threads(self.threads)? {
@@ -497,7 +507,7 @@ fn report(opts: &CreateOptions, summary: &BuildSummary, started: Instant) -> Res
             "inline_meta": matches!(opts.bootstrap, BootstrapTarget::InBlob { .. }),
             "blob_path": summary.blob_path,
             "blobs": summary.blobs,
-            "fs_version": "6",
+            "fs_version": opts.build.fs_version.number().to_string(),
             "compressor": summary.compressor.name(),
             "digester": summary.digester.name(),
             "chunk_size": format!("0x{:x}", summary.chunk_size),

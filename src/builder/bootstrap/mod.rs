@@ -1,3 +1,4 @@
 //! Bootstrap writers, one per format version.
 
+pub mod v5;
 pub mod v6;
