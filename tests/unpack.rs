@@ -604,8 +604,12 @@ fn a_merged_image_unpacks_from_its_blob_dir() {
                 l.as_os_str(),
             ],
         );
-        boots.push(boot);
         top_blob = listing().into_iter().find(|b| !before.contains(b));
+        // merge names a layer's blob by its bootstrap's file name, as upstream does.
+        let id = top_blob.as_ref().expect("a new blob").file_name().unwrap();
+        let named = root.join(id).with_extension("boot");
+        fs::rename(&boot, &named).unwrap();
+        boots.push(named);
     }
     assert_eq!(listing().len(), 3, "a blob per layer");
     let top_blob = top_blob.expect("the top layer's blob");
