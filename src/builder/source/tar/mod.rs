@@ -34,6 +34,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -155,6 +156,9 @@ fn read_layer(
             path: path.to_path_buf(),
             what: "is a directory, not a tar layer (use --type dir-rafs)".into(),
         });
+    }
+    if meta.file_type().is_fifo() {
+        crate::builder::output::widen_pipe(&file);
     }
     let compressed = Arc::new(AtomicU64::new(0));
     let tar_err = |source: TarError| BuildError::Tar {
