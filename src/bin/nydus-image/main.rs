@@ -7,8 +7,10 @@ mod args;
 mod check;
 mod compact;
 mod create;
+mod inspect;
 mod merge;
 mod mount;
+mod stat;
 mod verify;
 
 use std::process::ExitCode;
@@ -47,6 +49,10 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Rewrite an image's unused, sparsely used and small blobs into fewer, fuller ones.
     Compact(Box<compact::CompactArgs>),
+    /// Inspect an image's metadata: one request (-R) or an interactive session.
+    Inspect(inspect::InspectArgs),
+    /// Chunk and file statistics of images, and what chunk deduplication would save.
+    Stat(stat::StatArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +68,8 @@ fn main() -> ExitCode {
         Command::Merge(a) => (a.log_level, None),
         Command::Compact(a) => (a.log_level, None),
         Command::Verify(a) => (a.log_level, None),
+        Command::Inspect(a) => (a.log_level, None),
+        Command::Stat(a) => (a.log_level, None),
     };
     if let Err(e) = args::init_logger(level, log_file) {
         eprintln!("error: {e:#}");
@@ -80,6 +88,8 @@ fn main() -> ExitCode {
         Command::Merge(a) => a.options().and_then(merge::run),
         Command::Verify(a) => a.options().and_then(verify::run),
         Command::Compact(a) => a.options().and_then(compact::run),
+        Command::Inspect(a) => a.options().and_then(inspect::run),
+        Command::Stat(a) => a.options().and_then(stat::run),
     };
     match result {
         Ok(code) => code,
