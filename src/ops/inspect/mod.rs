@@ -317,6 +317,8 @@ pub struct Inspector {
     walked: Vec<Walked>,
     /// Each directory's first place in `walked`.
     dirs: HashMap<Nid, usize>,
+    /// Blob ids as upstream shows them (see [`shown_blob_ids`]).
+    blob_ids: Vec<String>,
 }
 
 impl Inspector {
@@ -351,12 +353,14 @@ impl Inspector {
                 source,
             });
         }
+        let blob_ids = shown_blob_ids(&image);
         Ok(Inspector {
             image,
             cwd,
             parents: Vec::new(),
             walked,
             dirs,
+            blob_ids,
         })
     }
 
@@ -415,7 +419,7 @@ impl Inspector {
             .iter()
             .enumerate()
             .map(|(index, b)| BlobInfo {
-                blob_id: b.blob_id.clone(),
+                blob_id: self.blob_ids[index].clone(),
                 compressed_size: b.compressed_size,
                 decompressed_size: b.uncompressed_size,
                 // RAFS v6's blob table has no readahead range; upstream shows 0/0.
@@ -526,7 +530,12 @@ impl Inspector {
     /// Every path of inode `ino` with its attributes.
     pub fn icheck(&mut self, ino: u64) -> Result<Vec<FileStat>, ReadError> {
         let nid = Nid(ino);
-        // Upstream reads the inode first: an inode number naming none is an error.
+        // Upstream decodes whatever sits at that slot and prints the paths it finds; a
+        // number no entry of the tree has gets no path, so no answer (upstream fails or
+        // panics only when the slot lies past the bootstrap's end).
+        if !self.walked.iter().any(|w| w.nid == nid) {
+            return Ok(Vec::new());
+        }
         let st = self.image.stat(nid)?;
         if st.mode & libc::S_IFMT == libc::S_IFDIR {
             let hits: Vec<Walked> = self
@@ -637,10 +646,9 @@ impl Inspector {
                     ))
                 })?;
             let blob_id = self
-                .image
-                .blobs()
+                .blob_ids
                 .get(info.blob_index as usize)
-                .map(|b| b.blob_id.clone())
+                .cloned()
                 .ok_or_else(|| {
                     ReadError::Request(format!(
                         "inode {nid}: chunk {i} is in blob {}, past the blob table",
@@ -732,6 +740,31 @@ impl Inspector {
         }
         Ok(out)
     }
+}
+
+/// Blob ids as upstream 2.2.0 shows them: a blob whose entry says it carries the
+/// bootstrap (`INLINED_FS_META`, not `SEPARATE`) is named after the file the bootstrap
+/// was read from (the blob itself, or a bootstrap taken out of it), up to the first `.`
+/// of its name, as converters name such files by the blob's digest.
+fn shown_blob_ids(image: &Image) -> Vec<String> {
+    use crate::format::v6::tables::blob_features::{INLINED_FS_META, SEPARATE};
+    let file = match image.inline() {
+        Some(inline) => inline.blob_path.as_path(),
+        None => image.path(),
+    };
+    let prefix = file
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .and_then(|n| n.split('.').next().map(str::to_string))
+        .filter(|p| !p.is_empty());
+    image
+        .blobs()
+        .iter()
+        .map(|b| match &prefix {
+            Some(p) if b.features & INLINED_FS_META != 0 && b.features & SEPARATE == 0 => p.clone(),
+            _ => b.blob_id.clone(),
+        })
+        .collect()
 }
 
 impl Reply {

@@ -137,7 +137,8 @@ fn file_stat(o: &mut String, f: &FileStat) {
         f.nlink,
         f.uid,
         f.gid,
-        f.mtime,
+        // Upstream's attribute is unsigned: a time before 1970 shows as 2^64 less.
+        f.mtime as u64,
         f.mtime_nsec,
         f.blocks,
     );
