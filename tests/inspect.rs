@@ -476,3 +476,40 @@ fn stat_matches_upstream_for_one_image_a_directory_and_a_target() {
     }
     assert_eq!(compared, 8);
 }
+
+/// Runs `bin inspect boot` on a pseudo-terminal (util-linux `script`), `input` typed in.
+fn on_terminal(bin: &Path, boot: &Path, input: &str) -> String {
+    let cmd = format!("'{}' inspect '{}'", bin.display(), boot.display());
+    let out = run(Path::new("script"), &["-qec", &cmd, "/dev/null"], input);
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+#[test]
+fn the_shell_prompts_on_a_terminal_as_upstream_does() {
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    write_file(&src.join("dir/f"), b"f");
+    let boot = scratch.path().join("b.boot");
+    create(&our_bin(), &src, &boot, &scratch.path().join("blobs"), &[]);
+    let input = "ls\ncd dir\nls\nexit\n";
+    let [(_, up), (_, ours)] = tools();
+    let (a, b) = (
+        on_terminal(&up, &boot, input),
+        on_terminal(&ours, &boot, input),
+    );
+    // One prompt before each command read, exit included; the terminal's echo of the
+    // typed lines interleaves with the output at no fixed place, so only counts and
+    // answers are compared.
+    assert_eq!(a.matches(PROMPT).count(), 4, "{a}");
+    assert_eq!(b.matches(PROMPT).count(), 4, "{b}");
+    for shown in ["d    ", "\"dir\"", "\"f\""] {
+        assert!(
+            a.contains(shown) && b.contains(shown),
+            "{shown}:\n{a}\n---\n{b}"
+        );
+    }
+    // Without a terminal, no prompt.
+    let plain = stdout(&run(&ours, &["inspect", s(&boot)], input));
+    assert!(!plain.contains(PROMPT), "{plain}");
+}

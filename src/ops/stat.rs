@@ -359,3 +359,44 @@ fn count(image: &Image, info: &mut ImageInfo) -> Result<Vec<([u8; 32], ChunkSize
     })?;
     Ok(distinct)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::bootstrap::v6::tests::{bootstrap_of, open};
+    use crate::builder::tree::tests::Sketch;
+
+    /// Entry counts and file sizes of a sketched tree (its files are holes: no chunks).
+    #[test]
+    fn entries_count_as_upstream_counts_them() {
+        let mut s = Sketch::new();
+        let d = s.dir(0, "d");
+        let f = s.file(d, "f", 5000);
+        s.hard_link(0, "g", f);
+        s.file(0, "empty", 0);
+        s.symlink(0, "l", b"d/f");
+        let image = open(bootstrap_of(&s.tree));
+        let mut b = StatBuilder::new(StatOptions::default());
+        b.add_base(&image).unwrap();
+        let r = b.finish(false);
+        let i = &r.base_image;
+        assert_eq!((i.dirs, i.files, i.symlinks), (2, 3, 1));
+        // The hard-linked file once: 5000 bytes, padded to 8192.
+        assert_eq!((i.file_size, i.padding_size), (5000, 3192));
+        assert_eq!(
+            i.uncomp_size, 3192,
+            "padding is added to the uncompressed size"
+        );
+        assert_eq!(i.file_sizes[13], 1, "5000 has 13 bits");
+        assert_eq!(i.file_sizes[0], 1, "the empty file");
+        assert_eq!(i.chunk_sizes[0], 2, "5000 bytes in 4 KiB chunks");
+        assert_eq!(i.chunk_sizes[8], 1);
+        assert!(!r.target_enabled && !r.dedup_enabled);
+        assert_eq!(r.target_image, ImageInfo::default());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["base_image"]["file_sizes"].as_array().unwrap().len(),
+            45
+        );
+    }
+}
