@@ -4,6 +4,8 @@
 //! for every chunk, `prefetch`) prints the same lines, one by one with `-R` and all
 //! together in a session driven through standard input; `stat` writes equal `-J`
 //! reports for one bootstrap and for a directory of them, with and without `--target`.
+//! Images: a tree with every entry kind and a prefetch table, a layer over a parent, two
+//! layers merged, and a blob with inline metadata, each built by both tools.
 //!
 //! Excluded, and why:
 //! - `-R help`, `-R exit` and unknown requests: upstream prints the usage and then
@@ -267,6 +269,24 @@ fn layered_and_inline_images_match_upstream() {
             "{who}: {blobs_json}"
         );
         compare_inspect(&format!("{who}'s layered image"), &top);
+        // Layers built apart and merged (as containerd's converter does).
+        let alone = dir.join("upper-alone.boot");
+        create(&bin, &upper, &alone, &blobs, &[]);
+        let merged = dir.join("merged.boot");
+        run(
+            &bin,
+            &[
+                "merge",
+                "--log-level",
+                "warn",
+                "-B",
+                s(&merged),
+                s(&base),
+                s(&alone),
+            ],
+            "",
+        );
+        compare_inspect(&format!("{who}'s merged image"), &merged);
         // A blob carrying its bootstrap: upstream opens it given the blob directory (-D)
         // and names the blob after the file (up to its first `.`); the bootstrap taken
         // out of it is read by both, named the same way.
