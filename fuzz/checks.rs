@@ -46,6 +46,44 @@ pub fn read_image(data: &[u8]) {
         }
         Ok(())
     });
+    inspect_and_stat(image);
+}
+
+/// Every `inspect` request over the image's entries, and `stat`'s sums of it.
+fn inspect_and_stat(image: Image) {
+    use nydus_image::ops::inspect::{Inspector, Reply, Request};
+    let mut stat = nydus_image::ops::stat::StatBuilder::new(Default::default());
+    let _ = stat.add_base(&image);
+    let _ = stat.set_target(&image);
+    let _ = stat.finish(true);
+    let Ok(mut ins) = Inspector::new(image) else {
+        return;
+    };
+    let ask = |ins: &mut Inspector, req: Request| {
+        ins.execute(&req).inspect(|r| {
+            let _ = (r.json(), r.text(true), r.text(false));
+        })
+    };
+    for req in [
+        Request::Stats,
+        Request::Blobs,
+        Request::Prefetch,
+        Request::Chunk(0),
+    ] {
+        let _ = ask(&mut ins, req);
+    }
+    let Ok(Reply::Listing(entries)) = ask(&mut ins, Request::Ls) else {
+        return;
+    };
+    for e in entries.iter().take(64) {
+        let name = String::from_utf8_lossy(&e.name).into_owned();
+        let _ = ask(&mut ins, Request::Stat(name.clone()));
+        let _ = ask(&mut ins, Request::Icheck(e.ino));
+        let _ = ask(&mut ins, Request::Cd(name));
+        let _ = ask(&mut ins, Request::Ls);
+        let _ = ask(&mut ins, Request::Stat(".".into()));
+        let _ = ask(&mut ins, Request::Cd("..".into()));
+    }
 }
 
 /// The blob's own metadata: the meta header and chunk info entries, which must encode

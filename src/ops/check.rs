@@ -118,7 +118,7 @@ pub fn blob_feature_names(bits: u32) -> Vec<&'static str> {
 /// Bytes of chunk data in a blob, as upstream 2.2.0 reports it: up to the chunk info
 /// array, less the tar header in between when the blob has them; the whole compressed
 /// size when the blob has no chunk info array.
-fn compressed_data_size(b: &crate::format::v6::tables::BlobEntry) -> u64 {
+pub(crate) fn compressed_data_size(b: &crate::format::v6::tables::BlobEntry) -> u64 {
     if b.ci_compressed_size == 0 || b.ci_uncompressed_size == 0 {
         b.compressed_size
     } else if b.features & blob_features::HAS_TAR_HEADER != 0 {

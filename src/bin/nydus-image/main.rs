@@ -7,8 +7,10 @@ mod args;
 mod check;
 mod compact;
 mod create;
+mod inspect;
 mod merge;
 mod mount;
+mod stat;
 mod unpack;
 mod verify;
 
@@ -50,6 +52,10 @@ enum Command {
     Compact(Box<compact::CompactArgs>),
     /// Write an image's tree as a tar (a file, or a FIFO written in order).
     Unpack(unpack::UnpackArgs),
+    /// Inspect an image's metadata: one request (-R) or an interactive session.
+    Inspect(inspect::InspectArgs),
+    /// Chunk and file statistics of images, and what chunk deduplication would save.
+    Stat(stat::StatArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +72,8 @@ fn main() -> ExitCode {
         Command::Compact(a) => (a.log_level, None),
         Command::Verify(a) => (a.log_level, None),
         Command::Unpack(a) => (a.log_level, None),
+        Command::Inspect(a) => (a.log_level, None),
+        Command::Stat(a) => (a.log_level, None),
     };
     if let Err(e) = args::init_logger(level, log_file) {
         eprintln!("error: {e:#}");
@@ -85,6 +93,8 @@ fn main() -> ExitCode {
         Command::Verify(a) => a.options().and_then(verify::run),
         Command::Compact(a) => a.options().and_then(compact::run),
         Command::Unpack(a) => a.options().and_then(unpack::run),
+        Command::Inspect(a) => a.options().and_then(inspect::run),
+        Command::Stat(a) => a.options().and_then(stat::run),
     };
     match result {
         Ok(code) => code,
