@@ -240,8 +240,11 @@ pub fn build_threads(flag: Option<usize>) -> Result<Option<usize>> {
 
 /// Writes `value` as pretty JSON to `path`.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    // Under a temporary name, renamed into place: a reader never sees half a report.
+    nydus_image::builder::output::PendingFile::write_whole(path, text.as_bytes(), "JSON report")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
