@@ -442,3 +442,192 @@ fn create_verifies_through_the_kernel() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("export --block"));
     assert_eq!(leftovers(scratch.path()), Vec::<String>::new());
 }
+
+/// Runs `cmd`, returning its output with stdout and stderr together and whether it
+/// succeeded.
+fn output_of(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Builds `src` with our CLI and `flags` into `out`, exports it as a block image and
+/// returns the image's path.
+fn export_of(src: &Path, out: &Path, flags: &[&str], parent: Option<&Path>) -> PathBuf {
+    fs::create_dir_all(out).unwrap();
+    let mut all: Vec<&str> = flags.to_vec();
+    if let Some(p) = parent {
+        all.extend(["--parent-bootstrap", s(p)]);
+    }
+    let r = build_cli(src, &out.join("boot"), out, &all);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let img = out.join("block.img");
+    let r = run(&[
+        "export",
+        "--block",
+        "-B",
+        s(&out.join("boot")),
+        "-D",
+        s(out),
+        "-O",
+        s(&img),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    img
+}
+
+/// Where `fsck.erofs --extract` (erofs-utils 1.5) writes a tree other than the image
+/// holds (the kernel mount of the same image shows it exactly): it restores no xattrs,
+/// writes each hard link as a file of its own, and drops the set-user-ID and
+/// set-group-ID bits (it changes the owner after the mode).
+fn fsck_extract_own_way(d: &nydus_verify::Difference) -> bool {
+    let octal = |s: &str| u32::from_str_radix(s.trim(), 8).ok();
+    if d.attribute.starts_with("xattr ") {
+        return d.image == "missing";
+    }
+    match d.attribute.as_str() {
+        "hard links" => true,
+        "permissions" => match (octal(&d.source), octal(&d.image)) {
+            (Some(src), Some(img)) => src & !0o6000 == img,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+#[test]
+fn export_block_images_mount_alone_and_pass_fsck() {
+    let _l = lock();
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            sparse_size: 20 * 1024 * 1024 + 12345,
+            big_dir_entries: 3000,
+            ..TreeSpec::default()
+        },
+    );
+    write_file(&src.join("big"), &data(65 * 1024 * 1024 + 4097, 99));
+    for (name, flags) in [
+        ("zstd", &["--chunk-size", "0x100000"][..]),
+        (
+            "lz4",
+            &["--compressor", "lz4_block", "--chunk-size", "0x1000"][..],
+        ),
+        (
+            "none",
+            &["--compressor", "none", "--chunk-size", "0x1000000"][..],
+        ),
+    ] {
+        let out = scratch.path().join(name);
+        let img = export_of(&src, &out, flags, None);
+        let names: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "temporary files left: {names:?}");
+        let (ok, text) = output_of(std::process::Command::new("fsck.erofs").arg(&img));
+        assert!(ok, "fsck.erofs {name}: {text}");
+        let mnt = out.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mount = ErofsMount::mount(&img, &[], &mnt).unwrap();
+        assert_identical(
+            &format!("block image of the {name} image, kernel"),
+            &FsTree::new(&src),
+            &FsTree::new(mount.path()),
+        );
+        mount.unmount().unwrap();
+        let x = out.join("x");
+        let (ok, text) = output_of(
+            std::process::Command::new("fsck.erofs")
+                .arg(format!("--extract={}", x.display()))
+                .arg(&img),
+        );
+        assert!(ok, "fsck.erofs --extract {name}: {text}");
+        assert_identical_except(
+            &format!("block image of the {name} image, fsck.erofs --extract"),
+            &FsTree::new(&src),
+            &FsTree::new(&x),
+            Except {
+                differences: Some(&fsck_extract_own_way),
+                ..Except::default()
+            },
+        );
+        fs::remove_dir_all(&x).unwrap();
+    }
+    assert_eq!(leftovers(scratch.path()), Vec::<String>::new());
+}
+
+#[test]
+fn export_block_of_a_layered_image_and_its_failures() {
+    let _l = lock();
+    let scratch = Scratch::new();
+    let lower = scratch.path().join("lower");
+    let upper = scratch.path().join("upper");
+    odd_sizes_tree(&lower);
+    fs::create_dir_all(upper.join("d")).unwrap();
+    write_file(&upper.join("d/new"), &data(70_000, 42));
+    write_file(&upper.join("d/.wh.f100"), b"");
+    let out = scratch.path().join("out");
+    let lower_out = out.join("lower");
+    export_of(&lower, &lower_out, &[], None);
+    // The upper layer's blob goes next to the lower one: one directory serves both.
+    let r = build_cli(
+        &upper,
+        &out.join("upper.boot"),
+        &lower_out,
+        &["--parent-bootstrap", s(&lower_out.join("boot"))],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let img = out.join("layered.img");
+    let r = run(&[
+        "export",
+        "--block",
+        "-B",
+        s(&out.join("upper.boot")),
+        "-D",
+        s(&lower_out),
+        "-O",
+        s(&img),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let mnt = out.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mount = ErofsMount::mount(&img, &[], &mnt).unwrap();
+    let layers = [FsTree::new(&lower), FsTree::new(&upper)];
+    let stack = OverlayTree::new(
+        layers.iter().map(|t| t as &dyn Tree).collect(),
+        Whiteouts::Oci,
+    );
+    assert_identical("layered block image", &stack, &FsTree::new(mount.path()));
+    mount.unmount().unwrap();
+
+    // Blobs missing: an error naming them, and no output.
+    let empty = scratch.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let none = out.join("none.img");
+    let r = run(&[
+        "export",
+        "--block",
+        "-B",
+        s(&out.join("upper.boot")),
+        "-D",
+        s(&empty),
+        "-O",
+        s(&none),
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not available"));
+    assert!(!none.exists());
+    // Without --block: refused.
+    let r = run(&["export", "-B", s(&out.join("upper.boot")), "-O", s(&none)]);
+    assert!(!r.status.success());
+    assert!(!none.exists());
+    assert_eq!(leftovers(scratch.path()), Vec::<String>::new());
+}

@@ -4,9 +4,11 @@
 //! - [`check`]: validate a bootstrap, optionally reading and verifying every chunk;
 //! - [`merge`]: join separately built layers into one image;
 //! - [`compact`]: rewrite sparsely used and small blobs into fewer, fuller ones;
+//! - [`export`]: one raw EROFS block image holding metadata and file data;
 //! - [`verify`]: compare an image with the directories (and parent image) it was built from.
 
 pub mod check;
 pub mod compact;
+pub mod export;
 pub mod merge;
 pub mod verify;

@@ -7,6 +7,7 @@ mod args;
 mod check;
 mod compact;
 mod create;
+mod export;
 mod merge;
 mod mount;
 mod verify;
@@ -45,6 +46,9 @@ enum Command {
     /// Compare an image with its source directory, entry by entry and byte by byte.
     /// Exit status: 0 identical, 1 differences found, 2 could not compare.
     Verify(verify::VerifyArgs),
+    /// Write an image as one raw EROFS block image (metadata and all file data) that
+    /// the kernel mounts from a single device.
+    Export(export::ExportArgs),
     /// Rewrite an image's unused, sparsely used and small blobs into fewer, fuller ones.
     Compact(Box<compact::CompactArgs>),
 }
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => (a.log_level, None),
         Command::Compact(a) => (a.log_level, None),
         Command::Verify(a) => (a.log_level, None),
+        Command::Export(a) => (a.log_level, None),
     };
     if let Err(e) = args::init_logger(level, log_file) {
         eprintln!("error: {e:#}");
@@ -80,6 +85,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => a.options().and_then(merge::run),
         Command::Verify(a) => a.options().and_then(verify::run),
         Command::Compact(a) => a.options().and_then(compact::run),
+        Command::Export(a) => a.options().and_then(export::run),
     };
     match result {
         Ok(code) => code,
