@@ -586,12 +586,13 @@ fn export_block_of_a_layered_image_and_its_failures() {
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let img = out.join("layered.img");
+    // Upstream HEAD names the blob directory --localfs-dir.
     let r = run(&[
         "export",
         "--block",
         "-B",
         s(&out.join("upper.boot")),
-        "-D",
+        "--localfs-dir",
         s(&lower_out),
         "-O",
         s(&img),
@@ -606,6 +607,35 @@ fn export_block_of_a_layered_image_and_its_failures() {
         Whiteouts::Oci,
     );
     assert_identical("layered block image", &stack, &FsTree::new(mount.path()));
+    mount.unmount().unwrap();
+
+    // A blob carrying its own bootstrap is exported from the blob alone.
+    let inline = out.join("inline");
+    fs::create_dir_all(&inline).unwrap();
+    let blob = inline.join("layer.blob");
+    let plain = scratch.path().join("plain");
+    fs::create_dir_all(plain.join("d")).unwrap();
+    write_file(&plain.join("d/a"), &data(70_000, 43));
+    write_file(&plain.join("b"), &data(5, 44));
+    let r = run(&[
+        "create",
+        "-l",
+        "warn",
+        "--blob-inline-meta",
+        "--blob",
+        s(&blob),
+        s(&plain),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let img = inline.join("inline.img");
+    let r = run(&["export", "--block", "-B", s(&blob), "-O", s(&img)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let mount = ErofsMount::mount(&img, &[], &mnt).unwrap();
+    assert_identical(
+        "block image of an inline-metadata blob",
+        &FsTree::new(&plain),
+        &FsTree::new(mount.path()),
+    );
     mount.unmount().unwrap();
 
     // Blobs missing: an error naming them, and no output.

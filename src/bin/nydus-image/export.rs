@@ -20,6 +20,9 @@ pub struct ExportArgs {
     bootstrap: PathBuf,
     #[command(flatten)]
     blobs: BlobArgs,
+    /// Upstream's name for --blob-dir here (upstream HEAD's `export -D`).
+    #[arg(long = "localfs-dir", value_name = "DIR", conflicts_with = "blob_dir")]
+    localfs_dir: Option<PathBuf>,
     /// The block image to write (under a temporary name, renamed when complete).
     #[arg(short = 'O', long)]
     output: PathBuf,
@@ -37,7 +40,10 @@ pub struct ExportOptions {
 
 impl ExportArgs {
     /// Checks the flags and opens the blob source.
-    pub fn options(self) -> Result<ExportOptions> {
+    pub fn options(mut self) -> Result<ExportOptions> {
+        if let Some(dir) = self.localfs_dir.take() {
+            self.blobs.blob_dir = Some(dir);
+        }
         if !self.block {
             bail!("give --block: a raw EROFS block image is the only export");
         }
