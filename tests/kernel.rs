@@ -396,6 +396,31 @@ fn bad_images_give_a_clear_error_and_leave_nothing_behind() {
         whiteouts: nydus_image::builder::overlay::WhiteoutSpec::Oci,
         mtime_seconds: false,
     };
+    // Upstream 2.2.0's uncompressed blobs pack chunks densely: refused, not misread.
+    let up = scratch.path().join("upstream");
+    fs::create_dir_all(&up).unwrap();
+    let r = std::process::Command::new(common::upstream::upstream_bin("nydus-image"))
+        .args(["create", "--compressor", "none", "--bootstrap"])
+        .arg(up.join("boot"))
+        .arg("--blob-dir")
+        .arg(&up)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = run(&[
+        "verify",
+        "--via",
+        "kernel",
+        "-B",
+        s(&up.join("boot")),
+        "-D",
+        s(&up),
+        s(&src),
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&r.stderr);
+    assert!(text.contains("not at its block address"), "{text}");
     let e = verify(
         &stack,
         &zout.join("boot"),
