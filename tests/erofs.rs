@@ -1,8 +1,8 @@
 //! The EROFS side of RAFS v6, checked by the kernel's own tools: `fsck.erofs` accepts our
 //! bootstraps, and the kernel's EROFS driver mounts them and shows the same metadata as
-//! the source. File contents are not compared through the kernel: it reads chunks at
-//! their uncompressed block addresses, while RAFS blobs pack chunks densely (upstream
-//! does the same), so only nydusd and our reader serve contents.
+//! the source. File contents are not compared here: these images are compressed, and
+//! the kernel reads chunks as stored at their block addresses (uncompressed images, whose
+//! chunks sit there, are read through the kernel in tests/kernel.rs).
 
 mod common {
     pub mod attrs;

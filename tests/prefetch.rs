@@ -194,7 +194,10 @@ fn chunk_places(boot: &Path) -> BTreeMap<String, (u64, Vec<Place>)> {
         } else if let Some(rest) = line.trim_start().strip_prefix("chunk: ") {
             let blob = rest.split(" blob_index ").nth(1).unwrap();
             let blob = blob.split(',').next().unwrap().parse().unwrap();
-            let place = rest.split(" compressed ").nth(1).unwrap();
+            // Uncompressed places: ours and upstream's agree on them; our uncompressed
+            // blobs keep each chunk at its uncompressed (block) offset for the kernel,
+            // where upstream packs them densely, so compressed offsets differ.
+            let place = rest.split(" uncompressed ").nth(1).unwrap();
             let place = place.split(',').next().unwrap();
             let (off, len) = place.split_once('/').unwrap();
             let path = current.as_ref().expect("a chunk line follows its file");

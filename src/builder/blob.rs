@@ -3,7 +3,9 @@
 //! for a blob that carries its bootstrap (inline metadata), each section followed by its
 //! tar header, then the bootstrap and optionally a table of contents
 //! (`format::blob_toc`). The blob's sha256 is computed on the way, so the blob id needs
-//! no second read.
+//! no second read. An uncompressed blob (`Compressor::None`) keeps each chunk at its
+//! uncompressed offset, block-aligned, so that the kernel's EROFS can read it as the extra
+//! device the bootstrap's chunk indexes address.
 
 use std::io::Write;
 
@@ -66,6 +68,16 @@ impl<W: Write> BlobWriter<W> {
         Ok(())
     }
 
+    /// Writes zeros up to `offset`, when the blob is not there yet.
+    fn pad_to(&mut self, offset: u64) -> std::io::Result<()> {
+        const ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
+        while self.compressed_offset < offset {
+            let n = (offset - self.compressed_offset).min(BLOCK_SIZE) as usize;
+            self.write(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+
     /// Number of chunks written so far.
     pub fn chunk_count(&self) -> u32 {
         self.chunks.len() as u32
@@ -118,6 +130,12 @@ impl<W: Write> BlobWriter<W> {
         };
         self.write(bytes)?;
         self.uncompressed_offset += (raw_len as u64).next_multiple_of(BLOCK_SIZE);
+        if self.compressor == Compressor::None && !compressed {
+            // An uncompressed blob is laid out as the kernel's EROFS reads an extra
+            // device: each chunk at the block its chunk index names (its uncompressed
+            // offset), so the tail of each chunk is padded to the next block.
+            self.pad_to(self.uncompressed_offset)?;
+        }
         self.chunks.push(info);
         Ok(self.chunks.len() as u32 - 1)
     }
@@ -359,5 +377,50 @@ impl<W: Write> InlineTail<W> {
             sha256: hex::encode(w.hasher.finalize_reset()),
             size: w.compressed_offset,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks of an uncompressed blob sit at their block addresses, as the kernel reads
+    /// them; a compressed blob stays dense.
+    #[test]
+    fn uncompressed_chunks_sit_at_their_block_addresses() {
+        let sizes = [1usize, 4096, 4097, 10_000, 8192];
+        for compressor in [Compressor::None, Compressor::Zstd] {
+            let mut blob = Vec::new();
+            let mut w = BlobWriter::new(&mut blob, compressor, Digester::Blake3, 0x10_0000);
+            let mut raws = Vec::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                let raw: Vec<u8> = (0..n).map(|k| (k * 7 + i * 13) as u8 | 1).collect();
+                w.add_chunk([i as u8; 32], &raw, None, 0).unwrap();
+                raws.push(raw);
+            }
+            let (done, chunks) = w.finish(None).unwrap();
+            let mut dense = 0u64;
+            for (c, raw) in chunks.iter().zip(&raws) {
+                assert_eq!(c.uncompressed_offset % BLOCK_SIZE, 0);
+                let at = c.compressed_offset as usize;
+                assert_eq!(&blob[at..at + raw.len()], &raw[..], "{compressor:?}");
+                match compressor {
+                    Compressor::None => assert_eq!(c.compressed_offset, c.uncompressed_offset),
+                    _ => assert_eq!(c.compressed_offset, dense, "packed densely"),
+                }
+                dense += raw.len() as u64;
+            }
+            if compressor == Compressor::None {
+                let end = chunks.last().unwrap().uncompressed_offset + 8192;
+                assert_eq!(done.entry.uncompressed_size, end);
+                // The chunk info array starts on a block; the padding is zeros.
+                assert_eq!(done.entry.ci_offset, end);
+                for (c, raw) in chunks.iter().zip(&raws) {
+                    let from = c.compressed_offset as usize + raw.len();
+                    let to = from.next_multiple_of(BLOCK_SIZE as usize);
+                    assert!(blob[from..to].iter().all(|&b| b == 0), "padding at {from}");
+                }
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`check`]: validate a bootstrap, optionally reading and verifying every chunk;
 //! - [`merge`]: join separately built layers into one image;
 //! - [`compact`]: rewrite sparsely used and small blobs into fewer, fuller ones;
+//! - [`export`]: one raw EROFS block image holding metadata and file data;
 //! - [`unpack`]: write an image's tree as a tar, streamed;
 //! - [`inspect`]: answer questions about one image's metadata (upstream's `inspect`);
 //! - [`stat`]: file and chunk statistics of images, and what deduplication would save;
@@ -11,6 +12,7 @@
 
 pub mod check;
 pub mod compact;
+pub mod export;
 pub mod inspect;
 pub mod merge;
 pub mod stat;

@@ -2,8 +2,9 @@
 //! (bottom first) over an optional parent image, compared entry by entry and byte by
 //! byte by the `nydus-verify` crate, which shares no code with the builder.
 //!
-//! The image is read either through a FUSE mount (what the kernel shows a user) or
-//! directly through the library reader.
+//! The image is read through a FUSE mount (what the kernel shows a user), directly
+//! through the library reader, or through the kernel's own EROFS over loop devices
+//! (`crate::kernel`; uncompressed images laid out at their block addresses only).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,8 @@ pub enum Via {
     Fuse,
     /// Through the library reader.
     Library,
+    /// Through a kernel EROFS mount with loop devices over the bootstrap and blobs.
+    Kernel,
 }
 
 /// Why a comparison could not be made (differences are not errors: they are the report).
@@ -65,6 +68,15 @@ pub enum VerifyError {
     /// The verification mount could not be unmounted.
     #[error("cannot unmount the verification mount")]
     Unmount(#[source] std::io::Error),
+    /// The kernel cannot read the image, or its mount failed.
+    #[error("kernel EROFS mount of {}", path.display())]
+    Kernel {
+        /// The bootstrap.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::kernel::KernelError,
+    },
     /// The comparison itself failed (a source entry unreadable, ...).
     #[error("could not compare")]
     Compare(#[source] nydus_verify::Error),
@@ -109,7 +121,7 @@ pub fn verify(
     let parent = stack
         .parent
         .as_deref()
-        .map(|p| open(p, blobs))
+        .map(|p| open(p, blobs.clone()))
         .transpose()?;
     let parent_tree = parent.as_ref().map(ImageTree);
     let dirs: Vec<nydus_verify::FsTree> =
@@ -135,6 +147,24 @@ pub fn verify(
             let report =
                 nydus_verify::compare_with(&source, &nydus_verify::FsTree::new(dir.path()), opts);
             mount.stop().map_err(VerifyError::Unmount)?;
+            report
+        }
+        Via::Kernel => {
+            let kernel = |source| VerifyError::Kernel {
+                path: bootstrap.to_path_buf(),
+                source,
+            };
+            let blob_paths = crate::kernel::kernel_blob_paths(&image, &blobs).map_err(kernel)?;
+            let dir = tempfile::Builder::new()
+                .prefix("nydus-verify-kernel-")
+                .tempdir()
+                .map_err(VerifyError::MountPoint)?;
+            let mount = crate::kernel::ErofsMount::mount(bootstrap, &blob_paths, dir.path())
+                .map_err(kernel)?;
+            let report =
+                nydus_verify::compare_with(&source, &nydus_verify::FsTree::new(dir.path()), opts);
+            // A failed comparison still unmounts (and detaches) first.
+            mount.unmount().map_err(kernel)?;
             report
         }
     };

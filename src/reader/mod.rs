@@ -170,6 +170,11 @@ pub(crate) struct ChunkTable<'a> {
 }
 
 impl ChunkTable<'_> {
+    /// Byte offset of index `i` in the bootstrap.
+    pub fn offset_of(&self, i: usize) -> u64 {
+        self.start + (i * inode::CHUNK_ADDR_SIZE) as u64
+    }
+
     /// Decodes index `i` (< `count`); `None` is a hole.
     pub fn get(&self, image: &Image, i: usize) -> Result<Option<ChunkAddr>, ReadError> {
         if self.v5 {
@@ -409,6 +414,11 @@ impl Image {
     /// by ` (image.boot)`: offsets in errors are the bootstrap's).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The bootstrap's bytes.
+    pub(crate) fn meta(&self) -> &[u8] {
+        &self.meta
     }
 
     /// The RAFS version of the bootstrap: 5 or 6.

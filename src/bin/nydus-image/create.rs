@@ -122,7 +122,8 @@ pub struct CreateArgs {
     chunk_dict: Option<String>,
     /// After building, mount the image and compare it with the source; fail on any
     /// difference. `--verify` (auto) uses FUSE when it can and the library reader
-    /// otherwise; `--verify=fuse` insists on FUSE, `--verify=library` skips it.
+    /// otherwise; `--verify=fuse` insists on FUSE, `--verify=library` skips it,
+    /// `--verify=kernel` mounts with the kernel's EROFS (--compressor none only).
     #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true, default_missing_value = "auto")]
     verify: Option<VerifyHow>,
 }
@@ -165,6 +166,7 @@ enum VerifyHow {
     Auto,
     Fuse,
     Library,
+    Kernel,
 }
 
 /// What the source is.
@@ -438,10 +440,10 @@ pub fn run(opts: CreateOptions) -> Result<ExitCode> {
         // An eStargz TOC holds modification times in whole seconds.
         mtime_seconds: matches!(opts.kind, SourceKind::Stargz(..)),
     };
-    let via = if *how == VerifyHow::Library {
-        Via::Library
-    } else {
-        Via::Fuse
+    let via = match how {
+        VerifyHow::Library => Via::Library,
+        VerifyHow::Kernel => Via::Kernel,
+        VerifyHow::Auto | VerifyHow::Fuse => Via::Fuse,
     };
     let report =
         match nydus_image::ops::verify::verify(&stack, &summary.bootstrap, blobs.clone(), via) {

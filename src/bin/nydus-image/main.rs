@@ -7,6 +7,7 @@ mod args;
 mod check;
 mod compact;
 mod create;
+mod export;
 mod inspect;
 mod merge;
 mod mount;
@@ -48,6 +49,9 @@ enum Command {
     /// Compare an image with its source directory, entry by entry and byte by byte.
     /// Exit status: 0 identical, 1 differences found, 2 could not compare.
     Verify(verify::VerifyArgs),
+    /// Write an image as one raw EROFS block image (metadata and all file data) that
+    /// the kernel mounts from a single device.
+    Export(export::ExportArgs),
     /// Rewrite an image's unused, sparsely used and small blobs into fewer, fuller ones.
     Compact(Box<compact::CompactArgs>),
     /// Write an image's tree as a tar (a file, or a FIFO written in order).
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => (a.log_level, None),
         Command::Compact(a) => (a.log_level, None),
         Command::Verify(a) => (a.log_level, None),
+        Command::Export(a) => (a.log_level, None),
         Command::Unpack(a) => (a.log_level, None),
         Command::Inspect(a) => (a.log_level, None),
         Command::Stat(a) => (a.log_level, None),
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => a.options().and_then(merge::run),
         Command::Verify(a) => a.options().and_then(verify::run),
         Command::Compact(a) => a.options().and_then(compact::run),
+        Command::Export(a) => a.options().and_then(export::run),
         Command::Unpack(a) => a.options().and_then(unpack::run),
         Command::Inspect(a) => a.options().and_then(inspect::run),
         Command::Stat(a) => a.options().and_then(stat::run),

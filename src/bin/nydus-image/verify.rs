@@ -15,6 +15,7 @@ use crate::args::{self, BlobArgs, LogLevel, WhiteoutArg};
 enum ViaArg {
     Fuse,
     Library,
+    Kernel,
 }
 
 #[derive(clap::Args)]
@@ -32,7 +33,8 @@ pub struct VerifyArgs {
     bootstrap: PathBuf,
     #[command(flatten)]
     blobs: BlobArgs,
-    /// Read the image through a FUSE mount (default: what a user sees) or the library.
+    /// Read the image through a FUSE mount (default: what a user sees), the library, or
+    /// the kernel's EROFS over loop devices (uncompressed images built by this tool).
     #[arg(long, value_enum, default_value = "fuse")]
     via: ViaArg,
     /// Write the differences and summary as JSON here.
@@ -71,6 +73,7 @@ impl VerifyArgs {
             via: match self.via {
                 ViaArg::Fuse => Via::Fuse,
                 ViaArg::Library => Via::Library,
+                ViaArg::Kernel => Via::Kernel,
             },
             output_json: self.output_json,
         })
