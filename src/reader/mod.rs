@@ -888,8 +888,9 @@ mod tests {
     }
 
     /// Opens the bootstrap and reads everything a mount would: every entry's attributes,
-    /// xattrs, directory listing, symlink target and chunk indexes. Returns the entries.
-    fn exercise(bytes: Vec<u8>) -> Result<usize, ReadError> {
+    /// xattrs, directory listing (each name looked up), symlink target and chunk indexes,
+    /// and a RAFS v5 directory's digest. Returns the entries. Shared with `v5`'s tests.
+    pub(super) fn exercise(bytes: Vec<u8>) -> Result<usize, ReadError> {
         let image = open(bytes)?;
         let mut nids = Vec::new();
         image.walk(|_, nid| {
@@ -900,7 +901,14 @@ mod tests {
             let st = image.stat(nid)?;
             image.xattrs(nid)?;
             match st.mode & libc::S_IFMT {
-                libc::S_IFDIR => drop(image.read_dir(nid)?),
+                libc::S_IFDIR => {
+                    for e in image.read_dir(nid)? {
+                        image.lookup(nid, &e.name)?;
+                    }
+                    if image.fs_version() == 5 {
+                        image.v5_digest_mismatch(nid)?;
+                    }
+                }
                 libc::S_IFLNK => drop(image.readlink(nid)?),
                 libc::S_IFREG => drop(image.chunk_addrs(nid)?),
                 _ => {}

@@ -592,36 +592,7 @@ mod tests {
     use super::*;
     use crate::builder::bootstrap::v5::tests::{bootstrap_of, sample_bootstrap};
     use crate::builder::tree::tests::Sketch;
-
-    fn open(bytes: Vec<u8>) -> Result<Image, ReadError> {
-        Image::from_bytes("hostile.boot".as_ref(), bytes, BlobSource::None)
-    }
-
-    /// Opens and reads everything a mount would; returns the entries walked.
-    fn exercise(bytes: Vec<u8>) -> Result<usize, ReadError> {
-        let image = open(bytes)?;
-        let mut nids = Vec::new();
-        image.walk(|_, nid| {
-            nids.push(nid);
-            Ok(())
-        })?;
-        for &nid in &nids {
-            let st = image.stat(nid)?;
-            image.xattrs(nid)?;
-            match st.mode & libc::S_IFMT {
-                libc::S_IFDIR => {
-                    for e in image.read_dir(nid)? {
-                        image.lookup(nid, &e.name)?;
-                    }
-                    image.v5_digest_mismatch(nid)?;
-                }
-                libc::S_IFLNK => drop(image.readlink(nid)?),
-                libc::S_IFREG => drop(image.chunk_addrs(nid)?),
-                _ => {}
-            }
-        }
-        Ok(nids.len())
-    }
+    use crate::reader::tests::exercise;
 
     fn sb(bytes: &[u8]) -> SuperBlock {
         SuperBlock::decode(bytes, bytes.len() as u64).unwrap()
