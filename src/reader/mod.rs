@@ -146,6 +146,42 @@ pub struct Stat {
     pub rdev: u64,
 }
 
+impl Stat {
+    /// Attributes from an inode's stored fields, whatever the RAFS version: the stored
+    /// size counts only for files, directories and symlinks, and the device number only
+    /// for device nodes (other kinds may keep anything in those fields).
+    fn from_stored(
+        nid: Nid,
+        mode: u32,
+        owner: (u32, u32),
+        nlink: u32,
+        size: u64,
+        mtime: (i64, u32),
+        rdev: u64,
+    ) -> Stat {
+        let kind = mode & libc::S_IFMT;
+        Stat {
+            ino: nid.0,
+            mode,
+            nlink,
+            uid: owner.0,
+            gid: owner.1,
+            size: if matches!(kind, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK) {
+                size
+            } else {
+                0
+            },
+            mtime: mtime.0,
+            mtime_nsec: mtime.1,
+            rdev: if matches!(kind, libc::S_IFCHR | libc::S_IFBLK) {
+                rdev
+            } else {
+                0
+            },
+        }
+    }
+}
+
 /// One directory entry ("." and ".." are left out).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -556,28 +592,16 @@ impl Image {
         if self.v5.is_some() {
             return self.v5_stat(nid);
         }
-        let v = self.inode(nid)?;
-        let i = &v.inode;
-        let kind = i.mode as u32 & libc::S_IFMT;
-        Ok(Stat {
-            ino: nid.0,
-            mode: i.mode as u32,
-            nlink: i.nlink,
-            uid: i.uid,
-            gid: i.gid,
-            size: if matches!(kind, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK) {
-                i.size
-            } else {
-                0
-            },
-            mtime: i.mtime as i64,
-            mtime_nsec: i.mtime_nsec,
-            rdev: if matches!(kind, libc::S_IFCHR | libc::S_IFBLK) {
-                i.u as u64
-            } else {
-                0
-            },
-        })
+        let i = &self.inode(nid)?.inode;
+        Ok(Stat::from_stored(
+            nid,
+            i.mode as u32,
+            (i.uid, i.gid),
+            i.nlink,
+            i.size,
+            (i.mtime as i64, i.mtime_nsec),
+            i.u as u64,
+        ))
     }
 
     /// Inline xattrs of `nid`, in stored order.

@@ -350,26 +350,15 @@ impl Image {
 
     pub(super) fn v5_stat(&self, nid: Nid) -> Result<Stat, ReadError> {
         let i = self.v5_inode(nid)?.inode;
-        let kind = i.kind();
-        Ok(Stat {
-            ino: nid.0,
-            mode: i.mode,
-            nlink: i.nlink,
-            uid: i.uid,
-            gid: i.gid,
-            size: if matches!(kind, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK) {
-                i.size
-            } else {
-                0
-            },
-            mtime: i.mtime as i64,
-            mtime_nsec: i.mtime_nsec,
-            rdev: if matches!(kind, libc::S_IFCHR | libc::S_IFBLK) {
-                i.rdev as u64
-            } else {
-                0
-            },
-        })
+        Ok(Stat::from_stored(
+            nid,
+            i.mode,
+            (i.uid, i.gid),
+            i.nlink,
+            i.size,
+            (i.mtime as i64, i.mtime_nsec),
+            i.rdev as u64,
+        ))
     }
 
     pub(super) fn v5_xattrs(&self, nid: Nid) -> Result<inode::Xattrs, ReadError> {
