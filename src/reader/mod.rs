@@ -25,6 +25,7 @@ pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
 pub use data::SharedRead;
 pub use inline::{extract_section, is_inline_blob, InlineSource};
+pub use v5::V5Record;
 
 use std::path::{Path, PathBuf};
 

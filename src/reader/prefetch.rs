@@ -53,7 +53,8 @@ impl Image {
             .collect()
     }
 
-    /// (index, offset, nid) of each listed entry, each nid decoded as an inode.
+    /// (index, offset, nid) of each listed entry, each nid decoded as an inode (a v6
+    /// nid or a v5 inode number: both tables are little-endian u32s).
     fn prefetch_entries(&self) -> Result<Vec<(usize, u64, Nid)>, ReadError> {
         let offset = self.sb.prefetch_table_offset;
         let size = self.sb.prefetch_table_size as u64;
@@ -80,7 +81,7 @@ impl Image {
         listed
             .into_iter()
             .enumerate()
-            .map(|(index, (at, nid))| match self.inode(nid) {
+            .map(|(index, (at, nid))| match self.stat(nid) {
                 Ok(_) => Ok((index, at, nid)),
                 Err(e) => Err(ReadError::Prefetch {
                     path: self.path.clone(),

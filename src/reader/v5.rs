@@ -24,6 +24,8 @@ use crate::storage::blobs::{BlobFile, BlobOpenError, BlobSource};
 /// Where a v5 bootstrap's parts are, kept by an open [`Image`].
 pub(super) struct Meta {
     sb: SuperBlock,
+    /// Each blob's readahead range (offset, size) from the blob table.
+    readahead: Vec<(u32, u32)>,
 }
 
 /// One decoded inode record.
@@ -170,6 +172,17 @@ impl Meta {
     }
 }
 
+/// A v5 inode record's name, parent and block count, as [`Image::v5_record`] gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct V5Record {
+    /// The record's name (the root's is `/`).
+    pub name: Vec<u8>,
+    /// The parent inode number the record names.
+    pub parent: Nid,
+    /// 512-byte blocks, as the builder stored them.
+    pub blocks: u64,
+}
+
 /// Each blob's file, or why it could not be opened.
 type BlobFiles = Vec<Result<BlobFile, std::sync::Arc<BlobOpenError>>>;
 
@@ -240,7 +253,13 @@ impl Image {
                 ),
             }));
         }
-        let m = Meta { sb: sb.clone() };
+        let m = Meta {
+            sb: sb.clone(),
+            readahead: v5_blobs
+                .iter()
+                .map(|b| (b.readahead_offset, b.readahead_size))
+                .collect(),
+        };
         // Every record is checked once here; a regular file's first record lends its
         // chunk infos to the chunk table.
         let mut chunks = Vec::new();
@@ -346,6 +365,31 @@ impl Image {
     /// The v5 superblock, when the image is v5.
     pub fn v5_super_block(&self) -> Option<&SuperBlock> {
         self.v5.as_ref().map(|m| &m.sb)
+    }
+
+    /// The readahead range (offset, size) the v5 blob table gives blob `index`; none for
+    /// a v6 image (its blob table has no such field) or an index past the table.
+    pub fn blob_readahead(&self, index: usize) -> Option<(u32, u32)> {
+        self.v5.as_ref()?.readahead.get(index).copied()
+    }
+
+    /// What the record serving v5 inode `nid` says beyond [`Image::stat`] (for a hard
+    /// link, its first record, which upstream names every link by); `None` on a v6
+    /// image.
+    pub fn v5_record(&self, nid: Nid) -> Result<Option<V5Record>, ReadError> {
+        if self.v5.is_none() {
+            return Ok(None);
+        }
+        let r = self.v5_inode(nid)?;
+        let name = self
+            .v5_meta()
+            .name(&self.meta, &r)
+            .map_err(|e| self.fmt_err(e))?;
+        Ok(Some(V5Record {
+            name: name.to_vec(),
+            parent: Nid(r.inode.parent),
+            blocks: r.inode.blocks,
+        }))
     }
 
     pub(super) fn v5_stat(&self, nid: Nid) -> Result<Stat, ReadError> {

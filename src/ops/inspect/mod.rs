@@ -158,7 +158,7 @@ pub struct BlobInfo {
     pub compressed_size: u64,
     /// The blob table's uncompressed size.
     pub decompressed_size: u64,
-    /// Start of the blob's readahead range (RAFS v6's blob table has none: 0).
+    /// Start of the blob's readahead range (RAFS v5's blob table field; v6 has none: 0).
     pub readahead_offset: u64,
     /// Size of the readahead range (0 in RAFS v6).
     pub readahead_size: u64,
@@ -423,8 +423,8 @@ impl Inspector {
                 compressed_size: b.compressed_size,
                 decompressed_size: b.uncompressed_size,
                 // RAFS v6's blob table has no readahead range; upstream shows 0/0.
-                readahead_offset: 0,
-                readahead_size: 0,
+                readahead_offset: self.image.blob_readahead(index).map_or(0, |r| r.0 as u64),
+                readahead_size: self.image.blob_readahead(index).map_or(0, |r| r.1 as u64),
                 detail: BlobDetail {
                     index,
                     features: super::check::blob_feature_names(b.features),
@@ -537,7 +537,9 @@ impl Inspector {
             return Ok(Vec::new());
         }
         let st = self.image.stat(nid)?;
-        if st.mode & libc::S_IFMT == libc::S_IFDIR {
+        // RAFS v5 (where hard links share one inode number) and directories: every
+        // place the walk meets the inode, as upstream walks for them.
+        if st.mode & libc::S_IFMT == libc::S_IFDIR || self.image.fs_version() == 5 {
             let hits: Vec<Walked> = self
                 .walked
                 .iter()
@@ -596,8 +598,20 @@ impl Inspector {
         with_chunks: bool,
     ) -> Result<FileStat, ReadError> {
         let st = self.image.stat(nid)?;
-        let size = self.image.inode(nid)?.inode.size;
-        let name = if st.mode & libc::S_IFMT == libc::S_IFDIR {
+        let v5 = self.image.v5_record(nid)?;
+        // A v5 record stores its block count; v6 has none and upstream rounds the size.
+        let (size, blocks) = match &v5 {
+            Some(r) => (st.size, r.blocks),
+            None => {
+                let size = self.image.inode(nid)?.inode.size;
+                (size, size.div_ceil(512))
+            }
+        };
+        // Upstream names a v5 inode by the record the inode table points at (a hard
+        // link's first), whichever directory it is looked at from.
+        let name = if let Some(r) = v5.filter(|_| nid != self.image.root()) {
+            r.name
+        } else if st.mode & libc::S_IFMT == libc::S_IFDIR {
             self.dir_name(nid)?
         } else {
             self.image
@@ -625,7 +639,7 @@ impl Inspector {
             gid: st.gid,
             mtime: st.mtime,
             mtime_nsec: st.mtime_nsec,
-            blocks: size.div_ceil(512),
+            blocks,
             chunks,
         })
     }
@@ -709,10 +723,42 @@ impl Inspector {
         if nid == self.image.root() {
             return Ok(vec![b"/".to_vec()]);
         }
+        if self.image.fs_version() == 5 {
+            return Ok(vec![self.v5_path(nid)?]);
+        }
         if self.is_dir(nid)? {
             return Ok(vec![self.dir_path(nid)?]);
         }
         Ok(self.link_paths(nid)?.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// The path upstream gives v5 inode `nid`: its record's name and those of the
+    /// parents its records name, up to the root, and a `/` after the last name (a file's
+    /// too: upstream joins an empty path onto the name).
+    fn v5_path(&self, nid: Nid) -> Result<Vec<u8>, ReadError> {
+        let root = self.image.root();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut at = nid;
+        while at != root {
+            let Some(r) = self.image.v5_record(at)? else {
+                break;
+            };
+            names.push(r.name);
+            let parent = r.parent;
+            // A parent chain longer than the inode count loops.
+            if names.len() as u64 > self.image.super_block().inodes {
+                return Err(ReadError::Request(format!(
+                    "inode {nid}: the parent chain of its records does not reach the root"
+                )));
+            }
+            at = parent;
+        }
+        let mut path = b"/".to_vec();
+        for name in names.iter().rev() {
+            path.extend_from_slice(name);
+            path.push(b'/');
+        }
+        Ok(path)
     }
 
     /// (directory, path) for each name of non-directory `nid`, in walk order; two names
