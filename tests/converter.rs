@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 
 use common::compare::{assert_identical_except, Except};
 use common::errors::chain;
-use common::fifo::run_bin_with_fifos;
+use common::fifo::{run_bin_with_fifos, CONVERTER_CREATE};
 use common::nydusd_quirks::nydusd_mount_time;
 use common::{
     attrs::*, files::*, ours::our_bin, output::text, privileged::*, scratch::Scratch, upstream::*,
@@ -56,25 +56,11 @@ fn s(p: &Path) -> &str {
 
 /// `create` as the converter runs it for a tar layer (fs version 6), with FIFO
 /// placeholders for `run_bin_with_fifos`.
-const CREATE: [&str; 17] = [
-    "create",
-    "--log-level",
-    "warn",
-    "--prefetch-policy",
-    "fs",
-    "--blob",
-    "BLOB_FIFO",
-    "--whiteout-spec",
-    "none",
-    "--fs-version",
-    "6",
-    "--type",
-    "tar-rafs",
-    "--blob-inline-meta",
-    "--features",
-    "blob-toc",
-    "TAR_FIFO",
-];
+fn create_line() -> Vec<&'static str> {
+    let mut line = CONVERTER_CREATE.to_vec();
+    line.push("TAR_FIFO");
+    line
+}
 
 /// One change a layer makes.
 enum Op {
@@ -333,7 +319,7 @@ fn convert(creator: Tool, tars: &[PathBuf], work: &Path, blobs: &Path) -> Vec<La
         .map(|(i, tar)| {
             let dir = work.join(format!("create{i}"));
             fs::create_dir_all(&dir).unwrap();
-            let run = run_bin_with_fifos(&creator.bin(), &dir, &CREATE, tar, b"/");
+            let run = run_bin_with_fifos(&creator.bin(), &dir, &create_line(), tar, b"/");
             assert!(
                 run.output.status.success(),
                 "{creator:?} create of {}: {}",
@@ -680,7 +666,7 @@ fn layers_built_with_a_chunk_dictionary_merge_with_it() {
         .blob_id
         .clone();
     let dict_arg = format!("bootstrap={}", s(&dict));
-    let mut create = CREATE.to_vec();
+    let mut create = create_line();
     create.splice(16..16, ["--chunk-dict", &dict_arg]);
     let mut layers = Vec::new();
     for (i, tar) in tars.iter().enumerate() {

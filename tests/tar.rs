@@ -34,8 +34,17 @@ use std::process::{Command, Output};
 use common::compare::{assert_identical, assert_identical_except, Except};
 use common::upstream_tree::upstream_tar_safe_tree;
 use common::{
-    attrs::*, estargz::mkestargz, fifo::run_with_fifos, files::*, nydusd_quirks::nydusd_mount_time,
-    ours::our_bin, output::text, privileged::*, sample::*, scratch::Scratch, upstream::*,
+    attrs::*,
+    estargz::mkestargz,
+    fifo::{run_with_fifos, CONVERTER_CREATE},
+    files::*,
+    nydusd_quirks::nydusd_mount_time,
+    ours::our_bin,
+    output::text,
+    privileged::*,
+    sample::*,
+    scratch::Scratch,
+    upstream::*,
     watchdog::watchdog,
 };
 use nydus_image::mount::ImageTree;
@@ -104,26 +113,6 @@ fn ours(args: &[&str]) -> Output {
     Command::new(our_bin()).args(args).output().unwrap()
 }
 
-/// The converter's flags before the optional ones, with FIFO placeholders.
-const CONVERTER: [&str; 16] = [
-    "create",
-    "--log-level",
-    "warn",
-    "--prefetch-policy",
-    "fs",
-    "--blob",
-    "BLOB_FIFO",
-    "--whiteout-spec",
-    "none",
-    "--fs-version",
-    "6",
-    "--type",
-    "tar-rafs",
-    "--blob-inline-meta",
-    "--features",
-    "blob-toc",
-];
-
 /// GNU tars of the tree with every entry kind (POSIX with xattrs, ACLs and sparse files;
 /// GNU with long names and base-256 numbers; the POSIX one gzip-compressed) go through
 /// FIFOs with the converter's command line, and the image shows the tree GNU tar
@@ -164,7 +153,7 @@ fn gnu_tars_through_fifos_read_back_as_extracted() {
         } else {
             tar.clone()
         };
-        let mut args = CONVERTER.to_vec();
+        let mut args = CONVERTER_CREATE.to_vec();
         args[12] = kind;
         args.push("TAR_FIFO");
         let run = run_with_fifos(&work, &args, &fed, b"/\n");
@@ -558,7 +547,7 @@ fn the_converter_command_line_runs_and_upstream_reads_the_result() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let dict_arg = format!("bootstrap={}", s(&dict));
-    let mut args = CONVERTER.to_vec();
+    let mut args = CONVERTER_CREATE.to_vec();
     args.extend([
         "--chunk-dict",
         &dict_arg,
@@ -720,7 +709,7 @@ fn bad_tars_are_refused_naming_the_entry_and_offset() {
     }
     // Through FIFOs too: the build fails and the reader of the blob FIFO sees it end.
     let tar = tmp.path().join("truncated.tar");
-    let mut args = CONVERTER.to_vec();
+    let mut args = CONVERTER_CREATE.to_vec();
     args.push("TAR_FIFO");
     let run = run_with_fifos(tmp.path(), &args, &tar, b"/\n");
     assert_eq!(run.output.status.code(), Some(1), "{}", text(&run.output));

@@ -20,7 +20,7 @@ use zerocopy::IntoBytes;
 use crate::builder::output::PendingFile;
 use crate::builder::BuildError;
 use crate::format::v6::inode::{ChunkAddr, ChunkAddrRaw, DataLayout};
-use crate::format::v6::super_block::{SuperBlockRaw, SUPER_OFFSET};
+use crate::format::v6::super_block;
 use crate::format::v6::BLOCK_SIZE;
 use crate::reader::{Image, ReadError};
 use crate::storage::blobs::BlobSource;
@@ -229,11 +229,7 @@ pub fn export_block(
         };
         meta[at as usize..at as usize + 8].copy_from_slice(raw.as_bytes());
     }
-    let sb = SUPER_OFFSET as usize;
-    let blocks_at = sb + std::mem::offset_of!(SuperBlockRaw, blocks);
-    meta[blocks_at..blocks_at + 4].copy_from_slice(&(next_block as u32).to_le_bytes());
-    let devices_at = sb + std::mem::offset_of!(SuperBlockRaw, extra_devices);
-    meta[devices_at..devices_at + 2].copy_from_slice(&0u16.to_le_bytes());
+    super_block::set_self_contained(&mut meta, next_block as u32);
     file.write_all_at(&meta, 0)
         .map_err(write_err("metadata", 0))?;
     drop(file);

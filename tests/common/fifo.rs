@@ -13,6 +13,30 @@ use std::time::{Duration, Instant};
 use super::ours::our_bin;
 use super::privileged::mknod;
 
+/// containerd's converter's `create` for a tar layer (`pkg/converter/tool/builder.go`),
+/// the flags before the optional ones and the source, with the `BLOB_FIFO` placeholder
+/// of [`run_bin_with_fifos`]. Index 12 is the layer type.
+// Each test binary uses what it needs of this module.
+#[allow(dead_code)]
+pub const CONVERTER_CREATE: [&str; 16] = [
+    "create",
+    "--log-level",
+    "warn",
+    "--prefetch-policy",
+    "fs",
+    "--blob",
+    "BLOB_FIFO",
+    "--whiteout-spec",
+    "none",
+    "--fs-version",
+    "6",
+    "--type",
+    "tar-rafs",
+    "--blob-inline-meta",
+    "--features",
+    "blob-toc",
+];
+
 /// What a run through FIFOs gave.
 pub struct FifoRun {
     /// The process's status and output.

@@ -106,6 +106,16 @@ pub struct DeviceSlotRaw {
     pub reserved: [u8; 56],
 }
 
+/// Rewrites, in place, the superblock of the v6 bootstrap `meta` for an image that holds
+/// its file data itself (`export --block`): `blocks` blocks in all, no extra devices.
+pub fn set_self_contained(meta: &mut [u8], blocks: u32) {
+    let sb = SUPER_OFFSET as usize;
+    let blocks_at = sb + std::mem::offset_of!(SuperBlockRaw, blocks);
+    meta[blocks_at..blocks_at + 4].copy_from_slice(&blocks.to_le_bytes());
+    let devices_at = sb + std::mem::offset_of!(SuperBlockRaw, extra_devices);
+    meta[devices_at..devices_at + 2].copy_from_slice(&0u16.to_le_bytes());
+}
+
 const _: () = {
     assert!(size_of::<SuperBlockRaw>() == 128);
     assert!(std::mem::offset_of!(SuperBlockRaw, root_nid) == 14);
