@@ -8,6 +8,7 @@
 //! the verifier; [`kernel`] mounts an image with the kernel's EROFS. Layouts live in [`format`]; codecs and blob access in [`storage`].
 #![deny(missing_docs)]
 
+pub mod access_log;
 pub mod builder;
 pub mod error;
 pub mod format;

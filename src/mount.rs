@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nydus_fuse::{Attr, Bytes, Entry, FsStats, ReadOnlyFs};
 use nydus_verify::{Facts, Tree};
 
+use crate::access_log::AccessLog;
 use crate::error::Chain;
 use crate::format::v6::{Nid, BLOCK_SIZE};
 use crate::reader::{Image, ReadError, SharedRead};
@@ -20,6 +21,8 @@ pub struct ImageFs {
     image: Image,
     /// Paths already found for inodes named in log messages (only failures look).
     paths: Mutex<HashMap<Nid, String>>,
+    /// `mount --access-log`: the files read, in first-read order.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// Directories searched, at most, to name an inode in a log message.
@@ -31,7 +34,27 @@ impl ImageFs {
         ImageFs {
             image,
             paths: Mutex::new(HashMap::new()),
+            access_log: None,
         }
+    }
+
+    /// Logs each regular file's first read to `log`, by the path it was looked up by.
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Self {
+        self.access_log = Some(log);
+        self
+    }
+
+    /// Logs a read of `nid` if it is its first: by its looked-up path, or else (an inode
+    /// the kernel knew before this mount's lookups) the first path a search finds.
+    fn log_read(&self, log: &AccessLog, nid: Nid) {
+        if log.is_logged(nid) {
+            return;
+        }
+        let path = log
+            .name_of(nid)
+            .or_else(|| self.search(nid).map(String::into_bytes))
+            .unwrap_or_else(|| format!("<inode {nid}>").into_bytes());
+        log.read(nid, &path);
     }
 
     /// The path of `nid` for a log message: found by walking the tree from the root, on
@@ -115,7 +138,12 @@ impl ReadOnlyFs for ImageFs {
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, i32> {
         let parent = Nid(parent);
         match self.image.lookup(parent, name) {
-            Ok(Some(nid)) => self.attr(nid),
+            Ok(Some(nid)) => {
+                if let Some(log) = &self.access_log {
+                    log.named(self.image.root(), parent, name, nid, || self.search(parent));
+                }
+                self.attr(nid)
+            }
             Ok(None) => Err(libc::ENOENT),
             Err(e) => Err(self.fail(parent, "lookup", e)),
         }
@@ -151,6 +179,9 @@ impl ReadOnlyFs for ImageFs {
 
     fn read(&self, id: u64, offset: u64, size: u32) -> Result<Bytes, i32> {
         let id = Nid(id);
+        if let Some(log) = &self.access_log {
+            self.log_read(log, id);
+        }
         let fail = |e| self.fail(id, &format!("read at offset {offset}"), e);
         if let SharedRead::Shared(buf, range) = self
             .image

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use nydus_image::access_log::AccessLog;
 use nydus_image::mount::ImageFs;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
@@ -36,6 +37,12 @@ pub struct MountArgs {
     /// data; this cache only serves reads that cover part of a chunk.
     #[arg(long = "cache-mib", default_value_t = 2)]
     cache_mib: usize,
+    /// Write the path of each regular file the first time it is read, in that order, one
+    /// a line: a prefetch list for `create --prefetch-policy fs` (on its standard input).
+    /// Written in place as reads happen (flushed every 100 ms and at unmount), so it can
+    /// be followed live; an existing file is truncated.
+    #[arg(long = "access-log", value_name = "FILE")]
+    access_log: Option<PathBuf>,
     /// Log to this file (with --daemon, the daemon's only output).
     #[arg(short = 'L', long = "log-file")]
     pub log_file: Option<PathBuf>,
@@ -61,6 +68,7 @@ pub struct MountOptions {
     validate: bool,
     threads: Option<usize>,
     cache_bytes: usize,
+    access_log: Option<PathBuf>,
 }
 
 /// Set in the daemon's environment: it serves in the foreground.
@@ -98,6 +106,7 @@ impl MountArgs {
             validate: self.validate,
             threads: self.threads,
             cache_bytes: self.cache_mib << 20,
+            access_log: self.access_log,
         })
     }
 }
@@ -119,7 +128,15 @@ pub fn run(opts: MountOptions) -> Result<ExitCode> {
     if let Some(threads) = opts.threads {
         config.threads = threads;
     }
-    let fs = std::sync::Arc::new(ImageFs::new(image));
+    let access_log = match &opts.access_log {
+        Some(path) => Some(AccessLog::create(path)?),
+        None => None,
+    };
+    let mut fs = ImageFs::new(image);
+    if let Some(log) = &access_log {
+        fs = fs.with_access_log(log.clone());
+    }
+    let fs = std::sync::Arc::new(fs);
     let mut mounted = nydus_fuse::mount(fs, &opts.mountpoint, &config).with_context(|| {
         format!(
             "cannot mount {} at {}",
@@ -132,9 +149,14 @@ pub fn run(opts: MountOptions) -> Result<ExitCode> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
+    let signal_log = access_log.clone();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             log::info!("signal {sig}: unmounting");
+            // The exits below skip the flush after the session ends.
+            if let Some(Err(e)) = signal_log.as_ref().map(|l| l.flush()) {
+                log::warn!("{}", nydus_image::error::Chain(&e));
+            }
             match unmounter.unmount() {
                 Ok(nydus_fuse::Unmounted::Cleanly) => {
                     // The session sees the unmount and `run` returns; if it has not
@@ -165,6 +187,9 @@ pub fn run(opts: MountOptions) -> Result<ExitCode> {
         opts.mountpoint.display()
     );
     mounted.run().context("FUSE session failed")?;
+    if let Some(log) = &access_log {
+        log.flush()?;
+    }
     log::info!("unmounted {}", opts.mountpoint.display());
     Ok(ExitCode::SUCCESS)
 }
