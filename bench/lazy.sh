@@ -76,6 +76,7 @@ cleanup() {
   rm -rf "$b"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 rm -rf "$b" && mkdir -p "$b/m-ours" "$b/m-nydusd"
 
 free_port() {
