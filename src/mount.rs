@@ -52,9 +52,16 @@ impl ImageFs {
         }
         let path = log
             .name_of(nid)
-            .or_else(|| self.search(nid).map(String::into_bytes))
+            .or_else(|| self.exact_path(nid).map(String::into_bytes))
             .unwrap_or_else(|| format!("<inode {nid}>").into_bytes());
         log.read(nid, &path);
+    }
+
+    /// The path a search finds for `nid`, unless a name in it is not UTF-8 (the search
+    /// shows such names lossily, and the access log must not name another file).
+    fn exact_path(&self, nid: Nid) -> Option<String> {
+        self.search(nid)
+            .filter(|p| !p.contains(char::REPLACEMENT_CHARACTER))
     }
 
     /// The path of `nid` for a log message: found by walking the tree from the root, on
@@ -140,7 +147,9 @@ impl ReadOnlyFs for ImageFs {
         match self.image.lookup(parent, name) {
             Ok(Some(nid)) => {
                 if let Some(log) = &self.access_log {
-                    log.named(self.image.root(), parent, name, nid, || self.search(parent));
+                    log.named(self.image.root(), parent, name, nid, || {
+                        self.exact_path(parent)
+                    });
                 }
                 self.attr(nid)
             }
