@@ -123,7 +123,8 @@ pub struct CreateArgs {
     /// After building, mount the image and compare it with the source; fail on any
     /// difference. `--verify` (auto) uses FUSE when it can and the library reader
     /// otherwise; `--verify=fuse` insists on FUSE, `--verify=library` skips it,
-    /// `--verify=kernel` mounts with the kernel's EROFS (--compressor none only).
+    /// `--verify=kernel` mounts with the kernel's EROFS (v6: --compressor none only; v5:
+    /// a temporary block export of the image).
     #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true, default_missing_value = "auto")]
     verify: Option<VerifyHow>,
 }
