@@ -177,9 +177,9 @@ fn aligned_chunk_aligns_v5_uncompressed_offsets_as_upstream_does() {
                 aligned,
             );
             // The same chunks, and blobs of the same uncompressed size. Not the same
-            // offset for each chunk: upstream's v5 builder stores one small file's chunk
-            // of the sample tree at another place in the blob than ours does, which moves
-            // the offsets of the chunks between the two places.
+            // offset for each chunk: our builder stores files depth first (the order tar
+            // and find read a tree), upstream's breadth first, so a file in a
+            // subdirectory (the sample's deep/f) sits elsewhere in the two blobs.
             let sizes = |c: &BTreeMap<(u32, u32), Listed>| {
                 let mut v: Vec<(String, u64)> = c
                     .values()
