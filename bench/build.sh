@@ -7,10 +7,13 @@
 # practical limit. Needs root.
 #   bench/build.sh [TREE...]   default: Linux 6.1 source, Debian minbase rootfs,
 #                              one 4 GiB mixed file, 200,000 small files
+#   FS_VERSION=5 bench/build.sh ...   both tools write RAFS v5 (default 6)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${BENCH_DIR:-/var/tmp/nydus-bench}
 runs=${RUNS:-3}
+fs_version=${FS_VERSION:-6}
+case "$fs_version" in 5|6) ;; *) echo "FS_VERSION must be 5 or 6" >&2; exit 2 ;; esac
 mkdir -p "$work"
 . bench/data.sh
 cargo build --release -q
@@ -52,7 +55,7 @@ run() {
   rm -rf "$out" && mkdir -p "$out"
   NYDUS_BUILD_THREADS=$threads /usr/bin/time -o "$out.time" -f "%e %U %S %M" \
     "$bin" create --log-level warn --compressor "$comp" --digester blake3 --chunk-size 0x100000 \
-    -B "$out/boot" -D "$out" "$tree" >/dev/null 2>&1
+    --fs-version "$fs_version" -B "$out/boot" -D "$out" "$tree" >/dev/null 2>&1
   read -r wall user sys rss < "$out.time"
   local boot blob
   boot=$(stat -c %s "$out/boot")
@@ -76,7 +79,7 @@ measure() {
   echo "$(median "${uw[@]}") $(median "${uc[@]}") $(printf "%s\n" "${ur[@]}" | sort -n | tail -1) $ubo $ubl $ucold"
 }
 
-echo "cores: $(nproc); median of $runs warm runs, plus one cold run; sizes in bytes, RSS in KiB"
+echo "RAFS v$fs_version; cores: $(nproc); median of $runs warm runs, plus one cold run; sizes in bytes, RSS in KiB"
 printf "%-14s %-5s %-9s %8s %8s %8s %9s %11s %12s\n" tree comp tool wall_s cold_s cpu_s rss_KiB bootstrap blob
 for tree in "${trees[@]}"; do
   name=$(basename "$tree")

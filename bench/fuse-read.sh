@@ -5,6 +5,8 @@
 # after dropping caches, on a fresh mount), warm re-read, and a cold metadata walk
 # (find -ls). Needs root.
 #   bench/fuse-read.sh [TREE]     default TREE: the Linux 6.1 source (linux-source-6.1)
+#   FS_VERSION=5 bench/fuse-read.sh   our image (which both FUSE mounts read) is RAFS v5
+#                                     (default 6); the EROFS limit is the same either way
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${BENCH_DIR:-/var/tmp/nydus-bench}
@@ -17,16 +19,18 @@ if [ -z "$tree" ]; then
     tar -xf /usr/src/linux-source-6.1.tar.xz -C "$work"
   fi
 fi
+fs_version=${FS_VERSION:-6}
+case "$fs_version" in 5|6) ;; *) echo "FS_VERSION must be 5 or 6" >&2; exit 2 ;; esac
 cargo build --release -q
 ours=target/release/nydus-image
 upstream="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydusd"
 img="$work/img"
 rm -rf "$img" && mkdir -p "$img/blobs" "$img/m-ours" "$img/m-nydusd" "$img/m-erofs" "$img/cache"
-$ours create --log-level warn --bootstrap "$img/boot" --blob-dir "$img/blobs" "$tree" >/dev/null
+$ours create --log-level warn --fs-version "$fs_version" --bootstrap "$img/boot" --blob-dir "$img/blobs" "$tree" >/dev/null
 mkfs.erofs "$img/erofs.img" "$tree" >/dev/null
 files=$(find "$tree" -type f | wc -l)
 bytes=$(du -sb "$tree" | cut -f1)
-echo "tree: $tree ($files files, $bytes bytes); cores: $(nproc)"
+echo "tree: $tree ($files files, $bytes bytes); RAFS v$fs_version; cores: $(nproc)"
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }

@@ -6,6 +6,10 @@
 //! no second read. An uncompressed blob (`Compressor::None`) keeps each chunk at its
 //! uncompressed offset, block-aligned, so that the kernel's EROFS can read it as the extra
 //! device the bootstrap's chunk indexes address.
+//!
+//! Chunks' uncompressed offsets (where a blob cache keeps a chunk decompressed) follow
+//! [`Layout`]: at 4 KiB blocks for RAFS v6, as upstream 2.2.0 always does; one after
+//! another for RAFS v5, as upstream does unless `create --aligned-chunk` asks for blocks.
 
 use std::io::Write;
 
@@ -23,6 +27,38 @@ const MAX_COMPRESSED_OFFSET: u64 = 1 << 40;
 /// Largest uncompressed offset a v1 chunk info entry can hold.
 const MAX_UNCOMPRESSED_OFFSET: u64 = 1 << 44;
 
+/// How a blob's chunks are given uncompressed offsets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// RAFS v6: each chunk's uncompressed offset starts a 4 KiB block, and an
+    /// uncompressed blob stores each chunk at that offset (an EROFS extra device).
+    #[default]
+    Blocks,
+    /// RAFS v5, upstream's default: each chunk's uncompressed offset right after the
+    /// previous chunk's last byte; the blob does not claim the `aligned` feature.
+    Dense,
+    /// RAFS v5 with `--aligned-chunk`: uncompressed offsets start 4 KiB blocks (upstream
+    /// 2.2.0 rounds each chunk's uncompressed size up to 4 KiB for the next offset);
+    /// stored chunks stay packed.
+    Aligned,
+}
+
+impl Layout {
+    /// Whether uncompressed offsets are 4 KiB aligned.
+    fn aligned(self) -> bool {
+        self != Layout::Dense
+    }
+
+    /// The features every blob written this way has.
+    fn features(self) -> u32 {
+        if self.aligned() {
+            blob_features::ALIGNED | blob_features::CAP_TAR_TOC
+        } else {
+            blob_features::CAP_TAR_TOC
+        }
+    }
+}
+
 /// A blob being written.
 pub struct BlobWriter<W: Write> {
     out: W,
@@ -33,6 +69,7 @@ pub struct BlobWriter<W: Write> {
     compressor: Compressor,
     digester: Digester,
     chunk_size: u32,
+    layout: Layout,
 }
 
 /// What a finished blob is.
@@ -58,7 +95,15 @@ impl<W: Write> BlobWriter<W> {
             compressor,
             digester,
             chunk_size,
+            layout: Layout::Blocks,
         }
+    }
+
+    /// Gives chunks uncompressed offsets by `layout` (before the first chunk).
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        debug_assert!(self.chunks.is_empty());
+        self.layout = layout;
+        self
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -129,8 +174,12 @@ impl<W: Write> BlobWriter<W> {
             index: self.chunks.len() as u32,
         };
         self.write(bytes)?;
-        self.uncompressed_offset += (raw_len as u64).next_multiple_of(BLOCK_SIZE);
-        if self.compressor == Compressor::None && !compressed {
+        self.uncompressed_offset += if self.layout.aligned() {
+            (raw_len as u64).next_multiple_of(BLOCK_SIZE)
+        } else {
+            raw_len as u64
+        };
+        if self.layout == Layout::Blocks && self.compressor == Compressor::None && !compressed {
             // An uncompressed blob is laid out as the kernel's EROFS reads an extra
             // device: each chunk at the block its chunk index names (its uncompressed
             // offset), so the tail of each chunk is padded to the next block.
@@ -205,7 +254,7 @@ impl<W: Write> BlobWriter<W> {
         mut self,
         blob_id: Option<&str>,
     ) -> std::io::Result<(FinishedBlob, Vec<ChunkInfo>)> {
-        let features = blob_features::ALIGNED | blob_features::CAP_TAR_TOC;
+        let features = self.layout.features();
         let meta = self.write_meta(features)?;
         self.out.flush()?;
         let sha256 = hex::encode(self.hasher.finalize_reset());
@@ -248,10 +297,8 @@ impl<W: Write> BlobWriter<W> {
             };
             return Ok((tail, None, Vec::new()));
         }
-        let mut features = blob_features::ALIGNED
-            | blob_features::CAP_TAR_TOC
-            | blob_features::INLINED_FS_META
-            | blob_features::HAS_TAR_HEADER;
+        let mut features =
+            self.layout.features() | blob_features::INLINED_FS_META | blob_features::HAS_TAR_HEADER;
         if toc {
             features |= blob_features::HAS_TOC | blob_features::INLINED_CHUNK_DIGEST;
         }
@@ -419,6 +466,45 @@ mod tests {
                     let from = c.compressed_offset as usize + raw.len();
                     let to = from.next_multiple_of(BLOCK_SIZE as usize);
                     assert!(blob[from..to].iter().all(|&b| b == 0), "padding at {from}");
+                }
+            }
+        }
+    }
+
+    /// Each layout gives the uncompressed offsets, blob size and features upstream 2.2.0
+    /// gives (v6; v5; v5 with --aligned-chunk), and only v6 pads an uncompressed blob.
+    #[test]
+    fn layouts_place_uncompressed_offsets() {
+        let sizes = [1usize, 4096, 4097, 10_000];
+        let dense_offsets = [0u64, 1, 4097, 8194];
+        let aligned_offsets = [0u64, 4096, 8192, 16384];
+        for (layout, offsets, end, aligned) in [
+            (Layout::Blocks, aligned_offsets, 16384 + 12288, true),
+            (Layout::Aligned, aligned_offsets, 16384 + 12288, true),
+            (Layout::Dense, dense_offsets, 8194 + 10_000, false),
+        ] {
+            for compressor in [Compressor::None, Compressor::Lz4Block] {
+                let mut blob = Vec::new();
+                let mut w = BlobWriter::new(&mut blob, compressor, Digester::Blake3, 0x10_0000)
+                    .with_layout(layout);
+                for (i, &n) in sizes.iter().enumerate() {
+                    let raw: Vec<u8> = (0..n).map(|k| (k * 7 + i * 13) as u8 | 1).collect();
+                    w.add_chunk([i as u8; 32], &raw, None, 0).unwrap();
+                }
+                let (done, chunks) = w.finish(None).unwrap();
+                let got: Vec<u64> = chunks.iter().map(|c| c.uncompressed_offset).collect();
+                assert_eq!(got, offsets, "{layout:?} {compressor:?}");
+                assert_eq!(done.entry.uncompressed_size, end, "{layout:?}");
+                assert_eq!(
+                    done.entry.features & blob_features::ALIGNED != 0,
+                    aligned,
+                    "{layout:?}"
+                );
+                let stored: Vec<u64> = chunks.iter().map(|c| c.compressed_offset).collect();
+                if layout == Layout::Blocks && compressor == Compressor::None {
+                    assert_eq!(stored, got, "v6 uncompressed: chunks at their blocks");
+                } else {
+                    assert_eq!(stored, dense_offsets, "{layout:?}: chunks packed");
                 }
             }
         }

@@ -190,6 +190,9 @@ pub struct BuildOptions {
     pub prefetch: prefetch::Prefetch,
     /// RAFS version of the bootstrap.
     pub fs_version: FsVersion,
+    /// RAFS v5: give chunks 4 KiB-aligned uncompressed offsets (upstream's
+    /// `--aligned-chunk`) instead of packing them. RAFS v6 always aligns them.
+    pub aligned_chunk: bool,
 }
 
 /// The RAFS version a build writes.
@@ -227,11 +230,21 @@ impl Default for BuildOptions {
             whiteout_spec: overlay::WhiteoutSpec::Oci,
             prefetch: prefetch::Prefetch::none(),
             fs_version: FsVersion::V6,
+            aligned_chunk: false,
         }
     }
 }
 
 impl BuildOptions {
+    /// How the new blob's chunks get uncompressed offsets.
+    pub fn blob_layout(&self) -> blob::Layout {
+        match (self.fs_version, self.aligned_chunk) {
+            (FsVersion::V6, _) => blob::Layout::Blocks,
+            (FsVersion::V5, false) => blob::Layout::Dense,
+            (FsVersion::V5, true) => blob::Layout::Aligned,
+        }
+    }
+
     /// Checks the settings before any work starts.
     pub fn validate(&self) -> Result<(), BuildError> {
         let cs = self.chunk_size;
@@ -639,7 +652,8 @@ pub fn build_from(
         opts.compressor,
         opts.digester,
         opts.chunk_size,
-    );
+    )
+    .with_layout(opts.blob_layout());
     let dict = match &opts.chunk_dict {
         Some(path) => Some(dict::ChunkDict::load(path, opts)?),
         None => None,

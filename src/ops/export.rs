@@ -4,6 +4,11 @@
 //! indexes rewritten to name those blocks on the image itself (device 0) and the
 //! superblock's extra devices dropped. Works from any image we read, compressed or not.
 //!
+//! A RAFS v5 image has no EROFS metadata to start from: its tree is read back (as a
+//! parent layer would be) and laid out as a RAFS v6 bootstrap in memory over the same
+//! blobs and chunk infos, which is then exported as above. Only metadata is rewritten
+//! this way; file data is still read chunk by chunk from the v5 image's blobs.
+//!
 //! The image is streamed chunk by chunk (one chunk in memory at a time, besides the
 //! bootstrap and one block address per distinct chunk), into a temporary file renamed
 //! into place when complete. The bootstrap's RAFS parts (blob and chunk tables) stay in
@@ -65,6 +70,15 @@ pub enum ExportError {
         /// The bootstrap.
         path: PathBuf,
     },
+    /// A RAFS v5 image's tree could not be restated as a v6 bootstrap.
+    #[error("{}: cannot lay out the RAFS v5 image as EROFS metadata", path.display())]
+    FromV5 {
+        /// The bootstrap.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<BuildError>,
+    },
     /// Writing the output failed.
     #[error("{}: {what} at offset 0x{offset:x}", path.display())]
     Write {
@@ -103,17 +117,55 @@ struct Placed {
     blkaddr: u32,
 }
 
+/// Why [`as_v6`] failed.
+enum V6Error {
+    /// Loading the tree or writing the v6 bootstrap.
+    Build(BuildError),
+    /// Opening what was written.
+    Open(ReadError),
+}
+
+/// The RAFS v5 image `v5` as a RAFS v6 image over the same blobs (found through `blobs`
+/// as before): its tree loaded the way a parent layer is, laid out as a v6 bootstrap in
+/// memory with the same blob table (same order, so chunk indexes name the same blobs)
+/// and the same chunk infos, and opened from those bytes under `v5`'s path, so errors
+/// still name the file the user gave.
+fn as_v6(v5: &Image, blobs: BlobSource) -> Result<Image, V6Error> {
+    let tree = crate::builder::overlay::flatten(
+        crate::builder::parent::load(v5, 0).map_err(V6Error::Build)?,
+    );
+    let sb = v5.super_block();
+    let (bytes, _) = crate::builder::stored_tree_bootstrap(
+        &tree,
+        v5.blobs().to_vec(),
+        crate::builder::bootstrap::v6::BootstrapOptions {
+            chunk_size: sb.chunk_size,
+            compressor: sb.compressor,
+            digester: sb.digester,
+        },
+    )
+    .map_err(V6Error::Build)?;
+    drop(tree);
+    log::debug!(
+        "{}: RAFS v5 laid out as {} bytes of v6 metadata",
+        v5.path().display(),
+        bytes.len()
+    );
+    Image::from_bytes(v5.path(), bytes, blobs).map_err(V6Error::Open)
+}
+
 /// Writes the image at `bootstrap` (blobs from `blobs`; a data blob with inline metadata
-/// too) as one EROFS block image at `output`.
+/// too; RAFS v5 or v6) as one EROFS block image at `output`.
 pub fn export_block(
     bootstrap: &Path,
     blobs: BlobSource,
     output: &Path,
 ) -> Result<ExportSummary, ExportError> {
-    let mut image = Image::open_any(bootstrap, blobs).map_err(|source| ExportError::Open {
+    let open_err = |source| ExportError::Open {
         path: bootstrap.to_path_buf(),
         source: Box::new(source),
-    })?;
+    };
+    let mut image = Image::open_any(bootstrap, blobs.clone()).map_err(open_err)?;
     // Each chunk is read once: no cache needed.
     image.set_cache_bytes(0);
     let missing = image.missing_blobs();
@@ -125,6 +177,16 @@ pub fn export_block(
                 .map(|(id, why)| format!("{id} ({why})"))
                 .collect(),
         });
+    }
+    if image.fs_version() == 5 {
+        image = as_v6(&image, blobs).map_err(|e| match e {
+            V6Error::Build(source) => ExportError::FromV5 {
+                path: bootstrap.to_path_buf(),
+                source: Box::new(source),
+            },
+            V6Error::Open(source) => open_err(source),
+        })?;
+        image.set_cache_bytes(0);
     }
     let read_err = |what: String| {
         move |source| ExportError::Read {

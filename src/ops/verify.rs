@@ -4,7 +4,8 @@
 //!
 //! The image is read through a FUSE mount (what the kernel shows a user), directly
 //! through the library reader, or through the kernel's own EROFS over loop devices
-//! (`crate::kernel`; uncompressed images laid out at their block addresses only).
+//! (`crate::kernel`; uncompressed v6 images laid out at their block addresses, and v5
+//! images of any compression through a temporary `export --block` image).
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +36,8 @@ pub enum Via {
     Fuse,
     /// Through the library reader.
     Library,
-    /// Through a kernel EROFS mount with loop devices over the bootstrap and blobs.
+    /// Through a kernel EROFS mount with loop devices over the bootstrap and blobs (a
+    /// RAFS v5 image: over its block export, in the temporary directory).
     Kernel,
 }
 
@@ -76,6 +78,15 @@ pub enum VerifyError {
         /// Why.
         #[source]
         source: crate::kernel::KernelError,
+    },
+    /// A RAFS v5 image could not be exported as a block image for the kernel.
+    #[error("block export of {} for the kernel", path.display())]
+    Export {
+        /// The bootstrap.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<crate::ops::export::ExportError>,
     },
     /// The comparison itself failed (a source entry unreadable, ...).
     #[error("could not compare")]
@@ -154,15 +165,31 @@ pub fn verify(
                 path: bootstrap.to_path_buf(),
                 source,
             };
-            let blob_paths = crate::kernel::kernel_blob_paths(&image, &blobs).map_err(kernel)?;
             let dir = tempfile::Builder::new()
                 .prefix("nydus-verify-kernel-")
                 .tempdir()
                 .map_err(VerifyError::MountPoint)?;
-            let mount = crate::kernel::ErofsMount::mount(bootstrap, &blob_paths, dir.path())
-                .map_err(kernel)?;
+            let mnt = dir.path().join("mnt");
+            std::fs::create_dir(&mnt).map_err(VerifyError::MountPoint)?;
+            let mount = if image.fs_version() == 5 {
+                // The kernel has no RAFS v5 driver: it reads the image's block export,
+                // written beside the mount point and removed with it.
+                drop(image);
+                let block = dir.path().join("block.img");
+                crate::ops::export::export_block(bootstrap, blobs, &block).map_err(|source| {
+                    VerifyError::Export {
+                        path: bootstrap.to_path_buf(),
+                        source: Box::new(source),
+                    }
+                })?;
+                crate::kernel::ErofsMount::mount(&block, &[], &mnt).map_err(kernel)?
+            } else {
+                let blob_paths =
+                    crate::kernel::kernel_blob_paths(&image, &blobs).map_err(kernel)?;
+                crate::kernel::ErofsMount::mount(bootstrap, &blob_paths, &mnt).map_err(kernel)?
+            };
             let report =
-                nydus_verify::compare_with(&source, &nydus_verify::FsTree::new(dir.path()), opts);
+                nydus_verify::compare_with(&source, &nydus_verify::FsTree::new(&mnt), opts);
             // A failed comparison still unmounts (and detaches) first.
             mount.unmount().map_err(kernel)?;
             report

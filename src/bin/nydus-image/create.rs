@@ -70,9 +70,13 @@ pub struct CreateArgs {
     /// Blob id to record instead of the blob's sha256.
     #[arg(long = "blob-id")]
     blob_id: Option<String>,
-    /// RAFS format version: 6 (RAFS v5 cannot be written by this tool).
+    /// RAFS format version: 6 or 5.
     #[arg(short = 'v', long = "fs-version", default_value = "6")]
     fs_version: String,
+    /// Give chunks 4 KiB-aligned uncompressed offsets (where a blob cache keeps them),
+    /// for RAFS v5; RAFS v6 always has them, so there it changes nothing (as upstream).
+    #[arg(long = "aligned-chunk")]
+    aligned_chunk: bool,
     /// Chunk compressor [default: zstd; gzip for stargz_index, the only use of gzip].
     #[arg(long, value_enum)]
     compressor: Option<CompressorArg>,
@@ -123,7 +127,8 @@ pub struct CreateArgs {
     /// After building, mount the image and compare it with the source; fail on any
     /// difference. `--verify` (auto) uses FUSE when it can and the library reader
     /// otherwise; `--verify=fuse` insists on FUSE, `--verify=library` skips it,
-    /// `--verify=kernel` mounts with the kernel's EROFS (--compressor none only).
+    /// `--verify=kernel` mounts with the kernel's EROFS (v6: --compressor none only; v5:
+    /// a temporary block export of the image).
     #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true, default_missing_value = "auto")]
     verify: Option<VerifyHow>,
 }
@@ -270,6 +275,7 @@ impl CreateArgs {
                 .transpose()?,
             whiteout_spec: self.whiteout_spec.into(),
             fs_version,
+            aligned_chunk: self.aligned_chunk,
             ..BuildOptions::default()
         };
         if let Some(t) = args::build_threads(self.threads)? {

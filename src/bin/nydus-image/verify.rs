@@ -34,7 +34,8 @@ pub struct VerifyArgs {
     #[command(flatten)]
     blobs: BlobArgs,
     /// Read the image through a FUSE mount (default: what a user sees), the library, or
-    /// the kernel's EROFS over loop devices (uncompressed images built by this tool).
+    /// the kernel's EROFS over loop devices (uncompressed v6 images built by this tool;
+    /// a v5 image through a temporary block export of it, in TMPDIR).
     #[arg(long, value_enum, default_value = "fuse")]
     via: ViaArg,
     /// Write the differences and summary as JSON here.
