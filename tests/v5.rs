@@ -544,8 +544,14 @@ fn v5_refuses_what_only_v6_carries() {
             "conversion type stargz_index conflicts with RAFS v5",
         ),
         (
-            &["--blob-inline-meta", "--blob", "/dev/null"],
-            "--blob-inline-meta conflicts with RAFS v5",
+            &[
+                "--blob-inline-meta",
+                "--features",
+                "blob-toc",
+                "--blob",
+                "/dev/null",
+            ],
+            "--features blob-toc can't be used with RAFS v5",
         ),
         (&["--type", "targz-ref"], "targz-ref is not supported"),
     ];
@@ -599,4 +605,100 @@ fn a_v5_image_serves_as_chunk_dictionary() {
         &FsTree::new(&again),
         &ImageTree(&image),
     );
+}
+
+/// `create` with `--prefetch-policy fs` and `extra`, the patterns on standard input.
+fn build_with_patterns(bin: &Path, src: &Path, out: &Path, patterns: &str, extra: &[&str]) {
+    use std::io::Write;
+    fs::create_dir_all(out.join("blobs")).unwrap();
+    let mut child = Command::new(bin)
+        .args(["create", "--log-level", "warn", "--fs-version", "5"])
+        .args(extra)
+        .arg("--bootstrap")
+        .arg(out.join("boot"))
+        .arg("--blob-dir")
+        .arg(out.join("blobs"))
+        .arg(src)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(patterns.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{} create: {}",
+        bin.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The v5 prefetch table's bytes (superblock's offset and entry count, padded to 8).
+fn v5_prefetch_table(boot: &Path) -> Vec<u8> {
+    let bytes = fs::read(boot).unwrap();
+    let image = Image::open(boot, BlobSource::None).unwrap();
+    let sb = image.v5_super_block().unwrap();
+    let at = sb.prefetch_table_offset as usize;
+    let len = (sb.prefetch_table_entries as usize * 4).next_multiple_of(8);
+    bytes[at..at + len].to_vec()
+}
+
+/// `--prefetch-policy fs` writes upstream's v5 prefetch table: the inode number of each
+/// pattern's entry in pattern order, no slot for a pattern naming nothing or an empty
+/// file, a hard link's name standing for its inode, padded to 8 bytes; the same bytes as
+/// upstream's for the same tree and patterns, and upstream's `inspect -R prefetch` lists
+/// the same paths. With `--prefetch-policy blob` there is none, as upstream.
+#[test]
+fn v5_prefetch_table_is_upstreams() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = source(root);
+    let patterns =
+        "/hl/second-link\n/deep\n/nothere\n/empty\n/one\n/hl\n/link-short\n/big-dir\n/\n";
+    let inspect = |boot: &Path| {
+        let o = Command::new(upstream_bin("nydus-image"))
+            .args(["inspect", "-R", "prefetch"])
+            .arg(boot)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "inspect {}", boot.display());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let mut tables = Vec::new();
+    let mut listings = Vec::new();
+    for (who, bin) in [
+        ("ours", our_bin()),
+        ("upstream", upstream_bin("nydus-image")),
+    ] {
+        let out = root.join(who);
+        build_with_patterns(&bin, &src, &out, patterns, &["--prefetch-policy", "fs"]);
+        let table = v5_prefetch_table(&out.join("boot"));
+        // Seven patterns name a non-empty entry; the reader lists them.
+        assert_eq!(table.len(), 32, "{who}: seven entries padded to eight");
+        let image = Image::open(&out.join("boot"), BlobSource::None).unwrap();
+        assert_eq!(image.prefetch_table().unwrap().len(), 7, "{who}");
+        assert!(
+            inspect(&out.join("boot")).matches("\"inode\"").count() == 7,
+            "{who}: inspect lists entries"
+        );
+        tables.push(table);
+        listings.push(inspect(&out.join("boot")));
+        let out = root.join(format!("{who}-blob"));
+        build_with_patterns(&bin, &src, &out, patterns, &["--prefetch-policy", "blob"]);
+        assert!(
+            v5_prefetch_table(&out.join("boot")).is_empty(),
+            "{who}: blob policy"
+        );
+    }
+    assert_eq!(
+        tables[0], tables[1],
+        "prefetch table bytes, ours then upstream's"
+    );
+    assert_eq!(listings[0], listings[1], "inspect -R prefetch");
 }

@@ -475,8 +475,9 @@ pub(crate) fn stored_tree_bootstrap(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
+    fs_version: FsVersion,
 ) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
-    stored_tree_bootstrap_with(tree, blobs, opts, &prefetch::Prefetch::none())
+    stored_tree_bootstrap_with(tree, blobs, opts, &prefetch::Prefetch::none(), fs_version)
 }
 
 /// [`stored_tree_bootstrap`] with prefetch hints: with policy `fs`, the bootstrap
@@ -487,6 +488,7 @@ pub(crate) fn stored_tree_bootstrap_with(
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
     prefetch: &prefetch::Prefetch,
+    fs_version: FsVersion,
 ) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
     debug_assert!(tree
         .nodes
@@ -495,16 +497,26 @@ pub(crate) fn stored_tree_bootstrap_with(
     let no_new = vec![Vec::new(); tree.nodes.len()];
     let (blobs, chunks, file_chunks) = assemble_chunks(tree, &no_new, &[], blobs, &[], None);
     let table = prefetch.table(tree);
-    let bytes = bootstrap::v6::write(
-        &bootstrap::v6::BootstrapInput {
-            tree,
-            file_chunks: &file_chunks,
-            chunks: &chunks,
-            blobs: &blobs,
-            prefetch: table.as_ref(),
-        },
-        opts,
-    )?;
+    let input = bootstrap::v6::BootstrapInput {
+        tree,
+        file_chunks: &file_chunks,
+        chunks: &chunks,
+        blobs: &blobs,
+        prefetch: table.as_ref(),
+    };
+    let bytes = match fs_version {
+        FsVersion::V6 => bootstrap::v6::write(&input, opts)?,
+        // The tree keeps no record of which names upstream's tar builder flagged as
+        // later names of a hard link, so none is flagged: nydus-rafs 0.2.2 never reads
+        // the flag (it tells a hard link by a regular file's link count).
+        FsVersion::V5 => bootstrap::v5::write(
+            &input,
+            bootstrap::v5::V5Options {
+                base: opts,
+                hardlink_flag: false,
+            },
+        )?,
+    };
     Ok((bytes, blobs))
 }
 
@@ -585,11 +597,12 @@ pub fn build_from(
             });
         }
     }
-    if matches!(bootstrap_target, BootstrapTarget::InBlob { .. })
+    if matches!(bootstrap_target, BootstrapTarget::InBlob { toc: true })
         && opts.fs_version == FsVersion::V5
     {
+        // Upstream 2.2.0 refuses `--features blob-toc` with v5 too.
         return Err(BuildError::Options(
-            "a bootstrap inside its blob is RAFS v6 only; build v5 with a bootstrap file".into(),
+            "a TOC in a blob carrying its bootstrap is RAFS v6 only; build v5 without it".into(),
         ));
     }
     if matches!(bootstrap_target, BootstrapTarget::InBlob { .. }) && opts.blob_id.is_some() {
@@ -693,7 +706,9 @@ pub fn build_from(
     let blob_err = |e| BuildError::output(&blob_pending.target, "cannot write blob", e);
     let (new_chunks, new_blob, finished, inline_tail) = match &boot_out {
         BootOutput::InBlob { toc } => {
-            let (tail, entry, chunks) = writer.finish_inline(*toc).map_err(blob_err)?;
+            let (tail, entry, chunks) = writer
+                .finish_inline(*toc, opts.fs_version == FsVersion::V6)
+                .map_err(blob_err)?;
             (chunks, entry, None, Some(tail))
         }
         BootOutput::File(..) if writer.chunk_count() > 0 => {
@@ -720,11 +735,7 @@ pub fn build_from(
         )));
     }
 
-    // RAFS v5's prefetch table is not written yet: v5 builds take the blob order only.
-    let table = match opts.fs_version {
-        FsVersion::V6 => opts.prefetch.table(&tree),
-        FsVersion::V5 => None,
-    };
+    let table = opts.prefetch.table(&tree);
     let input = bootstrap::v6::BootstrapInput {
         tree: &tree,
         file_chunks: &file_chunks,

@@ -189,6 +189,8 @@ fn is_storable_id(id: &str) -> bool {
 struct Settings {
     chunk_size: u32,
     digester: Digester,
+    /// RAFS version (5 or 6): the merged image is written in its inputs' version.
+    fs_version: u32,
 }
 
 /// Checks `image` against the settings of the first image opened.
@@ -202,11 +204,23 @@ fn check_settings(
     let these = Settings {
         chunk_size: sb.chunk_size,
         digester: sb.digester,
+        fs_version: image.fs_version(),
     };
     let Some(first) = settings else {
         *settings = Some(these);
         return Ok(());
     };
+    // Upstream's merge refuses a mix of versions too (nydus-rafs `check_compatibility`).
+    if first.fs_version != these.fs_version {
+        return Err(MergeError::Layer {
+            role,
+            path: path.to_path_buf(),
+            what: format!(
+                "is RAFS v{}, the first image is v{}: merged images share one version",
+                these.fs_version, first.fs_version
+            ),
+        });
+    }
     // Upstream checks the chunk size; one digester is recorded for the merged image, so
     // it must be the same too.
     if first.chunk_size != these.chunk_size || first.digester != these.digester {
@@ -450,6 +464,10 @@ pub fn merge(
             digester: settings.digester,
         },
         &opts.prefetch,
+        match settings.fs_version {
+            5 => crate::builder::FsVersion::V5,
+            _ => crate::builder::FsVersion::V6,
+        },
     )?;
     let out = match target {
         MergeTarget::File(p) => p.clone(),

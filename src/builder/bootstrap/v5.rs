@@ -209,7 +209,27 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
         records[i].digest = compress::digest(digester, &data);
     }
 
-    // Layout: superblock, inode table, prefetch table (none yet), blob tables, records.
+    // The prefetch table (policy `fs`): per pattern that named an entry, in pattern
+    // order, that entry's inode number; unlike v6, upstream leaves no slot for a pattern
+    // that named nothing.
+    let prefetch: Vec<u32> = match input.prefetch {
+        Some(p) => p
+            .nodes
+            .iter()
+            .map(|&id| {
+                let ino = ino_of_group[group(id)];
+                u32::try_from(ino).map_err(|_| {
+                    limit(
+                        id,
+                        format!("inode {ino} in the prefetch table, past 32 bits"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+
+    // Layout: superblock, inode table, prefetch table, blob tables, records.
     let blobs: Vec<Blob> = input
         .blobs
         .iter()
@@ -225,7 +245,7 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
         .collect();
     let inode_table_offset = SUPER_SIZE;
     let prefetch_table_offset = inode_table_offset + tables::inode_table_size(entries);
-    let blob_table_offset = prefetch_table_offset;
+    let blob_table_offset = prefetch_table_offset + align(prefetch.len() as u64 * 4);
     let blob_table_size = tables::blob_table_size(&blobs);
     let ext_offset = blob_table_offset + blob_table_size;
     let mut at = ext_offset + blobs.len() as u64 * 64;
@@ -257,7 +277,7 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
         inode_table_offset,
         inode_table_entries: entries,
         prefetch_table_offset,
-        prefetch_table_entries: 0,
+        prefetch_table_entries: prefetch.len() as u32,
         blob_table_offset,
         blob_table_size: blob_table_size as u32,
         ext_blob_table_offset: ext_offset,
@@ -266,6 +286,7 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
     let mut out = Vec::with_capacity(at as usize);
     out.extend_from_slice(&sb.encode());
     tables::encode_inode_table(&offsets, &mut out);
+    tables::encode_prefetch_table(&prefetch, &mut out);
     tables::encode_blob_table(&blobs, &mut out);
     tables::encode_ext_blob_table(&blobs, &mut out);
     for (i, &id) in order.iter().enumerate() {

@@ -556,6 +556,11 @@ pub fn compact(
             compressor: sb.compressor,
             digester: sb.digester,
         },
+        // A v5 image stays v5 (upstream 2.2.0's compact writes only v5).
+        match image.fs_version() {
+            5 => crate::builder::FsVersion::V5,
+            _ => crate::builder::FsVersion::V6,
+        },
     );
     let (bytes, blobs_out) = match written {
         Ok(v) => v,

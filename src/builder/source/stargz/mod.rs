@@ -216,6 +216,7 @@ pub fn describe(
             digester: Digester::Sha256,
         },
         prefetch,
+        crate::builder::FsVersion::V6,
     )?;
     Ok(Described {
         bootstrap: image,
