@@ -702,3 +702,65 @@ fn v5_prefetch_table_is_upstreams() {
     );
     assert_eq!(listings[0], listings[1], "inspect -R prefetch");
 }
+
+/// Bytes no compressor shrinks (xorshift from `seed`): both builders store them as they
+/// are, so chunk sizes and offsets agree between them.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `--prefetch-policy blob` gives the blob's head as its readahead range in the v5 blob
+/// table, as upstream does: from 0 to the end of the last chunk the covered files stored
+/// first (a chunk deduplicated against an earlier one adds nothing); `fs` and no match
+/// give 0/0. The files are incompressible: upstream's zstd packs compressible chunks a
+/// few hundred bytes smaller than ours, and its uncompressed blobs are packed where ours
+/// are 4 KiB aligned, either of which moves the range's end.
+#[test]
+fn v5_blob_readahead_is_upstreams() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = root.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/r1"), noise(200_000, 1)).unwrap();
+    fs::write(src.join("d/r2"), noise(1_500_000, 2)).unwrap();
+    fs::write(src.join("dup"), noise(1_500_000, 2)).unwrap();
+    fs::write(src.join("a"), noise(100, 3)).unwrap();
+    fs::write(src.join("late"), noise(300_000, 4)).unwrap();
+    const BLOB: &[&str] = &["--prefetch-policy", "blob"];
+    let cases: [(&str, &[&str]); 6] = [
+        ("/d\n", BLOB),
+        ("/a\n/d/r1\n", BLOB),
+        ("/d/r2\n/dup\n", BLOB),
+        ("/dup\n/late\n", BLOB),
+        ("/nothere\n", BLOB),
+        ("/d\n", &["--prefetch-policy", "fs"]),
+    ];
+    let mut nonzero = 0;
+    for (i, (patterns, extra)) in cases.iter().enumerate() {
+        let mut ranges = Vec::new();
+        for (who, bin) in [
+            ("ours", our_bin()),
+            ("upstream", upstream_bin("nydus-image")),
+        ] {
+            let out = root.join(format!("{who}{i}"));
+            build_with_patterns(&bin, &src, &out, patterns, extra);
+            let image = Image::open(&out.join("boot"), BlobSource::None).unwrap();
+            ranges.push(image.blob_readahead(0).unwrap());
+        }
+        assert_eq!(
+            ranges[0], ranges[1],
+            "{patterns:?} {extra:?}: ours, upstream's"
+        );
+        assert_eq!(ranges[0].0, 0);
+        nonzero += (ranges[0].1 != 0) as usize;
+    }
+    assert_eq!(nonzero, 4, "the four blob-policy cases that match files");
+}

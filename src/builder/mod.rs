@@ -514,6 +514,7 @@ pub(crate) fn stored_tree_bootstrap_with(
             bootstrap::v5::V5Options {
                 base: opts,
                 hardlink_flag: false,
+                readahead: None,
             },
         )?,
     };
@@ -658,7 +659,7 @@ pub fn build_from(
         None => None,
     };
     let known = |digest: &[u8; 32]| dict.as_ref().and_then(|d| d.get(digest));
-    let (tree, parent_blobs, chunked, new_file_chunks) = match (source, dir_tree) {
+    let (tree, parent_blobs, chunked, new_file_chunks, readahead_last) = match (source, dir_tree) {
         (Source::Dir(_), Some((tree, parent_blobs))) => {
             // Prefetched files first, as upstream lays out a directory's blob; a tar
             // layer's data is stored as it streams by.
@@ -672,7 +673,21 @@ pub fn build_from(
                 progress,
             )?;
             let by_node = std::mem::take(&mut chunked.file_chunks);
-            (tree, parent_blobs, chunked, by_node)
+            // The last new chunk of the files stored first: with policy `blob`, upstream's
+            // v5 blob table gives the blob's head up to its end as the readahead range.
+            let readahead_last = (opts.prefetch.policy == prefetch::PrefetchPolicy::Blob)
+                .then(|| {
+                    first
+                        .iter()
+                        .flat_map(|&id| &by_node[tree.nodes[id].hardlink_of.unwrap_or(id)])
+                        .filter_map(|r| match r {
+                            chunker::ChunkRef::New(i) => Some(*i),
+                            chunker::ChunkRef::Known(_) => None,
+                        })
+                        .max()
+                })
+                .flatten();
+            (tree, parent_blobs, chunked, by_node, readahead_last)
         }
         (Source::Tar(path, format), _) => {
             let (upper, chunked) = source::tar::chunk_layer(
@@ -697,7 +712,7 @@ pub fn build_from(
                 }
             };
             let none = vec![Vec::new(); tree.nodes.len()];
-            (tree, parent_blobs, chunked, none)
+            (tree, parent_blobs, chunked, none, None)
         }
         (Source::Dir(_), None) => unreachable!("a directory's tree is read first"),
     };
@@ -720,6 +735,7 @@ pub fn build_from(
             (Vec::new(), None, None, None)
         }
     };
+    let new_blob_id = new_blob.as_ref().map(|b| b.blob_id.clone());
     let (blobs, chunks, file_chunks) = assemble_chunks(
         &tree,
         &new_file_chunks,
@@ -728,6 +744,9 @@ pub fn build_from(
         dict.as_ref().map(|d| d.blobs.as_slice()).unwrap_or(&[]),
         new_blob,
     );
+    let new_blob_index = new_blob_id
+        .as_ref()
+        .and_then(|id| blobs.iter().position(|b| &b.blob_id == id));
     if blobs.len() > 254 {
         return Err(BuildError::Options(format!(
             "the image would reference {} blobs; RAFS v6 chunk indexes address 254",
@@ -755,6 +774,10 @@ pub fn build_from(
             bootstrap::v5::V5Options {
                 base,
                 hardlink_flag: matches!(source, Source::Tar(..)),
+                readahead: readahead_last
+                    .and_then(|i| new_chunks.get(i as usize))
+                    .zip(new_blob_index)
+                    .map(|(c, blob)| (blob, c.compressed_offset + c.compressed_size as u64)),
             },
         )?,
     };

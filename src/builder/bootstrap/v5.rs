@@ -51,6 +51,10 @@ pub struct V5Options {
     /// Mark the later names of hard links with the inode's `HARDLINK` flag, as upstream's
     /// tar and eStargz builders do (its directory builder does not).
     pub hardlink_flag: bool,
+    /// The readahead range of one blob (its index in the table, and the bytes from
+    /// offset 0): upstream's `--prefetch-policy blob` gives the blob's head where the
+    /// covered files' new chunks were stored first. Every other blob gets 0/0.
+    pub readahead: Option<(usize, u64)>,
 }
 
 /// 512-byte blocks upstream records: of the size and the padded xattr pairs.
@@ -230,19 +234,31 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
     };
 
     // Layout: superblock, inode table, prefetch table, blob tables, records.
+    let readahead_size = |i: usize| match opts.readahead {
+        Some((blob, size)) if blob == i => u32::try_from(size).map_err(|_| {
+            limit(
+                0,
+                format!("a blob readahead range of {size} bytes, past 32 bits"),
+            )
+        }),
+        _ => Ok(0),
+    };
     let blobs: Vec<Blob> = input
         .blobs
         .iter()
-        .map(|b| Blob {
-            blob_id: b.blob_id.clone(),
-            readahead_offset: 0,
-            readahead_size: 0,
-            chunk_count: b.chunk_count,
-            features: b.features,
-            uncompressed_size: b.uncompressed_size,
-            compressed_size: b.compressed_size,
+        .enumerate()
+        .map(|(i, b)| {
+            Ok(Blob {
+                blob_id: b.blob_id.clone(),
+                readahead_offset: 0,
+                readahead_size: readahead_size(i)?,
+                chunk_count: b.chunk_count,
+                features: b.features,
+                uncompressed_size: b.uncompressed_size,
+                compressed_size: b.compressed_size,
+            })
         })
-        .collect();
+        .collect::<Result<_, WriteError>>()?;
     let inode_table_offset = SUPER_SIZE;
     let prefetch_table_offset = inode_table_offset + tables::inode_table_size(entries);
     let blob_table_offset = prefetch_table_offset + align(prefetch.len() as u64 * 4);
@@ -326,6 +342,7 @@ pub(crate) mod tests {
                 digester: Digester::Blake3,
             },
             hardlink_flag: false,
+            readahead: None,
         }
     }
 
