@@ -764,3 +764,57 @@ fn v5_blob_readahead_is_upstreams() {
     }
     assert_eq!(nonzero, 4, "the four blob-policy cases that match files");
 }
+
+/// `merge` writes its inputs' version: v5 layers give a v5 image; a mix of v5 and v6
+/// bootstraps is refused before anything is written, by ours as by upstream's.
+#[test]
+fn merge_keeps_v5_and_refuses_a_mix_of_versions() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = root.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"merge me").unwrap();
+    for v in ["5", "6"] {
+        let out = root.join(format!("v{v}"));
+        fs::create_dir_all(out.join("blobs")).unwrap();
+        run(Command::new(our_bin())
+            .args(["create", "--log-level", "warn", "--fs-version", v])
+            .arg("--bootstrap")
+            .arg(out.join("boot"))
+            .arg("--blob-dir")
+            .arg(out.join("blobs"))
+            .arg(&src));
+    }
+    let (v5, v6) = (root.join("v5/boot"), root.join("v6/boot"));
+    for (who, bin) in [
+        ("ours", our_bin()),
+        ("upstream", upstream_bin("nydus-image")),
+    ] {
+        let out = root.join(format!("{who}-v5.boot"));
+        run(Command::new(&bin)
+            .args(["merge", "--log-level", "warn", "--bootstrap"])
+            .arg(&out)
+            .arg(&v5)
+            .arg(&v5));
+        let image = Image::open(&out, BlobSource::None).unwrap();
+        assert_eq!(image.fs_version(), 5, "{who}: merge of v5 layers");
+        for (a, b) in [(&v5, &v6), (&v6, &v5)] {
+            let out = root.join(format!("{who}-mix.boot"));
+            let o = Command::new(&bin)
+                .args(["merge", "--log-level", "warn", "--bootstrap"])
+                .arg(&out)
+                .arg(a)
+                .arg(b)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{who}: merged {a:?} and {b:?}");
+            assert!(!out.exists(), "{who}: output left by a refused merge");
+            if who == "ours" {
+                assert!(err.contains("merged images share one version"), "{err}");
+            } else {
+                assert!(err.contains("inconsistent RAFS version"), "{err}");
+            }
+        }
+    }
+}
