@@ -8,7 +8,9 @@
 //! mount must equal the kernel's overlayfs of the layer directories.
 //!
 //! Every combination runs: ours or upstream's `create`, ours or upstream's `merge`; the
-//! two merges' `-J` reports and blob tables must agree.
+//! two merges' `-J` reports and blob tables must agree. The same with RAFS v5, the
+//! converter's default for its directory path (and its tar path with v5), whose blobs
+//! carry the bootstrap without a TOC.
 //!
 //! The command lines are those of github.com/containerd/nydus-snapshotter
 //! `pkg/converter/tool/builder.go` (`buildPackArgs`, `Merge`), and the bootstrap and TOC
@@ -891,11 +893,13 @@ fn bootstrap_by_tar_headers(blob: &[u8]) -> Vec<u8> {
 
 /// The converter's directory path with RAFS v5, its default there, and its tar path with
 /// v5: each layer (directory or tar) built by ours or upstream's `create --fs-version 5`
-/// with the bootstrap inline, through FIFOs; the blob is upstream's layout (chunk data, `image.blob` header, the bootstrap as
-/// it is, `image.boot` header: no blob meta, no TOC); the bootstrap taken from the blob's
-/// tail by its tar header and named by the blob's sha256; merged by ours and upstream's
-/// `merge`, which keep v5. nydusd mounts every merged image with `digest_validate` on and
-/// shows what overlayfs shows; the two merges' `-J` blob lists and blob tables agree.
+/// with the bootstrap inline, through FIFOs; the blob is upstream's layout (chunk data,
+/// `image.blob` header, the bootstrap as it is, `image.boot` header: no blob meta, no
+/// TOC); the bootstrap taken from the blob's tail by its tar header and named by the
+/// blob's sha256; merged by ours and upstream's `merge`, which keep v5. nydusd mounts
+/// every merged image with `digest_validate` on and shows what overlayfs shows; the two
+/// merges' `-J` blob lists and blob tables agree, and our merge of the blobs themselves
+/// gives the same.
 #[test]
 fn converter_paths_with_v5_merge_as_overlayfs_shows_them() {
     let _dog = watchdog("converter v5 directory path", 900);
@@ -1026,7 +1030,16 @@ fn converter_paths_with_v5_merge_as_overlayfs_shows_them() {
         }
         assert_eq!(
             tables[0], tables[1],
-            "{creator:?}: blob tables of both merges"
+            "{source:?} {creator:?}: blob tables of both merges"
         );
+        // Our merge also takes the blobs themselves in place of the bootstraps.
+        let sources: Vec<PathBuf> = hexes.iter().map(|h| blobs.join(h)).collect();
+        let out = work.join("from-blobs.boot");
+        let json = work.join("from-blobs.json");
+        let o = merge(Tool::Ours, &out, &json, &sources, &[]);
+        assert!(o.status.success(), "{source:?} {creator:?}: {}", text(&o));
+        assert_eq!(json_blobs(&read_json(&json)), want, "merge of the blobs");
+        let image = Image::open(&out, BlobSource::Dir(blobs.clone())).unwrap();
+        assert_eq!(image.blobs().to_vec(), tables[0], "merge of the blobs");
     }
 }
