@@ -720,9 +720,10 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// `--prefetch-policy blob` gives the blob's head as its readahead range in the v5 blob
 /// table, as upstream does: from 0 to the end of the last chunk the covered files stored
 /// first (a chunk deduplicated against an earlier one adds nothing); `fs` and no match
-/// give 0/0. The files are incompressible: upstream's zstd packs compressible chunks a
-/// few hundred bytes smaller than ours, and its uncompressed blobs are packed where ours
-/// are 4 KiB aligned, either of which moves the range's end.
+/// give 0/0; ours and upstream's `merge` keep it. The files are incompressible:
+/// upstream's zstd packs compressible chunks a few hundred bytes smaller than ours, and
+/// its uncompressed blobs are packed where ours are 4 KiB aligned, either of which moves
+/// the range's end.
 #[test]
 fn v5_blob_readahead_is_upstreams() {
     let scratch = Scratch::new();
@@ -761,6 +762,23 @@ fn v5_blob_readahead_is_upstreams() {
         );
         assert_eq!(ranges[0].0, 0);
         nonzero += (ranges[0].1 != 0) as usize;
+        // Both merges keep a layer's range.
+        for (who, bin) in [
+            ("ours", our_bin()),
+            ("upstream", upstream_bin("nydus-image")),
+        ] {
+            let merged = root.join(format!("merged-{who}{i}"));
+            run(Command::new(bin)
+                .args(["merge", "--log-level", "warn", "--bootstrap"])
+                .arg(&merged)
+                .arg(root.join(format!("ours{i}/boot"))));
+            let image = Image::open(&merged, BlobSource::None).unwrap();
+            assert_eq!(
+                image.blob_readahead(0),
+                Some(ranges[0]),
+                "{who} merge, {patterns:?}"
+            );
+        }
     }
     assert_eq!(nonzero, 4, "the four blob-policy cases that match files");
 }

@@ -477,18 +477,28 @@ pub(crate) fn stored_tree_bootstrap(
     opts: bootstrap::v6::BootstrapOptions,
     fs_version: FsVersion,
 ) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
-    stored_tree_bootstrap_with(tree, blobs, opts, &prefetch::Prefetch::none(), fs_version)
+    stored_tree_bootstrap_with(
+        tree,
+        blobs,
+        opts,
+        &prefetch::Prefetch::none(),
+        fs_version,
+        &[],
+    )
 }
 
 /// [`stored_tree_bootstrap`] with prefetch hints: with policy `fs`, the bootstrap
 /// carries the prefetch table of `tree` for `prefetch`'s patterns (the blobs are already
-/// stored, so no policy changes their order).
+/// stored, so no policy changes their order), written as `fs_version`; for v5,
+/// `readahead` gives each blob's readahead range by table position (see
+/// [`bootstrap::v5::V5Options::readahead`]).
 pub(crate) fn stored_tree_bootstrap_with(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
     prefetch: &prefetch::Prefetch,
     fs_version: FsVersion,
+    readahead: &[(u32, u32)],
 ) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
     debug_assert!(tree
         .nodes
@@ -514,7 +524,7 @@ pub(crate) fn stored_tree_bootstrap_with(
             bootstrap::v5::V5Options {
                 base: opts,
                 hardlink_flag: false,
-                readahead: None,
+                readahead,
             },
         )?,
     };
@@ -767,6 +777,16 @@ pub fn build_from(
         compressor: opts.compressor,
         digester: opts.digester,
     };
+    // The new blob's readahead range (v5, policy `blob`): the head its prefetched files
+    // were stored in, as upstream records it (a u32; upstream fails past that, we clamp).
+    let mut readahead = vec![(0u32, 0u32); blobs.len()];
+    if let Some((c, blob)) = readahead_last
+        .and_then(|i| new_chunks.get(i as usize))
+        .zip(new_blob_index)
+    {
+        let end = c.compressed_offset + c.compressed_size as u64;
+        readahead[blob] = (0, u32::try_from(end).unwrap_or(u32::MAX));
+    }
     let image = match opts.fs_version {
         FsVersion::V6 => bootstrap::v6::write(&input, base)?,
         FsVersion::V5 => bootstrap::v5::write(
@@ -774,10 +794,7 @@ pub fn build_from(
             bootstrap::v5::V5Options {
                 base,
                 hardlink_flag: matches!(source, Source::Tar(..)),
-                readahead: readahead_last
-                    .and_then(|i| new_chunks.get(i as usize))
-                    .zip(new_blob_index)
-                    .map(|(c, blob)| (blob, c.compressed_offset + c.compressed_size as u64)),
+                readahead: &readahead,
             },
         )?,
     };

@@ -292,12 +292,15 @@ fn entry_id(entry: &BlobEntry, path: &Path) -> String {
 #[derive(Default)]
 struct BlobTable {
     blobs: Vec<BlobEntry>,
+    /// Each blob's v5 readahead range, kept from the image it came from (upstream's
+    /// merge keeps it; 0/0 from a v6 image).
+    readahead: Vec<(u32, u32)>,
     by_id: HashMap<String, u32>,
 }
 
 impl BlobTable {
     /// Adds `entry` (or finds the entry with its id) and returns its position.
-    fn add(&mut self, mut entry: BlobEntry) -> u32 {
+    fn add(&mut self, mut entry: BlobEntry, readahead: Option<(u32, u32)>) -> u32 {
         entry.features &= !INLINED_FS_META;
         if let Some(&i) = self.by_id.get(&entry.blob_id) {
             return i;
@@ -305,6 +308,7 @@ impl BlobTable {
         let i = self.blobs.len() as u32;
         self.by_id.insert(entry.blob_id.clone(), i);
         self.blobs.push(entry);
+        self.readahead.push(readahead.unwrap_or((0, 0)));
         i
     }
 }
@@ -367,11 +371,15 @@ pub fn merge(
         let map: Vec<u32> = image
             .blobs()
             .iter()
-            .map(|b| {
-                table.add(BlobEntry {
-                    blob_id: entry_id(b, path),
-                    ..b.clone()
-                })
+            .enumerate()
+            .map(|(i, b)| {
+                table.add(
+                    BlobEntry {
+                        blob_id: entry_id(b, path),
+                        ..b.clone()
+                    },
+                    image.blob_readahead(i),
+                )
             })
             .collect();
         let mut entry = parent::load(&image, layer_index)?;
@@ -391,13 +399,17 @@ pub fn merge(
         };
         let mut own_seen = false;
         let mut map = Vec::with_capacity(image.blobs().len());
-        for b in image.blobs() {
+        for (bi, b) in image.blobs().iter().enumerate() {
             let id = entry_id(b, path);
+            let readahead = image.blob_readahead(bi);
             if dict_ids.contains(&id) {
-                map.push(table.add(BlobEntry {
-                    blob_id: id,
-                    ..b.clone()
-                }));
+                map.push(table.add(
+                    BlobEntry {
+                        blob_id: id,
+                        ..b.clone()
+                    },
+                    readahead,
+                ));
                 continue;
             }
             if own_seen {
@@ -432,7 +444,7 @@ pub fn merge(
             if let Some(sizes) = &opts.blob_toc_sizes {
                 own.toc_size = sizes[i];
             }
-            map.push(table.add(own));
+            map.push(table.add(own, readahead));
         }
         if table.blobs.len() > MAX_BLOBS {
             return Err(bad(format!(
@@ -455,9 +467,14 @@ pub fn merge(
     }
     let tree = overlay::flatten(merged.expect("at least one layer"));
     let settings = settings.expect("at least one layer");
+    let BlobTable {
+        blobs: table_blobs,
+        readahead,
+        ..
+    } = table;
     let (bytes, blobs) = crate::builder::stored_tree_bootstrap_with(
         &tree,
-        table.blobs,
+        table_blobs,
         bootstrap::v6::BootstrapOptions {
             chunk_size: settings.chunk_size,
             compressor: compressor.expect("at least one layer"),
@@ -468,6 +485,7 @@ pub fn merge(
             5 => crate::builder::FsVersion::V5,
             _ => crate::builder::FsVersion::V6,
         },
+        &readahead,
     )?;
     let out = match target {
         MergeTarget::File(p) => p.clone(),

@@ -45,16 +45,16 @@ impl From<WriteError> for crate::builder::BuildError {
 
 /// Settings of a v5 bootstrap beyond what v6 shares.
 #[derive(Clone, Copy, Debug)]
-pub struct V5Options {
+pub struct V5Options<'a> {
     /// Chunk size, compressor, digester.
     pub base: BootstrapOptions,
     /// Mark the later names of hard links with the inode's `HARDLINK` flag, as upstream's
     /// tar and eStargz builders do (its directory builder does not).
     pub hardlink_flag: bool,
-    /// The readahead range of one blob (its index in the table, and the bytes from
-    /// offset 0): upstream's `--prefetch-policy blob` gives the blob's head where the
-    /// covered files' new chunks were stored first. Every other blob gets 0/0.
-    pub readahead: Option<(usize, u64)>,
+    /// Each blob's readahead range (offset, bytes), by table position; blobs past the
+    /// end get 0/0. Upstream's `--prefetch-policy blob` gives a new blob's head, where
+    /// the covered files' new chunks were stored first; its merge keeps each layer's.
+    pub readahead: &'a [(u32, u32)],
 }
 
 /// 512-byte blocks upstream records: of the size and the padded xattr pairs.
@@ -88,7 +88,7 @@ fn record_order(tree: &Tree) -> (Vec<NodeId>, Vec<u32>) {
 }
 
 /// Builds the bootstrap bytes.
-pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteError> {
+pub fn write(input: &BootstrapInput, opts: V5Options<'_>) -> Result<Vec<u8>, WriteError> {
     let tree = input.tree;
     let chunk_size = opts.base.chunk_size as u64;
     let limit = |id: NodeId, what: String| WriteError::Limit {
@@ -234,31 +234,20 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
     };
 
     // Layout: superblock, inode table, prefetch table, blob tables, records.
-    let readahead_size = |i: usize| match opts.readahead {
-        Some((blob, size)) if blob == i => u32::try_from(size).map_err(|_| {
-            limit(
-                0,
-                format!("a blob readahead range of {size} bytes, past 32 bits"),
-            )
-        }),
-        _ => Ok(0),
-    };
     let blobs: Vec<Blob> = input
         .blobs
         .iter()
         .enumerate()
-        .map(|(i, b)| {
-            Ok(Blob {
-                blob_id: b.blob_id.clone(),
-                readahead_offset: 0,
-                readahead_size: readahead_size(i)?,
-                chunk_count: b.chunk_count,
-                features: b.features,
-                uncompressed_size: b.uncompressed_size,
-                compressed_size: b.compressed_size,
-            })
+        .map(|(i, b)| Blob {
+            blob_id: b.blob_id.clone(),
+            readahead_offset: opts.readahead.get(i).map_or(0, |r| r.0),
+            readahead_size: opts.readahead.get(i).map_or(0, |r| r.1),
+            chunk_count: b.chunk_count,
+            features: b.features,
+            uncompressed_size: b.uncompressed_size,
+            compressed_size: b.compressed_size,
         })
-        .collect::<Result<_, WriteError>>()?;
+        .collect();
     let inode_table_offset = SUPER_SIZE;
     let prefetch_table_offset = inode_table_offset + tables::inode_table_size(entries);
     let blob_table_offset = prefetch_table_offset + align(prefetch.len() as u64 * 4);
@@ -334,7 +323,7 @@ pub(crate) mod tests {
 
     const CHUNK_SIZE: u32 = 0x1000;
 
-    fn options() -> V5Options {
+    fn options() -> V5Options<'static> {
         V5Options {
             base: BootstrapOptions {
                 chunk_size: CHUNK_SIZE,
@@ -342,7 +331,7 @@ pub(crate) mod tests {
                 digester: Digester::Blake3,
             },
             hardlink_flag: false,
-            readahead: None,
+            readahead: &[],
         }
     }
 

@@ -217,6 +217,7 @@ pub fn describe(
         },
         prefetch,
         crate::builder::FsVersion::V6,
+        &[],
     )?;
     Ok(Described {
         bootstrap: image,
