@@ -781,6 +781,40 @@ fn v5_blob_readahead_is_upstreams() {
         }
     }
     assert_eq!(nonzero, 4, "the four blob-policy cases that match files");
+    // A layer built onto a parent keeps the parent's ranges and gets its own.
+    let upper = root.join("upper");
+    fs::create_dir_all(&upper).unwrap();
+    fs::write(upper.join("n"), noise(50_000, 5)).unwrap();
+    let parent = root.join("ours0/boot");
+    let mut tables = Vec::new();
+    for (who, bin) in [
+        ("ours", our_bin()),
+        ("upstream", upstream_bin("nydus-image")),
+    ] {
+        let out = root.join(format!("child-{who}"));
+        let parent_arg = parent.to_str().unwrap();
+        build_with_patterns(
+            &bin,
+            &upper,
+            &out,
+            "/n\n",
+            &[
+                "--prefetch-policy",
+                "blob",
+                "--parent-bootstrap",
+                parent_arg,
+            ],
+        );
+        let image = Image::open(&out.join("boot"), BlobSource::None).unwrap();
+        let table: Vec<_> = (0..image.blobs().len())
+            .map(|i| image.blob_readahead(i).unwrap())
+            .collect();
+        assert_eq!(table.len(), 2, "{who}");
+        tables.push(table);
+    }
+    assert_eq!(tables[0], tables[1], "child layers: ours, upstream's");
+    assert_ne!(tables[0][0], (0, 0), "the parent's range is kept");
+    assert_ne!(tables[0][1], (0, 0), "the child's own range");
 }
 
 /// `merge` writes its inputs' version: v5 layers give a v5 image; a mix of v5 and v6

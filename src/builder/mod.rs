@@ -297,12 +297,17 @@ pub struct BuildSummary {
     pub chunk_size: u32,
 }
 
+/// A parent image as a build uses it: its nested tree, its blobs, its chunk size, and
+/// each blob's v5 readahead range (0/0 for v6), which a v5 child keeps as upstream's
+/// builder does.
+pub(crate) type LoadedParent = (overlay::Entry, Vec<BlobEntry>, u32, Vec<(u32, u32)>);
+
 /// The parent image named in `opts` as a nested tree with its blobs; `chunk_size` and
 /// `digester` are what this build uses, which the parent must share.
 pub(crate) fn load_parent(
     opts: &BuildOptions,
     chunk_size: Option<u32>,
-) -> Result<Option<(overlay::Entry, Vec<BlobEntry>, u32)>, BuildError> {
+) -> Result<Option<LoadedParent>, BuildError> {
     let Some(path) = &opts.parent_bootstrap else {
         return Ok(None);
     };
@@ -352,32 +357,37 @@ pub(crate) fn load_parent(
             ),
         });
     }
+    let readahead = (0..image.blobs().len())
+        .map(|i| image.blob_readahead(i).unwrap_or((0, 0)))
+        .collect();
     Ok(Some((
         parent::load(&image, 0)?,
         image.blobs().to_vec(),
         sb.chunk_size,
+        readahead,
     )))
 }
 
 /// Reads the source, applies it as a layer onto the parent (or onto nothing), and returns
-/// the merged tree with the parent's blobs.
+/// the merged tree with the parent's blobs and their readahead ranges.
 fn layered_tree(
     source: &Path,
     opts: &BuildOptions,
-) -> Result<(tree::Tree, Vec<BlobEntry>), BuildError> {
-    let (parent, parent_blobs) = match load_parent(opts, Some(opts.chunk_size))? {
-        Some((tree, blobs, _)) => (Some(tree), blobs),
-        None => (None, Vec::new()),
+) -> Result<(tree::Tree, Vec<BlobEntry>, Vec<(u32, u32)>), BuildError> {
+    let (parent, parent_blobs, parent_readahead) = match load_parent(opts, Some(opts.chunk_size))? {
+        Some((tree, blobs, _, readahead)) => (Some(tree), blobs, readahead),
+        None => (None, Vec::new(), Vec::new()),
     };
     let upper = source::dir::read_tree(source)?;
     let Some(mut merged) = parent else {
         return Ok((
             overlay::first_layer(upper, opts.whiteout_spec),
             parent_blobs,
+            parent_readahead,
         ));
     };
     overlay::apply(&mut merged, overlay::nest(upper, 1), opts.whiteout_spec);
-    Ok((overlay::flatten(merged), parent_blobs))
+    Ok((overlay::flatten(merged), parent_blobs, parent_readahead))
 }
 
 /// Builds the blob table and chunk table: the parent's blobs, then the chunk
@@ -624,9 +634,11 @@ pub fn build_from(
     let started = std::time::Instant::now();
     // A directory is read whole before anything is written; a tar layer is read while
     // the blob is written, onto its parent once it has been read.
+    let mut parent_readahead = Vec::new();
     let (dir_tree, tar_parent) = match source {
         Source::Dir(path) => {
-            let (tree, parent_blobs) = layered_tree(path, opts)?;
+            let (tree, parent_blobs, readahead) = layered_tree(path, opts)?;
+            parent_readahead = readahead;
             log::debug!(
                 "{}: {} entries, {} inodes, read in {:.3} s",
                 path.display(),
@@ -711,7 +723,8 @@ pub fn build_from(
             )?;
             // Every file of the layer carries its chunks; the parent's, theirs.
             let (tree, parent_blobs) = match tar_parent {
-                Some((mut parent, blobs, _)) => {
+                Some((mut parent, blobs, _, readahead)) => {
+                    parent_readahead = readahead;
                     overlay::apply(&mut parent, upper, opts.whiteout_spec);
                     (overlay::flatten(parent), blobs)
                 }
@@ -779,7 +792,9 @@ pub fn build_from(
     };
     // The new blob's readahead range (v5, policy `blob`): the head its prefetched files
     // were stored in, as upstream records it (a u32; upstream fails past that, we clamp).
-    let mut readahead = vec![(0u32, 0u32); blobs.len()];
+    // The parent's blobs come first in the table and keep their ranges.
+    let mut readahead = parent_readahead;
+    readahead.resize(blobs.len(), (0, 0));
     if let Some((c, blob)) = readahead_last
         .and_then(|i| new_chunks.get(i as usize))
         .zip(new_blob_index)
