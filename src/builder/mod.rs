@@ -300,7 +300,10 @@ pub struct BuildSummary {
 /// A parent image as a build uses it: its nested tree, its blobs, its chunk size, and
 /// each blob's v5 readahead range (0/0 for v6), which a v5 child keeps as upstream's
 /// builder does.
-pub(crate) type LoadedParent = (overlay::Entry, Vec<BlobEntry>, u32, Vec<(u32, u32)>);
+pub(crate) type LoadedParent = (overlay::Entry, Vec<BlobEntry>, u32, Readahead);
+
+/// Each blob's v5 readahead range (offset, bytes), by blob table position.
+pub(crate) type Readahead = Vec<(u32, u32)>;
 
 /// The parent image named in `opts` as a nested tree with its blobs; `chunk_size` and
 /// `digester` are what this build uses, which the parent must share.
@@ -373,7 +376,7 @@ pub(crate) fn load_parent(
 fn layered_tree(
     source: &Path,
     opts: &BuildOptions,
-) -> Result<(tree::Tree, Vec<BlobEntry>, Vec<(u32, u32)>), BuildError> {
+) -> Result<(tree::Tree, Vec<BlobEntry>, Readahead), BuildError> {
     let (parent, parent_blobs, parent_readahead) = match load_parent(opts, Some(opts.chunk_size))? {
         Some((tree, blobs, _, readahead)) => (Some(tree), blobs, readahead),
         None => (None, Vec::new(), Vec::new()),
