@@ -22,6 +22,9 @@ cp "$seeds/ours.boot" "$seeds/ours-v5.boot" corpus/read_image/
 printf '/d\n/a\n/l\n/missing\n' | cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
   create --log-level warn --prefetch-policy fs -B "$seeds/ours-prefetch.boot" -D "$seeds" "$seeds/src" >/dev/null
 cp "$seeds/ours-prefetch.boot" corpus/read_image/
+printf '/d\n/a\n/l\n/missing\n' | cargo run -q --manifest-path ../Cargo.toml --bin nydus-image -- \
+  create --log-level warn -v 5 --prefetch-policy fs -B "$seeds/ours-v5-prefetch.boot" -D "$seeds" "$seeds/src" >/dev/null
+cp "$seeds/ours-v5-prefetch.boot" corpus/read_image/
 up="${NYDUS_UPSTREAM_ROOT:-/opt/nydus-upstream-2.2.0}/bin/nydus-image"
 if [ -x "$up" ]; then
   "$up" create --log-level warn -B "$seeds/up.boot" -D "$seeds" "$seeds/src" >/dev/null 2>&1 && cp "$seeds/up.boot" corpus/read_image/

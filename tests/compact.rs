@@ -52,8 +52,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 /// Three layers: a big base whose files the second layer mostly deletes (sparse), a
-/// small second layer, a small third one. Returns (layers, final bootstrap).
-fn layered_image(root: &Path, blobs: &Path) -> (Vec<PathBuf>, PathBuf) {
+/// small second layer, a small third one, built with `extra` flags. Returns (layers,
+/// final bootstrap).
+fn layered_image(root: &Path, blobs: &Path, extra: &[&str]) -> (Vec<PathBuf>, PathBuf) {
     fs::create_dir_all(blobs).unwrap();
     let layers: Vec<PathBuf> = (1..=3).map(|i| root.join(format!("l{i}"))).collect();
     for l in &layers {
@@ -74,10 +75,11 @@ fn layered_image(root: &Path, blobs: &Path) -> (Vec<PathBuf>, PathBuf) {
     let mut parent: Option<PathBuf> = None;
     for (i, l) in layers.iter().enumerate() {
         let boot = root.join(format!("b{}", i + 1));
-        let o = match &parent {
-            Some(p) => build(l, &boot, blobs, &["--parent-bootstrap", s(p)]),
-            None => build(l, &boot, blobs, &[]),
-        };
+        let mut args = extra.to_vec();
+        if let Some(p) = &parent {
+            args.extend(["--parent-bootstrap", s(p)]);
+        }
+        let o = build(l, &boot, blobs, &args);
         assert!(o.status.success(), "build layer {i}: {}", text(&o));
         parent = Some(boot);
     }
@@ -95,7 +97,7 @@ fn compact_rebuilds_sparse_and_merges_small_blobs() {
     let scratch = Scratch::new();
     let root = scratch.path();
     let blobs = root.join("blobs");
-    let (layers, boot) = layered_image(root, &blobs);
+    let (layers, boot) = layered_image(root, &blobs, &[]);
     let before = snapshot(&blobs);
     let boot_before = fs::read(&boot).unwrap();
     assert_eq!(before.len(), 3);
@@ -178,7 +180,7 @@ fn flags_thresholds_and_unused_blobs() {
     let scratch = Scratch::new();
     let root = scratch.path();
     let blobs = root.join("blobs");
-    let (layers, boot) = layered_image(root, &blobs);
+    let (layers, boot) = layered_image(root, &blobs, &[]);
 
     // layers_to_compact above the blob count: nothing done, nothing written.
     let out = root.join("out.boot");
@@ -366,7 +368,7 @@ fn bad_settings_and_bad_blobs_are_refused_cleanly() {
     let scratch = Scratch::new();
     let root = scratch.path();
     let blobs = root.join("blobs");
-    let (_, boot) = layered_image(root, &blobs);
+    let (_, boot) = layered_image(root, &blobs, &[]);
     let out = root.join("out.boot");
 
     let cases: [(&str, serde_json::Value, &str); 4] = [
@@ -531,7 +533,7 @@ fn compaction_errors_keep_the_backends_words() {
     let scratch = Scratch::new();
     let root = scratch.path();
     let blobs = root.join("blobs");
-    let (_, boot) = layered_image(root, &blobs);
+    let (_, boot) = layered_image(root, &blobs, &[]);
     let empty = root.join("empty");
     fs::create_dir(&empty).unwrap();
     let out = root.join("out.boot");
@@ -577,7 +579,7 @@ fn bad_chunk_records_are_refused_before_reading() {
     let scratch = Scratch::new();
     let root = scratch.path();
     let blobs = root.join("blobs");
-    let (_, boot) = layered_image(root, &blobs);
+    let (_, boot) = layered_image(root, &blobs, &[]);
     let bytes = fs::read(&boot).unwrap();
     let image =
         nydus_image::reader::Image::open(&boot, nydus_image::storage::blobs::BlobSource::None)
@@ -647,4 +649,55 @@ fn bad_chunk_records_are_refused_before_reading() {
         assert!(!out.exists(), "{name}");
         assert_eq!(snapshot(&blobs).len(), 3, "{name}: nothing new left behind");
     }
+}
+
+/// A RAFS v5 image compacts to a v5 image (upstream 2.2.0's compact writes v5), which
+/// nydusd serves with `digest_validate` on, showing the original's tree.
+#[test]
+fn a_v5_image_compacts_to_v5() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (layers, boot) = layered_image(root, &blobs, &["--fs-version", "5"]);
+    let out = root.join("compacted");
+    let o = run(&[
+        "compact",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--min-used-ratio",
+        "50",
+        "--layers-to-compact",
+        "2",
+        "-O",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let open = |b: &Path, dir: &Path| {
+        nydus_image::reader::Image::open(
+            b,
+            nydus_image::storage::blobs::BlobSource::Dir(dir.to_path_buf()),
+        )
+        .unwrap()
+    };
+    let original = open(&boot, &blobs);
+    assert_eq!(original.fs_version(), 5);
+    let compacted = open(&out, &blobs);
+    assert_eq!(compacted.fs_version(), 5, "compaction keeps v5");
+    assert_eq!(compacted.blobs().len(), 1, "one blob after compaction");
+    let o = verify_stack(&out, &blobs, &layers, "fuse");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let daemon = Nydusd::mount_with(
+        &out,
+        &blobs,
+        &root.join("nydusd"),
+        serde_json::json!({"digest_validate": true}),
+        "warn",
+    );
+    assert_identical(
+        "nydusd (digest_validate) on the compacted v5 image against the original",
+        &ImageTree(&original),
+        &FsTree::new(&daemon.mnt),
+    );
 }

@@ -8,7 +8,9 @@
 //! mount must equal the kernel's overlayfs of the layer directories.
 //!
 //! Every combination runs: ours or upstream's `create`, ours or upstream's `merge`; the
-//! two merges' `-J` reports and blob tables must agree.
+//! two merges' `-J` reports and blob tables must agree. The same with RAFS v5, the
+//! converter's default for its directory path (and its tar path with v5), whose blobs
+//! carry the bootstrap without a TOC.
 //!
 //! The command lines are those of github.com/containerd/nydus-snapshotter
 //! `pkg/converter/tool/builder.go` (`buildPackArgs`, `Merge`), and the bootstrap and TOC
@@ -830,5 +832,214 @@ fn bad_merge_input_is_a_clear_error_and_leaves_no_output() {
             .filter(|n| n.starts_with("out") || n.starts_with(".out"))
             .collect();
         assert!(left.is_empty(), "{what}: {left:?} left behind");
+    }
+}
+
+/// The converter's `create` for its directory path (`buildPackArgs` without the
+/// tar-rafs feature, `--fs-version 5` as its default `FsVersion` for it): the layer
+/// unpacked into a directory, whiteouts kept as `.wh.` files, the bootstrap appended to
+/// the blob, which goes to a FIFO.
+fn create_line_v5_directory(dir: &Path) -> Vec<&str> {
+    vec![
+        "create",
+        "--log-level",
+        "warn",
+        "--prefetch-policy",
+        "fs",
+        "--blob",
+        "BLOB_FIFO",
+        "--whiteout-spec",
+        "none",
+        "--fs-version",
+        "5",
+        "--source-type",
+        "directory",
+        "--inline-bootstrap",
+        s(dir),
+    ]
+}
+
+/// Which of the converter's paths builds a v5 layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum V5Source {
+    /// The layer unpacked into a directory (`--source-type directory --inline-bootstrap`).
+    Directory,
+    /// The tar itself (`--type tar-rafs --blob-inline-meta`).
+    Tar,
+}
+
+/// The bootstrap of a blob without a TOC, taken as the converter's `seekFileByTarHeader`
+/// takes it (written here from the Go code, sharing nothing with our reader): from the
+/// last tar header back, each header's data just before it, until one is named
+/// `image.boot`.
+fn bootstrap_by_tar_headers(blob: &[u8]) -> Vec<u8> {
+    let mut cur = blob.len() - 512;
+    loop {
+        let h = &blob[cur..cur + 512];
+        let name_end = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let name = std::str::from_utf8(&h[..name_end]).unwrap();
+        let size_field = std::str::from_utf8(&h[124..136]).unwrap();
+        let size = u64::from_str_radix(size_field.trim_matches(|c| c == '\0' || c == ' '), 8)
+            .unwrap() as usize;
+        assert!(size <= cur, "tar header {name:?} at {cur}: size {size}");
+        if name == "image.boot" {
+            return blob[cur - size..cur].to_vec();
+        }
+        cur = cur
+            .checked_sub(size + 512)
+            .expect("image.boot before the blob's start");
+    }
+}
+
+/// The converter's directory path with RAFS v5, its default there, and its tar path with
+/// v5: each layer (directory or tar) built by ours or upstream's `create --fs-version 5`
+/// with the bootstrap inline, through FIFOs; the blob is upstream's layout (chunk data,
+/// `image.blob` header, the bootstrap as it is, `image.boot` header: no blob meta, no
+/// TOC); the bootstrap taken from the blob's tail by its tar header and named by the
+/// blob's sha256; merged by ours and upstream's `merge`, which keep v5. nydusd mounts
+/// every merged image with `digest_validate` on and shows what overlayfs shows; the two
+/// merges' `-J` blob lists and blob tables agree, and our merge of the blobs themselves
+/// gives the same.
+#[test]
+fn converter_paths_with_v5_merge_as_overlayfs_shows_them() {
+    let _dog = watchdog("converter v5 directory path", 900);
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let (tars, ovl) = make_layers(root);
+    let _overlay = Overlay::mount(&ovl, &root.join("overlay"));
+    let overlay = root.join("overlay");
+    let oci: Vec<PathBuf> = (0..tars.len())
+        .map(|i| root.join(format!("oci{i}")))
+        .collect();
+    for (source, creator) in [
+        (V5Source::Directory, Tool::Ours),
+        (V5Source::Directory, Tool::Upstream),
+        (V5Source::Tar, Tool::Ours),
+        (V5Source::Tar, Tool::Upstream),
+    ] {
+        let work = root.join(format!("v5-{source:?}-{creator:?}"));
+        let blobs = work.join("blobs");
+        let boots_dir = work.join("boots");
+        fs::create_dir_all(&blobs).unwrap();
+        fs::create_dir_all(&boots_dir).unwrap();
+        let mut boots = Vec::new();
+        let mut hexes = Vec::new();
+        for (i, dir) in oci.iter().enumerate() {
+            let run_dir = work.join(format!("create{i}"));
+            fs::create_dir_all(&run_dir).unwrap();
+            let line = match source {
+                V5Source::Directory => create_line_v5_directory(dir),
+                V5Source::Tar => {
+                    // The tar path with v5: no `--features blob-toc` (the converter adds it
+                    // for v6 only).
+                    let mut line = CONVERTER_CREATE[..14].to_vec();
+                    line[10] = "5";
+                    line.push("TAR_FIFO");
+                    line
+                }
+            };
+            let run = run_bin_with_fifos(&creator.bin(), &run_dir, &line, &tars[i], b"/");
+            assert!(
+                run.output.status.success(),
+                "{creator:?} create of {}: {}",
+                dir.display(),
+                text(&run.output)
+            );
+            let hex = sha256_hex(&run.blob);
+            fs::write(blobs.join(&hex), &run.blob).unwrap();
+            // Upstream's layout: no TOC and no blob meta; the bootstrap right after the
+            // chunk data's header (for a layer with data).
+            let tail = &run.blob[run.blob.len() - TAR_HEADER_SIZE..];
+            assert!(tail.starts_with(b"image.boot\0"), "{creator:?} layer {i}");
+            let boot = bootstrap_by_tar_headers(&run.blob);
+            assert!(
+                nydus_image::format::v5::is_v5(&boot),
+                "{creator:?} layer {i}"
+            );
+            if i < 3 {
+                let data_header = run.blob.len() - 2 * TAR_HEADER_SIZE - boot.len();
+                assert!(
+                    run.blob[data_header..].starts_with(b"image.blob\0"),
+                    "{creator:?} layer {i}: the bootstrap follows the chunk data's header"
+                );
+            }
+            let path = boots_dir.join(&hex);
+            fs::write(&path, &boot).unwrap();
+            boots.push(path);
+            hexes.push(hex);
+        }
+        // The last layer has no file data: its blob is referenced by nothing.
+        let want = hexes[..3].to_vec();
+        // Our reader takes each blob as its own bootstrap too.
+        for (hex, dir) in hexes.iter().zip(&oci).take(3) {
+            let image = Image::open_any(&blobs.join(hex), BlobSource::None).unwrap();
+            assert_eq!(image.fs_version(), 5);
+            assert_eq!(image.blobs()[0].blob_id, *hex, "{creator:?}");
+            let o = Command::new(our_bin())
+                .args(["check", "--bootstrap", s(&blobs.join(hex))])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{creator:?} {}: {}",
+                dir.display(),
+                text(&o)
+            );
+        }
+        let mut tables = Vec::new();
+        for merger in [Tool::Ours, Tool::Upstream] {
+            let what = format!("v5 {source:?}: {creator:?} create, {merger:?} merge");
+            let out = work.join(format!("{merger:?}.boot"));
+            let json = work.join(format!("{merger:?}.json"));
+            let o = merge(merger, &out, &json, &boots, &[]);
+            assert!(o.status.success(), "{what}: {}", text(&o));
+            assert_eq!(json_blobs(&read_json(&json)), want, "{what}: -J blobs");
+            let image = Image::open(&out, BlobSource::Dir(blobs.clone())).unwrap();
+            assert_eq!(image.fs_version(), 5, "{what}: the merge keeps v5");
+            tables.push(image.blobs().to_vec());
+            let o = Command::new(upstream_bin("nydus-image"))
+                .args(["check", "--bootstrap", s(&out), "-D", s(&blobs)])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{what}: upstream check: {}", text(&o));
+            let daemon = Nydusd::mount_with(
+                &out,
+                &blobs,
+                &work.join(format!("nydusd-{merger:?}")),
+                serde_json::json!({"digest_validate": true}),
+                "warn",
+            );
+            // Upstream's v5 directory builder records mtime 0 for the root (tests/v5.rs),
+            // which nydusd shows as its mount time.
+            let root_mtime = |d: &nydus_verify::Difference| {
+                creator == Tool::Upstream
+                    && source == V5Source::Directory
+                    && d.path == "/"
+                    && d.attribute == "mtime"
+            };
+            let report = assert_identical_except(
+                &what,
+                &FsTree::new(&overlay).skipping_phantoms(),
+                &FsTree::new(&daemon.mnt),
+                Except {
+                    differences: Some(&|d| nydusd_mount_time(d) || root_mtime(d)),
+                    ..Except::default()
+                },
+            );
+            assert_eq!(report.entries_compared, 16, "{what}: entries compared");
+        }
+        assert_eq!(
+            tables[0], tables[1],
+            "{source:?} {creator:?}: blob tables of both merges"
+        );
+        // Our merge also takes the blobs themselves in place of the bootstraps.
+        let sources: Vec<PathBuf> = hexes.iter().map(|h| blobs.join(h)).collect();
+        let out = work.join("from-blobs.boot");
+        let json = work.join("from-blobs.json");
+        let o = merge(Tool::Ours, &out, &json, &sources, &[]);
+        assert!(o.status.success(), "{source:?} {creator:?}: {}", text(&o));
+        assert_eq!(json_blobs(&read_json(&json)), want, "merge of the blobs");
+        let image = Image::open(&out, BlobSource::Dir(blobs.clone())).unwrap();
+        assert_eq!(image.blobs().to_vec(), tables[0], "merge of the blobs");
     }
 }

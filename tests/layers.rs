@@ -3,22 +3,25 @@
 //! edits, files of chunk-boundary sizes), mounts them with `mount -t overlay`, and compares
 //! that with our layered images mounted through FUSE: one built from the overlayfs form of
 //! the layers with `--whiteout-spec overlayfs`, one from their OCI form with `oci`.
-//! PROPTEST_CASES sets the number of stacks (default 12 here); failures shrink.
+//! The same for RAFS v5 images, also mounted by upstream's nydusd with `digest_validate`.
+//! PROPTEST_CASES sets the number of stacks (default 12 here, half that for v5); failures
+//! shrink.
 
 mod common {
     pub mod attrs;
     pub mod files;
     pub mod privileged;
     pub mod scratch;
+    pub mod upstream;
 }
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{attrs::*, files::*, privileged::*, scratch::*};
+use common::{attrs::*, files::*, privileged::*, scratch::*, upstream::Nydusd};
 use nydus_image::builder::overlay::WhiteoutSpec;
-use nydus_image::builder::{build, BlobTarget, BuildOptions};
+use nydus_image::builder::{build, BlobTarget, BuildOptions, FsVersion};
 use nydus_image::mount::BackgroundMount;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
@@ -195,7 +198,12 @@ impl Drop for OverlayMount {
     }
 }
 
-fn build_stack(layers: &[PathBuf], out: &Path, spec: WhiteoutSpec) -> PathBuf {
+fn build_stack(
+    layers: &[PathBuf],
+    out: &Path,
+    spec: WhiteoutSpec,
+    fs_version: FsVersion,
+) -> PathBuf {
     fs::create_dir_all(out).unwrap();
     let mut parent: Option<PathBuf> = None;
     for (i, layer) in layers.iter().enumerate() {
@@ -204,6 +212,7 @@ fn build_stack(layers: &[PathBuf], out: &Path, spec: WhiteoutSpec) -> PathBuf {
             chunk_size: CHUNK as u32,
             parent_bootstrap: parent.clone(),
             whiteout_spec: spec,
+            fs_version,
             threads: 1,
             ..BuildOptions::default()
         };
@@ -220,7 +229,9 @@ fn build_stack(layers: &[PathBuf], out: &Path, spec: WhiteoutSpec) -> PathBuf {
     parent.unwrap()
 }
 
-fn check_stack(stack: &[Layer]) -> Result<(), TestCaseError> {
+/// Builds `stack` both ways as `fs_version` and compares each image, mounted through our
+/// FUSE (and for v5, by upstream's nydusd with `digest_validate` on), with overlayfs.
+fn check_stack(stack: &[Layer], fs_version: FsVersion) -> Result<(), TestCaseError> {
     let scratch = Scratch::new();
     let root = scratch.path();
     let mut ovl_layers = vec![root.join("ovl-base")];
@@ -258,24 +269,46 @@ fn check_stack(stack: &[Layer]) -> Result<(), TestCaseError> {
         ("oci", &oci_layers, WhiteoutSpec::Oci),
     ] {
         let out = root.join(format!("img-{name}"));
-        let boot = build_stack(layers, &out, spec);
+        let boot = build_stack(layers, &out, spec, fs_version);
         let image = Image::open(&boot, BlobSource::Dir(out.clone())).unwrap();
+        prop_assert_eq!(image.fs_version(), fs_version.number());
         let m = root.join(format!("m-{name}"));
         fs::create_dir(&m).unwrap();
         let fuse = BackgroundMount::start(image, &m, 2).expect("FUSE mount");
         let report =
             compare(&FsTree::new(&mnt).skipping_phantoms(), &FsTree::new(&m)).expect("compare");
         fuse.stop().unwrap();
-        let diffs: Vec<String> = report.differences.iter().map(|d| d.to_string()).collect();
-        if std::env::var_os("LAYERS_DEBUG").is_some() {
-            eprintln!("{name}: {} entries compared", report.entries_compared);
+        check_report(&format!("--whiteout-spec {name}, our FUSE"), &report)?;
+        if fs_version == FsVersion::V5 {
+            let daemon = Nydusd::mount_with(
+                &boot,
+                &out,
+                &root.join(format!("nydusd-{name}")),
+                serde_json::json!({"digest_validate": true}),
+                "warn",
+            );
+            let report = compare(
+                &FsTree::new(&mnt).skipping_phantoms(),
+                &FsTree::new(&daemon.mnt),
+            )
+            .expect("compare");
+            check_report(&format!("--whiteout-spec {name}, nydusd"), &report)?;
         }
-        prop_assert!(
-            diffs.is_empty(),
-            "--whiteout-spec {name}: image differs from overlayfs:\n{}",
-            diffs.join("\n")
-        );
     }
+    Ok(())
+}
+
+/// Fails with every difference of `report`.
+fn check_report(what: &str, report: &nydus_verify::Report) -> Result<(), TestCaseError> {
+    let diffs: Vec<String> = report.differences.iter().map(|d| d.to_string()).collect();
+    if std::env::var_os("LAYERS_DEBUG").is_some() {
+        eprintln!("{what}: {} entries compared", report.entries_compared);
+    }
+    prop_assert!(
+        diffs.is_empty(),
+        "{what}: image differs from overlayfs:\n{}",
+        diffs.join("\n")
+    );
     Ok(())
 }
 
@@ -288,6 +321,21 @@ proptest! {
 
     #[test]
     fn layered_images_match_kernel_overlayfs(stack in stack()) {
-        check_stack(&stack)?;
+        check_stack(&stack, FsVersion::V6)?;
+    }
+}
+
+proptest! {
+    // RAFS v5 stacks: half as many cases (PROPTEST_CASES halved), each also mounted by
+    // nydusd, to keep the suite's time modest.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse::<u32>().ok()).map(|n| n.div_ceil(2)).unwrap_or(6),
+        max_shrink_iters: 200,
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn layered_v5_images_match_kernel_overlayfs(stack in stack()) {
+        check_stack(&stack, FsVersion::V5)?;
     }
 }

@@ -1,8 +1,9 @@
 //! Property test: random trees (every entry kind, xattrs, odd names, sizes around chunk
 //! boundaries, sparse files, any permission bits, owners and times) survive a build, read
 //! back unchanged through the library and through our FUSE mount, with a random
-//! compressor, digester and chunk size; building twice gives identical bytes.
-//! PROPTEST_CASES sets the number of trees (default 8 here).
+//! compressor, digester and chunk size; building twice gives identical bytes. The same
+//! for RAFS v5 (not through upstream's nydusd: see `check_tree`).
+//! PROPTEST_CASES sets the number of trees (default 8 here, half that for v5).
 
 mod common {
     pub mod attrs;
@@ -17,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use common::{attrs::*, compare::assert_identical, files::*, privileged::*, scratch::Scratch};
-use nydus_image::builder::{build, BlobTarget, BuildOptions};
+use nydus_image::builder::{build, BlobTarget, BuildOptions, FsVersion};
 use nydus_image::format::{Compressor, Digester};
 use nydus_image::mount::{BackgroundMount, ImageTree};
 use nydus_image::reader::Image;
@@ -235,6 +236,7 @@ fn materialize(root: &Path, items: &[Item]) {
 fn check_tree(
     items: &[Item],
     (compressor, digester, chunk_size): (Compressor, Digester, u32),
+    fs_version: FsVersion,
 ) -> Result<(), TestCaseError> {
     let scratch = Scratch::new();
     let src = scratch.path().join("src");
@@ -244,6 +246,7 @@ fn check_tree(
         compressor,
         digester,
         chunk_size,
+        fs_version,
         threads: 2,
         ..BuildOptions::default()
     };
@@ -286,6 +289,14 @@ fn check_tree(
     let mount = BackgroundMount::start(image, &mnt, 2).expect("FUSE");
     assert_identical("FUSE", &source, &FsTree::new(&mnt));
     mount.stop().unwrap();
+    // Not compared through upstream's nydusd here (tests/layers.rs and tests/v5.rs do
+    // that): on random trees nydusd 2.2.0 serves wrong bytes for some files whose chunks
+    // are shared with a file read before them (two sparse files with a common zero
+    // tail chunk, read one after the other, do it every time), upstream's own v5 and v6
+    // images of the same tree alike; and it cannot list a directory holding a later
+    // name of a hard-linked non-regular file (a FIFO, say) whose first name has the
+    // lower inode number (its v5 check wants a parent's number below a child's unless
+    // the child is a regular file with links), upstream's own images too.
     Ok(())
 }
 
@@ -298,6 +309,20 @@ proptest! {
 
     #[test]
     fn random_trees_round_trip(s in settings(), items in prop::collection::vec(item(0x1000), 1..40)) {
-        check_tree(&items, s)?;
+        check_tree(&items, s, FsVersion::V6)?;
+    }
+}
+
+proptest! {
+    // RAFS v5: half as many trees.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse::<u32>().ok()).map(|n| n.div_ceil(2)).unwrap_or(4),
+        max_shrink_iters: 100,
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_v5_trees_round_trip(s in settings(), items in prop::collection::vec(item(0x1000), 1..40)) {
+        check_tree(&items, s, FsVersion::V5)?;
     }
 }

@@ -544,8 +544,14 @@ fn v5_refuses_what_only_v6_carries() {
             "conversion type stargz_index conflicts with RAFS v5",
         ),
         (
-            &["--blob-inline-meta", "--blob", "/dev/null"],
-            "--blob-inline-meta conflicts with RAFS v5",
+            &[
+                "--blob-inline-meta",
+                "--features",
+                "blob-toc",
+                "--blob",
+                "/dev/null",
+            ],
+            "--features blob-toc can't be used with RAFS v5",
         ),
         (&["--type", "targz-ref"], "targz-ref is not supported"),
     ];
@@ -599,4 +605,268 @@ fn a_v5_image_serves_as_chunk_dictionary() {
         &FsTree::new(&again),
         &ImageTree(&image),
     );
+}
+
+/// `create` with `--prefetch-policy fs` and `extra`, the patterns on standard input.
+fn build_with_patterns(bin: &Path, src: &Path, out: &Path, patterns: &str, extra: &[&str]) {
+    use std::io::Write;
+    fs::create_dir_all(out.join("blobs")).unwrap();
+    let mut child = Command::new(bin)
+        .args(["create", "--log-level", "warn", "--fs-version", "5"])
+        .args(extra)
+        .arg("--bootstrap")
+        .arg(out.join("boot"))
+        .arg("--blob-dir")
+        .arg(out.join("blobs"))
+        .arg(src)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(patterns.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{} create: {}",
+        bin.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The v5 prefetch table's bytes (superblock's offset and entry count, padded to 8).
+fn v5_prefetch_table(boot: &Path) -> Vec<u8> {
+    let bytes = fs::read(boot).unwrap();
+    let image = Image::open(boot, BlobSource::None).unwrap();
+    let sb = image.v5_super_block().unwrap();
+    let at = sb.prefetch_table_offset as usize;
+    let len = (sb.prefetch_table_entries as usize * 4).next_multiple_of(8);
+    bytes[at..at + len].to_vec()
+}
+
+/// `--prefetch-policy fs` writes upstream's v5 prefetch table: the inode number of each
+/// pattern's entry in pattern order, no slot for a pattern naming nothing or an empty
+/// file, a hard link's name standing for its inode, padded to 8 bytes; the same bytes as
+/// upstream's for the same tree and patterns, and upstream's `inspect -R prefetch` lists
+/// the same paths. With `--prefetch-policy blob` there is none, as upstream.
+#[test]
+fn v5_prefetch_table_is_upstreams() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = source(root);
+    let patterns =
+        "/hl/second-link\n/deep\n/nothere\n/empty\n/one\n/hl\n/link-short\n/big-dir\n/\n";
+    let inspect = |boot: &Path| {
+        let o = Command::new(upstream_bin("nydus-image"))
+            .args(["inspect", "-R", "prefetch"])
+            .arg(boot)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "inspect {}", boot.display());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let mut tables = Vec::new();
+    let mut listings = Vec::new();
+    for (who, bin) in [
+        ("ours", our_bin()),
+        ("upstream", upstream_bin("nydus-image")),
+    ] {
+        let out = root.join(who);
+        build_with_patterns(&bin, &src, &out, patterns, &["--prefetch-policy", "fs"]);
+        let table = v5_prefetch_table(&out.join("boot"));
+        // Seven patterns name a non-empty entry; the reader lists them.
+        assert_eq!(table.len(), 32, "{who}: seven entries padded to eight");
+        let image = Image::open(&out.join("boot"), BlobSource::None).unwrap();
+        assert_eq!(image.prefetch_table().unwrap().len(), 7, "{who}");
+        assert!(
+            inspect(&out.join("boot")).matches("\"inode\"").count() == 7,
+            "{who}: inspect lists entries"
+        );
+        tables.push(table);
+        listings.push(inspect(&out.join("boot")));
+        let out = root.join(format!("{who}-blob"));
+        build_with_patterns(&bin, &src, &out, patterns, &["--prefetch-policy", "blob"]);
+        assert!(
+            v5_prefetch_table(&out.join("boot")).is_empty(),
+            "{who}: blob policy"
+        );
+    }
+    assert_eq!(
+        tables[0], tables[1],
+        "prefetch table bytes, ours then upstream's"
+    );
+    assert_eq!(listings[0], listings[1], "inspect -R prefetch");
+}
+
+/// Bytes no compressor shrinks (xorshift from `seed`): both builders store them as they
+/// are, so chunk sizes and offsets agree between them.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `--prefetch-policy blob` gives the blob's head as its readahead range in the v5 blob
+/// table, as upstream does: from 0 to the end of the last chunk the covered files stored
+/// first (a chunk deduplicated against an earlier one adds nothing); `fs` and no match
+/// give 0/0; ours and upstream's `merge` keep it. The files are incompressible:
+/// upstream's zstd packs compressible chunks a few hundred bytes smaller than ours, and
+/// its uncompressed blobs are packed where ours are 4 KiB aligned, either of which moves
+/// the range's end.
+#[test]
+fn v5_blob_readahead_is_upstreams() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = root.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/r1"), noise(200_000, 1)).unwrap();
+    fs::write(src.join("d/r2"), noise(1_500_000, 2)).unwrap();
+    fs::write(src.join("dup"), noise(1_500_000, 2)).unwrap();
+    fs::write(src.join("a"), noise(100, 3)).unwrap();
+    fs::write(src.join("late"), noise(300_000, 4)).unwrap();
+    const BLOB: &[&str] = &["--prefetch-policy", "blob"];
+    let cases: [(&str, &[&str]); 6] = [
+        ("/d\n", BLOB),
+        ("/a\n/d/r1\n", BLOB),
+        ("/d/r2\n/dup\n", BLOB),
+        ("/dup\n/late\n", BLOB),
+        ("/nothere\n", BLOB),
+        ("/d\n", &["--prefetch-policy", "fs"]),
+    ];
+    let mut nonzero = 0;
+    for (i, (patterns, extra)) in cases.iter().enumerate() {
+        let mut ranges = Vec::new();
+        for (who, bin) in [
+            ("ours", our_bin()),
+            ("upstream", upstream_bin("nydus-image")),
+        ] {
+            let out = root.join(format!("{who}{i}"));
+            build_with_patterns(&bin, &src, &out, patterns, extra);
+            let image = Image::open(&out.join("boot"), BlobSource::None).unwrap();
+            ranges.push(image.blob_readahead(0).unwrap());
+        }
+        assert_eq!(
+            ranges[0], ranges[1],
+            "{patterns:?} {extra:?}: ours, upstream's"
+        );
+        assert_eq!(ranges[0].0, 0);
+        nonzero += (ranges[0].1 != 0) as usize;
+        // Both merges keep a layer's range.
+        for (who, bin) in [
+            ("ours", our_bin()),
+            ("upstream", upstream_bin("nydus-image")),
+        ] {
+            let merged = root.join(format!("merged-{who}{i}"));
+            run(Command::new(bin)
+                .args(["merge", "--log-level", "warn", "--bootstrap"])
+                .arg(&merged)
+                .arg(root.join(format!("ours{i}/boot"))));
+            let image = Image::open(&merged, BlobSource::None).unwrap();
+            assert_eq!(
+                image.blob_readahead(0),
+                Some(ranges[0]),
+                "{who} merge, {patterns:?}"
+            );
+        }
+    }
+    assert_eq!(nonzero, 4, "the four blob-policy cases that match files");
+    // A layer built onto a parent keeps the parent's ranges and gets its own.
+    let upper = root.join("upper");
+    fs::create_dir_all(&upper).unwrap();
+    fs::write(upper.join("n"), noise(50_000, 5)).unwrap();
+    let parent = root.join("ours0/boot");
+    let mut tables = Vec::new();
+    for (who, bin) in [
+        ("ours", our_bin()),
+        ("upstream", upstream_bin("nydus-image")),
+    ] {
+        let out = root.join(format!("child-{who}"));
+        let parent_arg = parent.to_str().unwrap();
+        build_with_patterns(
+            &bin,
+            &upper,
+            &out,
+            "/n\n",
+            &[
+                "--prefetch-policy",
+                "blob",
+                "--parent-bootstrap",
+                parent_arg,
+            ],
+        );
+        let image = Image::open(&out.join("boot"), BlobSource::None).unwrap();
+        let table: Vec<_> = (0..image.blobs().len())
+            .map(|i| image.blob_readahead(i).unwrap())
+            .collect();
+        assert_eq!(table.len(), 2, "{who}");
+        tables.push(table);
+    }
+    assert_eq!(tables[0], tables[1], "child layers: ours, upstream's");
+    assert_ne!(tables[0][0], (0, 0), "the parent's range is kept");
+    assert_ne!(tables[0][1], (0, 0), "the child's own range");
+}
+
+/// `merge` writes its inputs' version: v5 layers give a v5 image; a mix of v5 and v6
+/// bootstraps is refused before anything is written, by ours as by upstream's.
+#[test]
+fn merge_keeps_v5_and_refuses_a_mix_of_versions() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = root.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"merge me").unwrap();
+    for v in ["5", "6"] {
+        let out = root.join(format!("v{v}"));
+        fs::create_dir_all(out.join("blobs")).unwrap();
+        run(Command::new(our_bin())
+            .args(["create", "--log-level", "warn", "--fs-version", v])
+            .arg("--bootstrap")
+            .arg(out.join("boot"))
+            .arg("--blob-dir")
+            .arg(out.join("blobs"))
+            .arg(&src));
+    }
+    let (v5, v6) = (root.join("v5/boot"), root.join("v6/boot"));
+    for (who, bin) in [
+        ("ours", our_bin()),
+        ("upstream", upstream_bin("nydus-image")),
+    ] {
+        let out = root.join(format!("{who}-v5.boot"));
+        run(Command::new(&bin)
+            .args(["merge", "--log-level", "warn", "--bootstrap"])
+            .arg(&out)
+            .arg(&v5)
+            .arg(&v5));
+        let image = Image::open(&out, BlobSource::None).unwrap();
+        assert_eq!(image.fs_version(), 5, "{who}: merge of v5 layers");
+        for (a, b) in [(&v5, &v6), (&v6, &v5)] {
+            let out = root.join(format!("{who}-mix.boot"));
+            let o = Command::new(&bin)
+                .args(["merge", "--log-level", "warn", "--bootstrap"])
+                .arg(&out)
+                .arg(a)
+                .arg(b)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{who}: merged {a:?} and {b:?}");
+            assert!(!out.exists(), "{who}: output left by a refused merge");
+            if who == "ours" {
+                assert!(err.contains("merged images share one version"), "{err}");
+            } else {
+                assert!(err.contains("inconsistent RAFS version"), "{err}");
+            }
+        }
+    }
 }

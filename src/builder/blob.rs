@@ -285,9 +285,14 @@ impl<W: Write> BlobWriter<W> {
     /// for the bootstrap (none when there are no chunks, as upstream's has none), and the
     /// chunk table. The entry's id is upstream's placeholder, 64 `x` characters: the
     /// blob's consumer names it.
+    ///
+    /// Without `meta` (RAFS v5, whose readers take chunk offsets from the bootstrap),
+    /// there is no blob meta section: the bootstrap follows the chunk data's tar header
+    /// directly, as upstream 2.2.0 lays out a v5 blob (it refuses a TOC with v5).
     pub fn finish_inline(
         mut self,
         toc: bool,
+        meta: bool,
     ) -> std::io::Result<(InlineTail<W>, Option<BlobEntry>, Vec<ChunkInfo>)> {
         let mut records = Vec::new();
         if self.chunks.is_empty() {
@@ -314,6 +319,22 @@ impl<W: Write> BlobWriter<W> {
             compressed_size: data_end,
             uncompressed_size: self.uncompressed_offset,
         });
+        if !meta {
+            let none = WrittenMeta {
+                ci_offset: 0,
+                ci_compressor: Compressor::None,
+                ci_stored_len: 0,
+                ci: Vec::new(),
+                header: Vec::new(),
+            };
+            let entry = self.entry(INLINE_PLACEHOLDER_ID.to_string(), features, &none);
+            let chunks = std::mem::take(&mut self.chunks);
+            let tail = InlineTail {
+                writer: self,
+                toc: toc.then_some(records),
+            };
+            return Ok((tail, Some(entry), chunks));
+        }
         let meta = self.write_meta(features)?;
         let header_at = meta.ci_offset + meta.ci_stored_len;
         self.write_tar_header(names::BLOB_META, meta.ci_stored_len + HEADER_SIZE as u64)?;

@@ -310,12 +310,20 @@ pub struct BuildSummary {
     pub chunk_size: u32,
 }
 
+/// A parent image as a build uses it: its nested tree, its blobs, its chunk size, and
+/// each blob's v5 readahead range (0/0 for v6), which a v5 child keeps as upstream's
+/// builder does.
+pub(crate) type LoadedParent = (overlay::Entry, Vec<BlobEntry>, u32, Readahead);
+
+/// Each blob's v5 readahead range (offset, bytes), by blob table position.
+pub(crate) type Readahead = Vec<(u32, u32)>;
+
 /// The parent image named in `opts` as a nested tree with its blobs; `chunk_size` and
 /// `digester` are what this build uses, which the parent must share.
 pub(crate) fn load_parent(
     opts: &BuildOptions,
     chunk_size: Option<u32>,
-) -> Result<Option<(overlay::Entry, Vec<BlobEntry>, u32)>, BuildError> {
+) -> Result<Option<LoadedParent>, BuildError> {
     let Some(path) = &opts.parent_bootstrap else {
         return Ok(None);
     };
@@ -365,32 +373,37 @@ pub(crate) fn load_parent(
             ),
         });
     }
+    let readahead = (0..image.blobs().len())
+        .map(|i| image.blob_readahead(i).unwrap_or((0, 0)))
+        .collect();
     Ok(Some((
         parent::load(&image, 0)?,
         image.blobs().to_vec(),
         sb.chunk_size,
+        readahead,
     )))
 }
 
 /// Reads the source, applies it as a layer onto the parent (or onto nothing), and returns
-/// the merged tree with the parent's blobs.
+/// the merged tree with the parent's blobs and their readahead ranges.
 fn layered_tree(
     source: &Path,
     opts: &BuildOptions,
-) -> Result<(tree::Tree, Vec<BlobEntry>), BuildError> {
-    let (parent, parent_blobs) = match load_parent(opts, Some(opts.chunk_size))? {
-        Some((tree, blobs, _)) => (Some(tree), blobs),
-        None => (None, Vec::new()),
+) -> Result<(tree::Tree, Vec<BlobEntry>, Readahead), BuildError> {
+    let (parent, parent_blobs, parent_readahead) = match load_parent(opts, Some(opts.chunk_size))? {
+        Some((tree, blobs, _, readahead)) => (Some(tree), blobs, readahead),
+        None => (None, Vec::new(), Vec::new()),
     };
     let upper = source::dir::read_tree(source)?;
     let Some(mut merged) = parent else {
         return Ok((
             overlay::first_layer(upper, opts.whiteout_spec),
             parent_blobs,
+            parent_readahead,
         ));
     };
     overlay::apply(&mut merged, overlay::nest(upper, 1), opts.whiteout_spec);
-    Ok((overlay::flatten(merged), parent_blobs))
+    Ok((overlay::flatten(merged), parent_blobs, parent_readahead))
 }
 
 /// Builds the blob table and chunk table: the parent's blobs, then the chunk
@@ -488,18 +501,30 @@ pub(crate) fn stored_tree_bootstrap(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
+    fs_version: FsVersion,
 ) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
-    stored_tree_bootstrap_with(tree, blobs, opts, &prefetch::Prefetch::none())
+    stored_tree_bootstrap_with(
+        tree,
+        blobs,
+        opts,
+        &prefetch::Prefetch::none(),
+        fs_version,
+        &[],
+    )
 }
 
 /// [`stored_tree_bootstrap`] with prefetch hints: with policy `fs`, the bootstrap
 /// carries the prefetch table of `tree` for `prefetch`'s patterns (the blobs are already
-/// stored, so no policy changes their order).
+/// stored, so no policy changes their order), written as `fs_version`; for v5,
+/// `readahead` gives each blob's readahead range by table position (see
+/// [`bootstrap::v5::V5Options::readahead`]).
 pub(crate) fn stored_tree_bootstrap_with(
     tree: &tree::Tree,
     blobs: Vec<BlobEntry>,
     opts: bootstrap::v6::BootstrapOptions,
     prefetch: &prefetch::Prefetch,
+    fs_version: FsVersion,
+    readahead: &[(u32, u32)],
 ) -> Result<(Vec<u8>, Vec<BlobEntry>), BuildError> {
     debug_assert!(tree
         .nodes
@@ -508,16 +533,27 @@ pub(crate) fn stored_tree_bootstrap_with(
     let no_new = vec![Vec::new(); tree.nodes.len()];
     let (blobs, chunks, file_chunks) = assemble_chunks(tree, &no_new, &[], blobs, &[], None);
     let table = prefetch.table(tree);
-    let bytes = bootstrap::v6::write(
-        &bootstrap::v6::BootstrapInput {
-            tree,
-            file_chunks: &file_chunks,
-            chunks: &chunks,
-            blobs: &blobs,
-            prefetch: table.as_ref(),
-        },
-        opts,
-    )?;
+    let input = bootstrap::v6::BootstrapInput {
+        tree,
+        file_chunks: &file_chunks,
+        chunks: &chunks,
+        blobs: &blobs,
+        prefetch: table.as_ref(),
+    };
+    let bytes = match fs_version {
+        FsVersion::V6 => bootstrap::v6::write(&input, opts)?,
+        // The tree keeps no record of which names upstream's tar builder flagged as
+        // later names of a hard link, so none is flagged: nydus-rafs 0.2.2 never reads
+        // the flag (it tells a hard link by a regular file's link count).
+        FsVersion::V5 => bootstrap::v5::write(
+            &input,
+            bootstrap::v5::V5Options {
+                base: opts,
+                hardlink_flag: false,
+                readahead,
+            },
+        )?,
+    };
     Ok((bytes, blobs))
 }
 
@@ -598,11 +634,12 @@ pub fn build_from(
             });
         }
     }
-    if matches!(bootstrap_target, BootstrapTarget::InBlob { .. })
+    if matches!(bootstrap_target, BootstrapTarget::InBlob { toc: true })
         && opts.fs_version == FsVersion::V5
     {
+        // Upstream 2.2.0 refuses `--features blob-toc` with v5 too.
         return Err(BuildError::Options(
-            "a bootstrap inside its blob is RAFS v6 only; build v5 with a bootstrap file".into(),
+            "a TOC in a blob carrying its bootstrap is RAFS v6 only; build v5 without it".into(),
         ));
     }
     if matches!(bootstrap_target, BootstrapTarget::InBlob { .. }) && opts.blob_id.is_some() {
@@ -613,9 +650,11 @@ pub fn build_from(
     let started = std::time::Instant::now();
     // A directory is read whole before anything is written; a tar layer is read while
     // the blob is written, onto its parent once it has been read.
+    let mut parent_readahead = Vec::new();
     let (dir_tree, tar_parent) = match source {
         Source::Dir(path) => {
-            let (tree, parent_blobs) = layered_tree(path, opts)?;
+            let (tree, parent_blobs, readahead) = layered_tree(path, opts)?;
+            parent_readahead = readahead;
             log::debug!(
                 "{}: {} entries, {} inodes, read in {:.3} s",
                 path.display(),
@@ -659,7 +698,7 @@ pub fn build_from(
         None => None,
     };
     let known = |digest: &[u8; 32]| dict.as_ref().and_then(|d| d.get(digest));
-    let (tree, parent_blobs, chunked, new_file_chunks) = match (source, dir_tree) {
+    let (tree, parent_blobs, chunked, new_file_chunks, readahead_last) = match (source, dir_tree) {
         (Source::Dir(_), Some((tree, parent_blobs))) => {
             // Prefetched files first, as upstream lays out a directory's blob; a tar
             // layer's data is stored as it streams by.
@@ -673,7 +712,21 @@ pub fn build_from(
                 progress,
             )?;
             let by_node = std::mem::take(&mut chunked.file_chunks);
-            (tree, parent_blobs, chunked, by_node)
+            // The last new chunk of the files stored first: with policy `blob`, upstream's
+            // v5 blob table gives the blob's head up to its end as the readahead range.
+            let readahead_last = (opts.prefetch.policy == prefetch::PrefetchPolicy::Blob)
+                .then(|| {
+                    first
+                        .iter()
+                        .flat_map(|&id| &by_node[tree.nodes[id].hardlink_of.unwrap_or(id)])
+                        .filter_map(|r| match r {
+                            chunker::ChunkRef::New(i) => Some(*i),
+                            chunker::ChunkRef::Known(_) => None,
+                        })
+                        .max()
+                })
+                .flatten();
+            (tree, parent_blobs, chunked, by_node, readahead_last)
         }
         (Source::Tar(path, format), _) => {
             let (upper, chunked) = source::tar::chunk_layer(
@@ -687,7 +740,8 @@ pub fn build_from(
             )?;
             // Every file of the layer carries its chunks; the parent's, theirs.
             let (tree, parent_blobs) = match tar_parent {
-                Some((mut parent, blobs, _)) => {
+                Some((mut parent, blobs, _, readahead)) => {
+                    parent_readahead = readahead;
                     overlay::apply(&mut parent, upper, opts.whiteout_spec);
                     (overlay::flatten(parent), blobs)
                 }
@@ -698,7 +752,7 @@ pub fn build_from(
                 }
             };
             let none = vec![Vec::new(); tree.nodes.len()];
-            (tree, parent_blobs, chunked, none)
+            (tree, parent_blobs, chunked, none, None)
         }
         (Source::Dir(_), None) => unreachable!("a directory's tree is read first"),
     };
@@ -707,7 +761,9 @@ pub fn build_from(
     let blob_err = |e| BuildError::output(&blob_pending.target, "cannot write blob", e);
     let (new_chunks, new_blob, finished, inline_tail) = match &boot_out {
         BootOutput::InBlob { toc } => {
-            let (tail, entry, chunks) = writer.finish_inline(*toc).map_err(blob_err)?;
+            let (tail, entry, chunks) = writer
+                .finish_inline(*toc, opts.fs_version == FsVersion::V6)
+                .map_err(blob_err)?;
             (chunks, entry, None, Some(tail))
         }
         BootOutput::File(..) if writer.chunk_count() > 0 => {
@@ -719,6 +775,7 @@ pub fn build_from(
             (Vec::new(), None, None, None)
         }
     };
+    let new_blob_id = new_blob.as_ref().map(|b| b.blob_id.clone());
     let (blobs, chunks, file_chunks) = assemble_chunks(
         &tree,
         &new_file_chunks,
@@ -727,6 +784,9 @@ pub fn build_from(
         dict.as_ref().map(|d| d.blobs.as_slice()).unwrap_or(&[]),
         new_blob,
     );
+    let new_blob_index = new_blob_id
+        .as_ref()
+        .and_then(|id| blobs.iter().position(|b| &b.blob_id == id));
     if blobs.len() > 254 {
         return Err(BuildError::Options(format!(
             "the image would reference {} blobs; RAFS v6 chunk indexes address 254",
@@ -734,11 +794,7 @@ pub fn build_from(
         )));
     }
 
-    // RAFS v5's prefetch table is not written yet: v5 builds take the blob order only.
-    let table = match opts.fs_version {
-        FsVersion::V6 => opts.prefetch.table(&tree),
-        FsVersion::V5 => None,
-    };
+    let table = opts.prefetch.table(&tree);
     let input = bootstrap::v6::BootstrapInput {
         tree: &tree,
         file_chunks: &file_chunks,
@@ -751,6 +807,18 @@ pub fn build_from(
         compressor: opts.compressor,
         digester: opts.digester,
     };
+    // The new blob's readahead range (v5, policy `blob`): the head its prefetched files
+    // were stored in, as upstream records it (a u32; upstream fails past that, we clamp).
+    // The parent's blobs come first in the table and keep their ranges.
+    let mut readahead = parent_readahead;
+    readahead.resize(blobs.len(), (0, 0));
+    if let Some((c, blob)) = readahead_last
+        .and_then(|i| new_chunks.get(i as usize))
+        .zip(new_blob_index)
+    {
+        let end = c.compressed_offset + c.compressed_size as u64;
+        readahead[blob] = (0, u32::try_from(end).unwrap_or(u32::MAX));
+    }
     let image = match opts.fs_version {
         FsVersion::V6 => bootstrap::v6::write(&input, base)?,
         FsVersion::V5 => bootstrap::v5::write(
@@ -758,6 +826,7 @@ pub fn build_from(
             bootstrap::v5::V5Options {
                 base,
                 hardlink_flag: matches!(source, Source::Tar(..)),
+                readahead: &readahead,
             },
         )?,
     };

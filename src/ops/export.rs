@@ -143,6 +143,7 @@ fn as_v6(v5: &Image, blobs: BlobSource) -> Result<Image, V6Error> {
             compressor: sb.compressor,
             digester: sb.digester,
         },
+        crate::builder::FsVersion::V6,
     )
     .map_err(V6Error::Build)?;
     drop(tree);

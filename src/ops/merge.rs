@@ -189,6 +189,8 @@ fn is_storable_id(id: &str) -> bool {
 struct Settings {
     chunk_size: u32,
     digester: Digester,
+    /// RAFS version (5 or 6): the merged image is written in its inputs' version.
+    fs_version: u32,
 }
 
 /// Checks `image` against the settings of the first image opened.
@@ -202,11 +204,23 @@ fn check_settings(
     let these = Settings {
         chunk_size: sb.chunk_size,
         digester: sb.digester,
+        fs_version: image.fs_version(),
     };
     let Some(first) = settings else {
         *settings = Some(these);
         return Ok(());
     };
+    // Upstream's merge refuses a mix of versions too (nydus-rafs `check_compatibility`).
+    if first.fs_version != these.fs_version {
+        return Err(MergeError::Layer {
+            role,
+            path: path.to_path_buf(),
+            what: format!(
+                "is RAFS v{}, the first image is v{}: merged images share one version",
+                these.fs_version, first.fs_version
+            ),
+        });
+    }
     // Upstream checks the chunk size; one digester is recorded for the merged image, so
     // it must be the same too.
     if first.chunk_size != these.chunk_size || first.digester != these.digester {
@@ -278,12 +292,15 @@ fn entry_id(entry: &BlobEntry, path: &Path) -> String {
 #[derive(Default)]
 struct BlobTable {
     blobs: Vec<BlobEntry>,
+    /// Each blob's v5 readahead range, kept from the image it came from (upstream's
+    /// merge keeps it; 0/0 from a v6 image).
+    readahead: Vec<(u32, u32)>,
     by_id: HashMap<String, u32>,
 }
 
 impl BlobTable {
     /// Adds `entry` (or finds the entry with its id) and returns its position.
-    fn add(&mut self, mut entry: BlobEntry) -> u32 {
+    fn add(&mut self, mut entry: BlobEntry, readahead: Option<(u32, u32)>) -> u32 {
         entry.features &= !INLINED_FS_META;
         if let Some(&i) = self.by_id.get(&entry.blob_id) {
             return i;
@@ -291,6 +308,7 @@ impl BlobTable {
         let i = self.blobs.len() as u32;
         self.by_id.insert(entry.blob_id.clone(), i);
         self.blobs.push(entry);
+        self.readahead.push(readahead.unwrap_or((0, 0)));
         i
     }
 }
@@ -353,11 +371,15 @@ pub fn merge(
         let map: Vec<u32> = image
             .blobs()
             .iter()
-            .map(|b| {
-                table.add(BlobEntry {
-                    blob_id: entry_id(b, path),
-                    ..b.clone()
-                })
+            .enumerate()
+            .map(|(i, b)| {
+                table.add(
+                    BlobEntry {
+                        blob_id: entry_id(b, path),
+                        ..b.clone()
+                    },
+                    image.blob_readahead(i),
+                )
             })
             .collect();
         let mut entry = parent::load(&image, layer_index)?;
@@ -377,13 +399,17 @@ pub fn merge(
         };
         let mut own_seen = false;
         let mut map = Vec::with_capacity(image.blobs().len());
-        for b in image.blobs() {
+        for (bi, b) in image.blobs().iter().enumerate() {
             let id = entry_id(b, path);
+            let readahead = image.blob_readahead(bi);
             if dict_ids.contains(&id) {
-                map.push(table.add(BlobEntry {
-                    blob_id: id,
-                    ..b.clone()
-                }));
+                map.push(table.add(
+                    BlobEntry {
+                        blob_id: id,
+                        ..b.clone()
+                    },
+                    readahead,
+                ));
                 continue;
             }
             if own_seen {
@@ -418,7 +444,7 @@ pub fn merge(
             if let Some(sizes) = &opts.blob_toc_sizes {
                 own.toc_size = sizes[i];
             }
-            map.push(table.add(own));
+            map.push(table.add(own, readahead));
         }
         if table.blobs.len() > MAX_BLOBS {
             return Err(bad(format!(
@@ -441,15 +467,25 @@ pub fn merge(
     }
     let tree = overlay::flatten(merged.expect("at least one layer"));
     let settings = settings.expect("at least one layer");
+    let BlobTable {
+        blobs: table_blobs,
+        readahead,
+        ..
+    } = table;
     let (bytes, blobs) = crate::builder::stored_tree_bootstrap_with(
         &tree,
-        table.blobs,
+        table_blobs,
         bootstrap::v6::BootstrapOptions {
             chunk_size: settings.chunk_size,
             compressor: compressor.expect("at least one layer"),
             digester: settings.digester,
         },
         &opts.prefetch,
+        match settings.fs_version {
+            5 => crate::builder::FsVersion::V5,
+            _ => crate::builder::FsVersion::V6,
+        },
+        &readahead,
     )?;
     let out = match target {
         MergeTarget::File(p) => p.clone(),

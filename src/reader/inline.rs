@@ -13,6 +13,10 @@
 //! directory names blobs), or else the blob's sha256. Every blob table entry marked
 //! `INLINED_FS_META` is served by the file; other entries (the layers below, for a
 //! layered build) come from the blob source as usual.
+//!
+//! A RAFS v5 bootstrap sits in its blob the same way (upstream 2.2.0 writes it without
+//! a TOC and without blob meta: chunk data, `image.blob` header, the bootstrap as it is,
+//! `image.boot` header), with the same placeholder id in its blob table.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

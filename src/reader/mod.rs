@@ -311,13 +311,7 @@ impl Image {
             source,
         };
         if crate::format::v5::is_v5(&meta) {
-            if own.is_some() {
-                return Err(fmt(FormatError::Invalid {
-                    offset: 0,
-                    what: "a bootstrap inside its blob must be RAFS v6, this one is v5".into(),
-                }));
-            }
-            return Self::from_v5(path, meta, blobs);
+            return Self::from_v5(path, meta, blobs, own);
         }
         let sb = SuperBlock::decode(&meta, meta.len() as u64).map_err(fmt)?;
         if !(meta.len() as u64).is_multiple_of(BLOCK_SIZE) {

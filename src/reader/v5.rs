@@ -186,7 +186,8 @@ pub struct V5Record {
 /// Each blob's file, or why it could not be opened.
 type BlobFiles = Vec<Result<BlobFile, std::sync::Arc<BlobOpenError>>>;
 
-/// Opens the blobs named by `ids` from `source` (a v5 bootstrap never sits in its blob).
+/// Opens the blobs named by `ids` from `source` (the caller then points a blob carrying
+/// the bootstrap at its own file).
 fn open_blob_files(ids: &[String], source: &BlobSource) -> (BlobFiles, Vec<Option<PathBuf>>) {
     let paths = source.resolve(ids);
     let files = match source {
@@ -217,10 +218,14 @@ fn open_blob_files(ids: &[String], source: &BlobSource) -> (BlobFiles, Vec<Optio
 impl Image {
     /// Opens a v5 bootstrap held in `meta`: superblock, blob tables, and every inode
     /// record, whose chunk infos make the image's chunk table (v5 has none of its own).
+    ///
+    /// With `own` (a bootstrap taken out of its blob), the blob table entries marked
+    /// `INLINED_FS_META` are that blob, as for v6.
     pub(super) fn from_v5(
         path: &Path,
         meta: Vec<u8>,
         blobs: BlobSource,
+        own: Option<super::inline::OwnBlob<'_>>,
     ) -> Result<Self, ReadError> {
         let fmt = |source: FormatError| ReadError::Format {
             path: path.to_path_buf(),
@@ -290,11 +295,17 @@ impl Image {
         chunks.sort_unstable();
         chunks.dedup_by_key(|c| (c.0, c.1));
         let has_ext = sb.ext_blob_table_entries > 0;
+        let is_own = |b: &tables::Blob| {
+            own.is_some() && b.features & v6::tables::blob_features::INLINED_FS_META != 0
+        };
         let table: Vec<BlobEntry> = v5_blobs
             .iter()
             .zip(&seen_count)
             .map(|(b, &seen)| BlobEntry {
-                blob_id: b.blob_id.clone(),
+                blob_id: match &own {
+                    Some(o) if is_own(b) => o.id.to_string(),
+                    _ => b.blob_id.clone(),
+                },
                 chunk_size: sb.chunk_size,
                 // Old images without an extended table do not say; count what is used.
                 chunk_count: if has_ext { b.chunk_count } else { seen },
@@ -312,7 +323,20 @@ impl Image {
             })
             .collect();
         let ids: Vec<String> = table.iter().map(|b| b.blob_id.clone()).collect();
-        let (blob_files, blob_paths) = open_blob_files(&ids, &blobs);
+        let (mut blob_files, mut blob_paths) = open_blob_files(&ids, &blobs);
+        if let Some(o) = &own {
+            for (i, b) in v5_blobs.iter().enumerate() {
+                if is_own(b) {
+                    blob_paths[i] = Some(o.path.to_path_buf());
+                    blob_files[i] = BlobFile::open(o.path)
+                        .map_err(|source| BlobOpenError::File {
+                            path: o.path.to_path_buf(),
+                            source,
+                        })
+                        .map_err(std::sync::Arc::new);
+                }
+            }
+        }
         // The v6-shaped summary the rest of the crate reads: settings and counts; the
         // v6-only locations (metadata block, chunk table) are zero.
         let summary = v6::super_block::SuperBlock {

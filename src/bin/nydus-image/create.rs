@@ -70,7 +70,7 @@ pub struct CreateArgs {
     /// Blob id to record instead of the blob's sha256.
     #[arg(long = "blob-id")]
     blob_id: Option<String>,
-    /// RAFS format version: 6 or 5.
+    /// RAFS format version: 6, or 5 (upstream's older layout).
     #[arg(short = 'v', long = "fs-version", default_value = "6")]
     fs_version: String,
     /// Give chunks 4 KiB-aligned uncompressed offsets (where a blob cache keeps them),
@@ -248,8 +248,8 @@ impl CreateArgs {
             if stargz {
                 bail!("conversion type stargz_index conflicts with RAFS v5: use --fs-version 6");
             }
-            if self.blob_inline_meta {
-                bail!("--blob-inline-meta conflicts with RAFS v5: use --fs-version 6");
+            if self.features.is_some() {
+                bail!("--features blob-toc can't be used with RAFS v5 (as upstream 2.2.0 says): use --fs-version 6");
             }
             if self.config.is_some() {
                 bail!("--config (compaction) conflicts with RAFS v5 here: use --fs-version 6");

@@ -45,12 +45,16 @@ impl From<WriteError> for crate::builder::BuildError {
 
 /// Settings of a v5 bootstrap beyond what v6 shares.
 #[derive(Clone, Copy, Debug)]
-pub struct V5Options {
+pub struct V5Options<'a> {
     /// Chunk size, compressor, digester.
     pub base: BootstrapOptions,
     /// Mark the later names of hard links with the inode's `HARDLINK` flag, as upstream's
     /// tar and eStargz builders do (its directory builder does not).
     pub hardlink_flag: bool,
+    /// Each blob's readahead range (offset, bytes), by table position; blobs past the
+    /// end get 0/0. Upstream's `--prefetch-policy blob` gives a new blob's head, where
+    /// the covered files' new chunks were stored first; its merge keeps each layer's.
+    pub readahead: &'a [(u32, u32)],
 }
 
 /// 512-byte blocks upstream records: of the size and the padded xattr pairs.
@@ -84,7 +88,7 @@ fn record_order(tree: &Tree) -> (Vec<NodeId>, Vec<u32>) {
 }
 
 /// Builds the bootstrap bytes.
-pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteError> {
+pub fn write(input: &BootstrapInput, opts: V5Options<'_>) -> Result<Vec<u8>, WriteError> {
     let tree = input.tree;
     let chunk_size = opts.base.chunk_size as u64;
     let limit = |id: NodeId, what: String| WriteError::Limit {
@@ -209,14 +213,35 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
         records[i].digest = compress::digest(digester, &data);
     }
 
-    // Layout: superblock, inode table, prefetch table (none yet), blob tables, records.
+    // The prefetch table (policy `fs`): per pattern that named an entry, in pattern
+    // order, that entry's inode number; unlike v6, upstream leaves no slot for a pattern
+    // that named nothing.
+    let prefetch: Vec<u32> = match input.prefetch {
+        Some(p) => p
+            .nodes
+            .iter()
+            .map(|&id| {
+                let ino = ino_of_group[group(id)];
+                u32::try_from(ino).map_err(|_| {
+                    limit(
+                        id,
+                        format!("inode {ino} in the prefetch table, past 32 bits"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+
+    // Layout: superblock, inode table, prefetch table, blob tables, records.
     let blobs: Vec<Blob> = input
         .blobs
         .iter()
-        .map(|b| Blob {
+        .enumerate()
+        .map(|(i, b)| Blob {
             blob_id: b.blob_id.clone(),
-            readahead_offset: 0,
-            readahead_size: 0,
+            readahead_offset: opts.readahead.get(i).map_or(0, |r| r.0),
+            readahead_size: opts.readahead.get(i).map_or(0, |r| r.1),
             chunk_count: b.chunk_count,
             features: b.features,
             uncompressed_size: b.uncompressed_size,
@@ -225,7 +250,7 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
         .collect();
     let inode_table_offset = SUPER_SIZE;
     let prefetch_table_offset = inode_table_offset + tables::inode_table_size(entries);
-    let blob_table_offset = prefetch_table_offset;
+    let blob_table_offset = prefetch_table_offset + align(prefetch.len() as u64 * 4);
     let blob_table_size = tables::blob_table_size(&blobs);
     let ext_offset = blob_table_offset + blob_table_size;
     let mut at = ext_offset + blobs.len() as u64 * 64;
@@ -257,7 +282,7 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
         inode_table_offset,
         inode_table_entries: entries,
         prefetch_table_offset,
-        prefetch_table_entries: 0,
+        prefetch_table_entries: prefetch.len() as u32,
         blob_table_offset,
         blob_table_size: blob_table_size as u32,
         ext_blob_table_offset: ext_offset,
@@ -266,6 +291,7 @@ pub fn write(input: &BootstrapInput, opts: V5Options) -> Result<Vec<u8>, WriteEr
     let mut out = Vec::with_capacity(at as usize);
     out.extend_from_slice(&sb.encode());
     tables::encode_inode_table(&offsets, &mut out);
+    tables::encode_prefetch_table(&prefetch, &mut out);
     tables::encode_blob_table(&blobs, &mut out);
     tables::encode_ext_blob_table(&blobs, &mut out);
     for (i, &id) in order.iter().enumerate() {
@@ -297,7 +323,7 @@ pub(crate) mod tests {
 
     const CHUNK_SIZE: u32 = 0x1000;
 
-    fn options() -> V5Options {
+    fn options() -> V5Options<'static> {
         V5Options {
             base: BootstrapOptions {
                 chunk_size: CHUNK_SIZE,
@@ -305,6 +331,7 @@ pub(crate) mod tests {
                 digester: Digester::Blake3,
             },
             hardlink_flag: false,
+            readahead: &[],
         }
     }
 

@@ -503,6 +503,11 @@ pub fn compact(
         usage: &usage,
         backend,
         chunk_size: image.super_block().chunk_size,
+        layout: if image.fs_version() == 5 {
+            crate::builder::blob::Layout::Dense
+        } else {
+            crate::builder::blob::Layout::Blocks
+        },
     };
     for group in &groups {
         let first = &blobs[group[0]];
@@ -555,6 +560,11 @@ pub fn compact(
             chunk_size: sb.chunk_size,
             compressor: sb.compressor,
             digester: sb.digester,
+        },
+        // A v5 image stays v5 (upstream 2.2.0's compact writes only v5).
+        match image.fs_version() {
+            5 => crate::builder::FsVersion::V5,
+            _ => crate::builder::FsVersion::V6,
         },
     );
     let (bytes, blobs_out) = match written {

@@ -24,6 +24,9 @@ pub(super) struct Source<'a> {
     pub(super) backend: &'a dyn Backend,
     /// The image's chunk size: no chunk holds more.
     pub(super) chunk_size: u32,
+    /// Where new blobs place uncompressed offsets: by the image's version (a v5 image
+    /// gets upstream 2.2.0's dense v5 offsets, v6 its 4 KiB blocks).
+    pub(super) layout: crate::builder::blob::Layout,
 }
 
 /// The most bytes a chunk of `chunk_size` bytes may be stored in: compressed data is kept
@@ -96,6 +99,7 @@ pub(super) fn write_group(
         usage,
         backend,
         chunk_size,
+        layout,
     } = *source;
     let write_err = |what: &'static str| {
         move |source| CompactError::Write {
@@ -111,7 +115,8 @@ pub(super) fn write_group(
         template.compressor,
         template.digester,
         template.chunk_size,
-    );
+    )
+    .with_layout(layout);
     let mut moves = Vec::new();
     let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
     let mut stored = Vec::new();

@@ -216,6 +216,8 @@ pub fn describe(
             digester: Digester::Sha256,
         },
         prefetch,
+        crate::builder::FsVersion::V6,
+        &[],
     )?;
     Ok(Described {
         bootstrap: image,
@@ -268,7 +270,7 @@ pub fn build(
     }
     let parent = crate::builder::load_parent(opts, None)?;
     let (parent_tree, parent_blobs, parent_chunk_size) = match parent {
-        Some((t, b, c)) => (Some(t), b, Some(c)),
+        Some((t, b, c, _)) => (Some(t), b, Some(c)),
         None => (None, Vec::new(), None),
     };
     if parent_blobs.iter().any(|b| b.blob_id == blob_id) {
