@@ -18,8 +18,11 @@
 mod cache;
 mod data;
 mod inline;
+mod lazy;
 mod prefetch;
 mod v5;
+
+pub use lazy::PrefetchOptions;
 
 pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
@@ -247,6 +250,8 @@ pub struct Image {
     blob_paths: Vec<Option<PathBuf>>,
     cache: ChunkCache,
     windows: std::sync::Mutex<std::collections::VecDeque<BlobWindow>>,
+    /// How blobs behind a remote backend are fetched and cached.
+    remote: lazy::RemoteState,
     /// Where the bootstrap came from, when it was taken out of a blob.
     inline: Option<InlineSource>,
     /// Verify chunk digests on every read.
@@ -434,6 +439,7 @@ impl Image {
             blob_paths,
             cache: ChunkCache::new(DEFAULT_CACHE_BYTES),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            remote: lazy::RemoteState::default(),
             inline: None,
             validate: false,
             v5: None,

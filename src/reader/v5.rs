@@ -343,6 +343,7 @@ impl Image {
             blob_paths,
             cache: super::ChunkCache::new(super::DEFAULT_CACHE_BYTES),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            remote: super::lazy::RemoteState::default(),
             inline: None,
             validate: false,
             v5: Some(m),

@@ -83,6 +83,14 @@ impl BlobFile {
         })
     }
 
+    /// The backend and blob id of a remote blob; `None` for a local file.
+    pub fn backend(&self) -> Option<(&std::sync::Arc<dyn super::backend::Backend>, &str)> {
+        match &self.source {
+            Source::Backend(b, id) => Some((b, id)),
+            Source::File(_) => None,
+        }
+    }
+
     /// Asks the kernel to start reading `[offset, offset + len)` of a local blob file in
     /// the background (a hint; remote blobs ignore it).
     pub fn will_need(&self, offset: u64, len: u64) {
