@@ -31,6 +31,19 @@ pub(crate) struct RemoteState {
     blobs: OnceLock<Vec<Option<Arc<RemoteBlob>>>>,
 }
 
+impl RemoteState {
+    /// The state for blobs from `source`: its remote options, or the defaults.
+    pub(crate) fn for_source(source: &crate::storage::blobs::BlobSource) -> Self {
+        match source {
+            crate::storage::blobs::BlobSource::CachedBackend(_, options) => RemoteState {
+                options: options.clone(),
+                ..RemoteState::default()
+            },
+            _ => RemoteState::default(),
+        }
+    }
+}
+
 /// What to fetch in the background after mounting ([`Image::prefetch`]).
 #[derive(Clone, Debug)]
 pub struct PrefetchOptions {
@@ -113,6 +126,12 @@ impl Image {
             }
             list[i] = (info.compressed_offset, info.compressed_size);
         }
+        let cache = self
+            .remote
+            .options
+            .cache
+            .as_ref()
+            .map(crate::storage::cache::CacheDir::open);
         self.blob_files
             .iter()
             .zip(extents)
@@ -126,6 +145,7 @@ impl Image {
                     file.len,
                     extents,
                     &self.remote.options,
+                    cache.as_ref(),
                     self.remote.shared.clone(),
                 )))
             })

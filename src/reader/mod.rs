@@ -411,7 +411,7 @@ impl Image {
             None => Err(BlobOpenError::NotGiven),
         };
         let blob_files = match &blobs {
-            BlobSource::Backend(b) => ids
+            BlobSource::Backend(b) | BlobSource::CachedBackend(b, _) => ids
                 .iter()
                 .enumerate()
                 .map(|(i, id)| {
@@ -439,7 +439,7 @@ impl Image {
             blob_paths,
             cache: ChunkCache::new(DEFAULT_CACHE_BYTES),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            remote: lazy::RemoteState::default(),
+            remote: lazy::RemoteState::for_source(&blobs),
             inline: None,
             validate: false,
             v5: None,

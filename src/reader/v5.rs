@@ -190,7 +190,7 @@ type BlobFiles = Vec<Result<BlobFile, std::sync::Arc<BlobOpenError>>>;
 fn open_blob_files(ids: &[String], source: &BlobSource) -> (BlobFiles, Vec<Option<PathBuf>>) {
     let paths = source.resolve(ids);
     let files = match source {
-        BlobSource::Backend(b) => ids
+        BlobSource::Backend(b) | BlobSource::CachedBackend(b, _) => ids
             .iter()
             .map(|id| BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend))
             .collect::<Vec<_>>(),
@@ -343,7 +343,7 @@ impl Image {
             blob_paths,
             cache: super::ChunkCache::new(super::DEFAULT_CACHE_BYTES),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            remote: super::lazy::RemoteState::default(),
+            remote: super::lazy::RemoteState::for_source(&blobs),
             inline: None,
             validate: false,
             v5: Some(m),

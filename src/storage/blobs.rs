@@ -40,6 +40,21 @@ pub enum BlobSource {
     Files(Vec<PathBuf>),
     /// A storage backend serving blobs by id.
     Backend(std::sync::Arc<dyn super::backend::Backend>),
+    /// A storage backend, with how its blobs are fetched and cached (`--cache-dir`).
+    CachedBackend(
+        std::sync::Arc<dyn super::backend::Backend>,
+        super::remote::RemoteOptions,
+    ),
+}
+
+impl BlobSource {
+    /// The backend, if blobs come from one.
+    pub fn backend(&self) -> Option<&std::sync::Arc<dyn super::backend::Backend>> {
+        match self {
+            BlobSource::Backend(b) | BlobSource::CachedBackend(b, _) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 /// An open blob: a local file or a blob of a storage backend.
@@ -121,7 +136,9 @@ impl BlobSource {
     /// Resolves a path for each blob id (in table order); `None` where no file is known.
     pub fn resolve(&self, ids: &[String]) -> Vec<Option<PathBuf>> {
         match self {
-            BlobSource::None | BlobSource::Backend(_) => vec![None; ids.len()],
+            BlobSource::None | BlobSource::Backend(_) | BlobSource::CachedBackend(..) => {
+                vec![None; ids.len()]
+            }
             BlobSource::Dir(dir) => ids.iter().map(|id| Some(dir.join(id))).collect(),
             BlobSource::Files(files) => {
                 let mut out: Vec<Option<PathBuf>> = vec![None; ids.len()];

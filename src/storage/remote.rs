@@ -33,8 +33,8 @@ const MEMORY_STORE_BYTES: usize = 32 << 20;
 /// How remote blobs are read.
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
-    /// The persistent cache, if any.
-    pub cache: Option<Arc<CacheDir>>,
+    /// The persistent cache, if any (opened when the first remote blob is read).
+    pub cache: Option<super::cache::CacheOptions>,
     /// Bound of one merged request, in bytes.
     pub merge_bytes: u64,
 }
@@ -197,13 +197,15 @@ pub struct RemoteBlob {
 }
 
 impl RemoteBlob {
-    /// A blob of `backend` with `len` bytes and chunks at `extents` (by chunk index).
+    /// A blob of `backend` with `len` bytes and chunks at `extents` (by chunk index),
+    /// cached in `cache` if given.
     pub fn new(
         backend: Arc<dyn Backend>,
         blob_id: &str,
         len: u64,
         extents: Vec<(u64, u32)>,
         options: &RemoteOptions,
+        cache: Option<&Arc<CacheDir>>,
         shared: Arc<Shared>,
     ) -> Self {
         let mut order: Vec<u32> = (0..extents.len() as u32)
@@ -214,10 +216,7 @@ impl RemoteBlob {
         for (p, &i) in order.iter().enumerate() {
             position[i as usize] = p as u32;
         }
-        let disk = options
-            .cache
-            .as_ref()
-            .and_then(|c| c.blob(blob_id, len, &extents));
+        let disk = cache.and_then(|c| c.blob(blob_id, len, &extents));
         RemoteBlob {
             backend,
             blob_id: blob_id.to_string(),
