@@ -133,6 +133,11 @@ impl CacheDir {
         }
         match BlobCache::open(self.clone(), blob_id, blob_size, extents) {
             Ok(c) => Some(c),
+            Err(e @ CacheError::Busy { .. }) => {
+                // Only this blob: others may still be cached.
+                log::warn!("{e}: blob {blob_id} is read from the network without caching");
+                None
+            }
             Err(e) => {
                 self.give_up(format!("cannot use the cache of blob {blob_id}: {e}"));
                 None
@@ -224,8 +229,9 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
-    /// The map belongs to another layout and other processes use it.
-    #[error("{}: made for another layout of the blob, and in use", path.display())]
+    /// The map does not match the blob (damaged, or another chunk count) and other
+    /// processes use it, so it cannot be started afresh.
+    #[error("{}: does not match the blob, and is in use", path.display())]
     Busy {
         /// The map file.
         path: PathBuf,
@@ -246,9 +252,11 @@ pub struct BlobCache {
     reported: AtomicBool,
 }
 
-/// A 64-bit FNV-1a hash of the blob's id, size and chunk layout: a map made for other
-/// chunks is not trusted.
-fn layout_hash(blob_id: &str, blob_size: u64, extents: &[(u64, u32)]) -> u64 {
+/// A 64-bit FNV-1a hash of the blob's id and size: a map made for another blob is not
+/// trusted. The chunk layout is left out on purpose: a chunk's place in a blob is the
+/// blob's (images sharing the blob agree on it, though each may know only some chunks),
+/// and every cached chunk is checked against its CRC anyway.
+fn layout_hash(blob_id: &str, blob_size: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -258,10 +266,6 @@ fn layout_hash(blob_id: &str, blob_size: u64, extents: &[(u64, u32)]) -> u64 {
     };
     eat(blob_id.as_bytes());
     eat(&blob_size.to_le_bytes());
-    for (offset, len) in extents {
-        eat(&offset.to_le_bytes());
-        eat(&len.to_le_bytes());
-    }
     h
 }
 
@@ -297,7 +301,7 @@ impl BlobCache {
         header[8..12].copy_from_slice(&VERSION.to_le_bytes());
         header[12..16].copy_from_slice(&(extents.len() as u32).to_le_bytes());
         header[16..24].copy_from_slice(&blob_size.to_le_bytes());
-        header[24..32].copy_from_slice(&layout_hash(blob_id, blob_size, extents).to_le_bytes());
+        header[24..32].copy_from_slice(&layout_hash(blob_id, blob_size).to_le_bytes());
         let map_len = HEADER_BYTES + 4 * extents.len() as u64;
         let matches = |map: &File| {
             let mut found = [0u8; HEADER_BYTES as usize];
@@ -501,10 +505,13 @@ mod tests {
         assert!(c2.read(0, 0, 100).is_none(), "a damaged chunk was served");
         assert!(c2.read(0, 0, 100).is_none());
         assert_eq!(c2.read(1, 100, 50).unwrap(), &blob[100..150]);
-        // Another layout for the same blob id: starts afresh.
+        // Another chunk count for the same blob id: starts afresh.
         drop(c2);
         let c3 = dir.blob("b1", 350, &[(0, 350)]).unwrap();
         assert!(c3.read(0, 0, 350).is_none());
+        // ... unless in use: then that blob goes uncached, the directory stays usable.
+        assert!(dir.blob("b1", 350, &extents()).is_none());
+        assert!(!dir.is_disabled());
     }
 
     #[test]
