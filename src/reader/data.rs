@@ -120,8 +120,7 @@ impl Image {
         let (window, at) = match remote {
             // Behind a backend: planned, cached, checked before caching (lazy.rs).
             Some(remote) => {
-                let check = |chunk: u32, bytes: &[u8]| self.check_stored(blob, chunk, bytes);
-                let data = remote.chunk(addr.chunk_index, &check).map_err(|e| {
+                let data = remote.chunk(addr.chunk_index).map_err(|e| {
                     self.blob_error_from(
                         blob,
                         format!("cannot read chunk {}", addr.chunk_index),

@@ -18,7 +18,15 @@ use super::{Image, Nid, ReadError};
 use crate::format::v6::super_block::MAX_CHUNK_SIZE;
 use crate::format::Compressor;
 use crate::storage::compress;
-use crate::storage::remote::{Metrics, RemoteBlob, RemoteOptions, Shared};
+use crate::storage::remote::{BlobPlace, Checker, Metrics, RemoteBlob, RemoteOptions, Shared};
+
+/// What a digest check needs of a chunk.
+#[derive(Clone, Copy)]
+struct ChunkFacts {
+    digest: [u8; 32],
+    size: u32,
+    compressed: bool,
+}
 
 /// Directory depth the prefetch walk goes to, at most.
 const MAX_DEPTH: usize = 256;
@@ -145,57 +153,73 @@ impl Image {
             .iter()
             .zip(extents)
             .zip(remote)
-            .map(|((file, extents), remote)| {
+            .enumerate()
+            .map(|(b, ((file, extents), remote))| {
                 let file = file.as_ref().ok().filter(|_| remote)?;
                 let (backend, id) = file.backend()?;
                 Some(Arc::new(RemoteBlob::new(
-                    backend.clone(),
-                    id,
-                    file.len,
-                    extents,
+                    BlobPlace {
+                        backend: backend.clone(),
+                        blob_id: id,
+                        len: file.len,
+                        extents,
+                    },
                     &self.remote.options,
                     cache.as_ref(),
                     self.remote.shared.clone(),
+                    self.checker(b),
                 )))
             })
             .collect()
     }
 
-    /// With `validate`: whether the stored bytes of chunk `index` of blob `blob`
-    /// decompress to data with the bootstrap's digest. Without: nothing to check.
-    pub(crate) fn check_stored(
-        &self,
-        blob: usize,
-        index: u32,
-        stored: &[u8],
-    ) -> Result<(), String> {
+    /// With `validate`, the check of blob `blob`'s stored chunks against the bootstrap's
+    /// digests (what it needs of the chunk table copied, so fetch threads can run it
+    /// alone); without, none.
+    fn checker(&self, blob: usize) -> Option<Checker> {
         if !self.validate {
-            return Ok(());
+            return None;
         }
-        let info = self
-            .chunk_info(
-                crate::format::v6::BlobIndex(blob as u32),
-                crate::format::v6::ChunkIndex(index),
-            )
-            .ok_or_else(|| "not in the chunk table".to_string())?;
         let entry = &self.blobs[blob];
-        let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
-        let digest = if compressed {
-            let mut out = vec![0u8; info.uncompressed_size as usize];
-            compress::decompress(entry.compressor, stored, &mut out)
-                .map_err(|e| format!("does not decompress: {}", crate::error::Chain(&e)))?;
-            compress::digest(entry.digester, &out)
-        } else {
-            compress::digest(entry.digester, stored)
-        };
-        if digest != info.digest {
-            return Err(format!(
-                "digest {} does not match the bootstrap's {}",
-                hex::encode(digest),
-                hex::encode(info.digest)
-            ));
+        let (compressor, digester) = (entry.compressor, entry.digester);
+        let mut chunks: Vec<Option<ChunkFacts>> = Vec::new();
+        for info in self.chunk_table() {
+            if info.blob_index as usize != blob {
+                continue;
+            }
+            let i = info.index as usize;
+            if chunks.len() <= i {
+                chunks.resize(i + 1, None);
+            }
+            chunks[i] = Some(ChunkFacts {
+                digest: info.digest,
+                size: info.uncompressed_size,
+                compressed: info.compressed || info.compressed_size != info.uncompressed_size,
+            });
         }
-        Ok(())
+        Some(Arc::new(move |index: u32, stored: &[u8]| {
+            let facts = chunks
+                .get(index as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(|| "not in the chunk table".to_string())?;
+            let digest = if facts.compressed {
+                let mut out = vec![0u8; facts.size as usize];
+                compress::decompress(compressor, stored, &mut out)
+                    .map_err(|e| format!("does not decompress: {}", crate::error::Chain(&e)))?;
+                compress::digest(digester, &out)
+            } else {
+                compress::digest(digester, stored)
+            };
+            if digest != facts.digest {
+                return Err(format!(
+                    "digest {} does not match the bootstrap's {}",
+                    hex::encode(digest),
+                    hex::encode(facts.digest)
+                ));
+            }
+            Ok(())
+        }))
     }
 
     /// Fetches what `options` asks for into the cache (or the in-memory store), in
@@ -296,8 +320,7 @@ impl Image {
                     let Some(remote) = self.remote_blob(b) else {
                         continue;
                     };
-                    let check = |chunk: u32, bytes: &[u8]| self.check_stored(b, chunk, bytes);
-                    if let Err(e) = remote.prefetch(c, &check) {
+                    if let Err(e) = remote.prefetch(c) {
                         if failures.fetch_add(1, Ordering::Relaxed) < 3 {
                             log::warn!(
                                 "prefetch of blob {}: {}",

@@ -12,7 +12,13 @@
 //! request over the backend's pooled connections); a chunk some thread is fetching is
 //! waited for, never fetched twice.
 //!
-//! Chunks are checked by the caller's `check` (the digest, with `--validate`) before
+//! A reader waits only for the head of a planned range (its chunk and the next ones up
+//! to [`HEAD_BYTES`]: the rest of a small file): the tail goes out at the same time as a
+//! second request from a background thread (at most [`MAX_TAILS`] at once), so the
+//! reader does not wait for bytes it may need only later, and readers that do need them
+//! find them landed or on their way.
+//!
+//! Chunks are checked by the blob's [`Checker`] (the digest, with `--validate`) before
 //! they are cached: a chunk that fails it is not kept, and a read of it fails.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -27,6 +33,10 @@ use super::cache::{BlobCache, CacheDir};
 pub const MAX_GAP: u64 = 16 << 10;
 /// Default merge bound of one request.
 pub const DEFAULT_MERGE_BYTES: u64 = 1 << 20;
+/// Bytes of a planned range a reader waits for; the rest is fetched alongside.
+pub const HEAD_BYTES: u64 = 128 << 10;
+/// Background tail requests in flight at most, per image.
+pub const MAX_TAILS: usize = 4;
 /// Stored bytes of fetched-but-unread chunks kept in memory per blob without a cache dir.
 const MEMORY_STORE_BYTES: usize = 32 << 20;
 
@@ -115,6 +125,7 @@ pub struct Shared {
     /// The counters.
     pub metrics: Metrics,
     foreground: AtomicUsize,
+    tails: AtomicUsize,
 }
 
 /// Why a chunk could not be read from a remote blob.
@@ -148,8 +159,8 @@ pub enum FetchError {
     Unknown(u32),
 }
 
-/// A check of a chunk's stored bytes before they are used or cached.
-pub type Check<'a> = &'a (dyn Fn(u32, &[u8]) -> Result<(), String> + Sync);
+/// A check of a chunk's stored bytes (by chunk index) before they are used or cached.
+pub type Checker = Arc<dyn Fn(u32, &[u8]) -> Result<(), String> + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct MemoryStore {
@@ -178,7 +189,6 @@ impl MemoryStore {
 }
 
 /// One remote blob, as an image reads it.
-#[derive(Debug)]
 pub struct RemoteBlob {
     backend: Arc<dyn Backend>,
     blob_id: String,
@@ -194,20 +204,46 @@ pub struct RemoteBlob {
     landed: Condvar,
     merge_bytes: u64,
     shared: Arc<Shared>,
+    check: Option<Checker>,
+}
+
+impl std::fmt::Debug for RemoteBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteBlob")
+            .field("blob_id", &self.blob_id)
+            .field("chunks", &self.extents.len())
+            .field("cached", &self.disk.is_some())
+            .finish()
+    }
+}
+
+/// Where a remote blob is and what is in it.
+pub struct BlobPlace<'a> {
+    /// The backend serving it.
+    pub backend: Arc<dyn Backend>,
+    /// Its id there.
+    pub blob_id: &'a str,
+    /// Its size in bytes.
+    pub len: u64,
+    /// (stored offset, stored size) of each chunk by chunk index; size 0: unknown.
+    pub extents: Vec<(u64, u32)>,
 }
 
 impl RemoteBlob {
-    /// A blob of `backend` with `len` bytes and chunks at `extents` (by chunk index),
-    /// cached in `cache` if given.
+    /// The blob at `place`, cached in `cache` if given, its chunks checked by `check`.
     pub fn new(
-        backend: Arc<dyn Backend>,
-        blob_id: &str,
-        len: u64,
-        extents: Vec<(u64, u32)>,
+        place: BlobPlace<'_>,
         options: &RemoteOptions,
         cache: Option<&Arc<CacheDir>>,
         shared: Arc<Shared>,
+        check: Option<Checker>,
     ) -> Self {
+        let BlobPlace {
+            backend,
+            blob_id,
+            len,
+            extents,
+        } = place;
         let mut order: Vec<u32> = (0..extents.len() as u32)
             .filter(|&i| extents[i as usize].1 > 0)
             .collect();
@@ -229,6 +265,7 @@ impl RemoteBlob {
             landed: Condvar::new(),
             merge_bytes: options.merge_bytes.max(1),
             shared,
+            check,
         }
     }
 
@@ -292,7 +329,7 @@ impl RemoteBlob {
     }
 
     /// The stored bytes of chunk `index` for a reader waiting on them.
-    pub fn chunk(&self, index: u32, check: Check<'_>) -> Result<Arc<Vec<u8>>, FetchError> {
+    pub fn chunk(self: &Arc<Self>, index: u32) -> Result<Arc<Vec<u8>>, FetchError> {
         let len = self.stored_len(index);
         if len == 0 {
             return Err(FetchError::Unknown(index));
@@ -328,8 +365,9 @@ impl RemoteBlob {
                 flights.extend(plan.iter().copied());
                 plan
             };
+            let head = self.send_tail(plan);
             self.shared.foreground.fetch_add(1, Ordering::Relaxed);
-            let result = self.fetch(&plan, Some(index), check, false);
+            let result = self.fetch(&head, Some(index), false);
             self.shared.foreground.fetch_sub(1, Ordering::Relaxed);
             return result.map(|d| d.expect("the wanted chunk is returned"));
         }
@@ -338,7 +376,7 @@ impl RemoteBlob {
     /// Fetches chunk `index` (and its planned neighbours) into the cache for the
     /// prefetcher: waits while readers wait on the network, skips what is cached or on
     /// its way. Returns the stored bytes it fetched.
-    pub fn prefetch(&self, index: u32, check: Check<'_>) -> Result<u64, FetchError> {
+    pub fn prefetch(&self, index: u32) -> Result<u64, FetchError> {
         if self.stored_len(index) == 0 {
             return Ok(0);
         }
@@ -364,8 +402,49 @@ impl RemoteBlob {
             plan
         };
         let bytes: u64 = plan.iter().map(|&c| self.stored_len(c) as u64).sum();
-        self.fetch(&plan, None, check, true)?;
+        self.fetch(&plan, None, true)?;
         Ok(bytes)
+    }
+
+    /// Splits a plan (registered in `flights`) into the head a reader waits for and a
+    /// tail sent at once from a background thread, when the plan is long enough and a
+    /// tail slot is free; returns the head.
+    fn send_tail(self: &Arc<Self>, mut plan: Vec<u32>) -> Vec<u32> {
+        let start = self.extents[plan[0] as usize].0;
+        let cut = plan
+            .iter()
+            .position(|&c| {
+                let (offset, len) = self.extents[c as usize];
+                offset + len as u64 - start > HEAD_BYTES
+            })
+            .unwrap_or(plan.len())
+            .max(1);
+        if cut >= plan.len() {
+            return plan;
+        }
+        let tails = &self.shared.tails;
+        if tails.fetch_add(1, Ordering::Relaxed) >= MAX_TAILS {
+            tails.fetch_sub(1, Ordering::Relaxed);
+            return plan;
+        }
+        let tail = plan.split_off(cut);
+        let tail_chunks = tail.clone();
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("fetch-tail".into())
+            .spawn(move || {
+                if let Err(e) = me.fetch(&tail, None, false) {
+                    log::debug!("blob {}: {}", me.blob_id, crate::error::Chain(&e));
+                }
+                me.shared.tails.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            // No thread: the tail is not fetched, and must not stay registered.
+            log::debug!("cannot start a fetch thread: {e}");
+            tails.fetch_sub(1, Ordering::Relaxed);
+            self.release(&tail_chunks);
+        }
+        plan
     }
 
     fn release(&self, plan: &[u32]) {
@@ -383,10 +462,9 @@ impl RemoteBlob {
         &self,
         plan: &[u32],
         wanted: Option<u32>,
-        check: Check<'_>,
         prefetch: bool,
     ) -> Result<Option<Arc<Vec<u8>>>, FetchError> {
-        let result = self.fetch_planned(plan, wanted, check, prefetch);
+        let result = self.fetch_planned(plan, wanted, prefetch);
         self.release(plan);
         result
     }
@@ -395,7 +473,6 @@ impl RemoteBlob {
         &self,
         plan: &[u32],
         wanted: Option<u32>,
-        check: Check<'_>,
         prefetch: bool,
     ) -> Result<Option<Arc<Vec<u8>>>, FetchError> {
         let metrics = &self.shared.metrics;
@@ -436,7 +513,8 @@ impl RemoteBlob {
             let (offset, len) = self.extents[c as usize];
             let at = (offset - start) as usize;
             let bytes = &buf[at..at + len as usize];
-            if let Err(what) = check(c, bytes) {
+            let checked = self.check.as_ref().map_or(Ok(()), |check| check(c, bytes));
+            if let Err(what) = checked {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
                     "blob {}: chunk {c} at 0x{offset:x} as fetched: {what}: not cached",
