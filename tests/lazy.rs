@@ -361,7 +361,9 @@ fn real_registry_cold_read_is_planned_and_restart_fetches_nothing() {
     assert_eq!(count(&m, "errors"), 0, "metrics: {m}");
     assert!(count(&m, "cache_misses") > 0);
 
-    // Restart over the same cache: identical, nothing reaches the registry.
+    // Restart over the same cache: identical, nothing reaches the registry (not even a
+    // HEAD for the blob's size).
+    let all_requests = proxy.server.requests.lock().unwrap().len();
     let m2 = root.join("m2.json");
     let mut mount = Mount::start(
         root,
@@ -373,6 +375,32 @@ fn real_registry_cold_read_is_planned_and_restart_fetches_nothing() {
     assert_identical("warm", &FsTree::new(&src), &FsTree::new(&mount.mnt));
     mount.stop();
     assert_eq!(proxy.gets(), gets, "a warm mount fetched");
+    assert_eq!(
+        proxy.server.requests.lock().unwrap().len(),
+        all_requests,
+        "a warm mount asked the registry"
+    );
+    // verify reads through the same cache.
+    let o = run(&[
+        "verify",
+        "--via",
+        "library",
+        "-B",
+        s(&boot),
+        "--backend-type",
+        "registry",
+        "--backend-config-file",
+        s(&cfg),
+        "--cache-dir",
+        s(&cache),
+        s(&src),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "verify: {}", text(&o));
+    assert_eq!(
+        proxy.server.requests.lock().unwrap().len(),
+        all_requests,
+        "verify over a warm cache asked the registry"
+    );
     let m = metrics(&m2);
     assert_eq!(count(&m, "requests"), 0, "metrics: {m}");
     assert!(count(&m, "cache_hits") > 0, "metrics: {m}");

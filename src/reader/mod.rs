@@ -411,14 +411,17 @@ impl Image {
             None => Err(BlobOpenError::NotGiven),
         };
         let blob_files = match &blobs {
-            BlobSource::Backend(b) | BlobSource::CachedBackend(b, _) => ids
+            BlobSource::Backend(_) | BlobSource::CachedBackend(..) => ids
                 .iter()
                 .enumerate()
                 .map(|(i, id)| {
                     if is_own(i) {
                         open_file(&blob_paths[i])
                     } else {
-                        BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend)
+                        blobs
+                            .open_remote(id)
+                            .expect("a backend source")
+                            .map_err(BlobOpenError::Backend)
                     }
                 })
                 .collect::<Vec<_>>(),

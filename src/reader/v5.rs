@@ -190,9 +190,14 @@ type BlobFiles = Vec<Result<BlobFile, std::sync::Arc<BlobOpenError>>>;
 fn open_blob_files(ids: &[String], source: &BlobSource) -> (BlobFiles, Vec<Option<PathBuf>>) {
     let paths = source.resolve(ids);
     let files = match source {
-        BlobSource::Backend(b) | BlobSource::CachedBackend(b, _) => ids
+        BlobSource::Backend(_) | BlobSource::CachedBackend(..) => ids
             .iter()
-            .map(|id| BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend))
+            .map(|id| {
+                source
+                    .open_remote(id)
+                    .expect("a backend source")
+                    .map_err(BlobOpenError::Backend)
+            })
             .collect::<Vec<_>>(),
         _ => paths
             .iter()

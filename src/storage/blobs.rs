@@ -48,6 +48,30 @@ pub enum BlobSource {
 }
 
 impl BlobSource {
+    /// Opens blob `id` of the backend, if blobs come from one. With a cache directory
+    /// that holds the blob, its size comes from there: a restart over a warm cache sends
+    /// the backend nothing at all (blob ids are digests, so the size cannot change).
+    pub fn open_remote(&self, id: &str) -> Option<Result<BlobFile, BackendError>> {
+        match self {
+            BlobSource::Backend(b) => Some(BlobFile::remote(b.clone(), id)),
+            BlobSource::CachedBackend(b, options) => {
+                let known = options
+                    .cache
+                    .as_ref()
+                    .and_then(|c| super::cache::cached_blob_size(&c.dir, id));
+                Some(match known {
+                    Some(len) => Ok(BlobFile {
+                        path: PathBuf::from(format!("{}/{id}", b.describe())),
+                        source: Source::Backend(b.clone(), id.to_string()),
+                        len,
+                    }),
+                    None => BlobFile::remote(b.clone(), id),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The backend, if blobs come from one.
     pub fn backend(&self) -> Option<&std::sync::Arc<dyn super::backend::Backend>> {
         match self {

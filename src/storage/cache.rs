@@ -269,6 +269,19 @@ fn layout_hash(blob_id: &str, blob_size: u64) -> u64 {
     h
 }
 
+/// The size of blob `blob_id` as its map in `dir` records it, if the map is there and
+/// its header is intact.
+pub fn cached_blob_size(dir: &Path, blob_id: &str) -> Option<u64> {
+    let map = File::open(dir.join(format!("{blob_id}.map"))).ok()?;
+    let mut header = [0u8; HEADER_BYTES as usize];
+    map.read_exact_at(&mut header, 0).ok()?;
+    let size = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    let hash = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    (&header[..8] == MAGIC && version == VERSION && hash == layout_hash(blob_id, size))
+        .then_some(size)
+}
+
 /// The CRC a map entry holds for `bytes` (never 0, which means "not cached").
 pub fn entry_crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes).max(1)
@@ -492,6 +505,8 @@ mod tests {
             assert_eq!(c.read(1, 100, 50).unwrap(), &blob[100..150]);
         }
         let dir = CacheDir::open(&opts);
+        assert_eq!(cached_blob_size(&opts.dir, "b1"), Some(350));
+        assert_eq!(cached_blob_size(&opts.dir, "b2"), None);
         let c = dir.blob("b1", 350, &extents()).unwrap();
         assert_eq!(c.read(0, 0, 100).unwrap(), &blob[..100]);
         assert!(c.read(2, 150, 200).is_none());
