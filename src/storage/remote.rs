@@ -159,6 +159,14 @@ pub enum FetchError {
         /// What the check found.
         what: String,
     },
+    /// Another reader's fetch of the chunk, which this one waited for, failed.
+    #[error("chunk {chunk}: the fetch it waited for failed: {what}")]
+    Shared {
+        /// The chunk.
+        chunk: u32,
+        /// The failure, with its causes.
+        what: String,
+    },
     /// The bootstrap gives the chunk no place in this blob.
     #[error("chunk {0} has no place in the blob")]
     Unknown(u32),
@@ -206,6 +214,9 @@ pub struct RemoteBlob {
     disk: Option<BlobCache>,
     memory: Mutex<MemoryStore>,
     flights: Mutex<HashSet<u32>>,
+    /// The last failed fetch of each chunk: when, and why. Readers that waited for that
+    /// fetch fail with it instead of trying again one after another.
+    failures: Mutex<HashMap<u32, (std::time::Instant, String)>>,
     landed: Condvar,
     merge_bytes: u64,
     shared: Arc<Shared>,
@@ -267,6 +278,7 @@ impl RemoteBlob {
             disk,
             memory: Mutex::new(MemoryStore::default()),
             flights: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
             landed: Condvar::new(),
             merge_bytes: options.merge_bytes.max(1),
             shared,
@@ -385,12 +397,26 @@ impl RemoteBlob {
             let plan = {
                 let mut flights = self.flights.lock().expect("flights lock");
                 if flights.contains(&index) {
+                    let since = std::time::Instant::now();
                     self.shared.foreground.fetch_add(1, Ordering::Relaxed);
                     while flights.contains(&index) {
                         flights = self.landed.wait(flights).expect("flights lock");
                     }
                     self.shared.foreground.fetch_sub(1, Ordering::Relaxed);
-                    // Landed (in a store), or failed for the fetcher: look again.
+                    drop(flights);
+                    if let Some(d) = self.cached(index) {
+                        return Ok(d);
+                    }
+                    // The fetch this reader waited for failed (after its retries): so
+                    // does this read.
+                    let failed = self.failures.lock().expect("failures lock");
+                    if let Some((when, what)) = failed.get(&index).filter(|f| f.0 >= since) {
+                        log::trace!("chunk {index}: a fetch failed at {when:?}");
+                        return Err(FetchError::Shared {
+                            chunk: index,
+                            what: what.clone(),
+                        });
+                    }
                     continue;
                 }
                 let plan = self.plan(index, &flights);
@@ -517,6 +543,17 @@ impl RemoteBlob {
         prefetch: bool,
     ) -> Result<Option<Arc<Vec<u8>>>, FetchError> {
         let result = self.fetch_planned(plan, wanted, prefetch);
+        if let Err(e) = &result {
+            let what = crate::error::Chain(e).to_string();
+            let now = std::time::Instant::now();
+            let mut failures = self.failures.lock().expect("failures lock");
+            if failures.len() > 4096 {
+                failures.clear();
+            }
+            for &c in plan {
+                failures.insert(c, (now, what.clone()));
+            }
+        }
         self.release(plan);
         result
     }
@@ -622,4 +659,127 @@ impl RemoteBlob {
 /// Whether the disk cache took all of `good`.
 fn disk_kept(disk: &BlobCache, good: &[(u32, u64, u32)]) -> bool {
     good.iter().all(|&(c, _, _)| disk.known_ready(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    /// A backend over bytes in memory that logs each read and can fail them all.
+    #[derive(Debug)]
+    struct Fake {
+        data: Vec<u8>,
+        reads: Mutex<Vec<(u64, usize)>>,
+        fail: AtomicBool,
+        delay: Duration,
+    }
+
+    impl Backend for Fake {
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        fn size(&self, _: &str) -> Result<u64, BackendError> {
+            Ok(self.data.len() as u64)
+        }
+        fn read_at(&self, id: &str, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+            std::thread::sleep(self.delay);
+            self.reads.lock().unwrap().push((offset, buf.len()));
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(self.error(id, "down".into()));
+            }
+            let at = offset as usize;
+            buf.copy_from_slice(&self.data[at..at + buf.len()]);
+            Ok(())
+        }
+    }
+
+    const CHUNK: u32 = 16 << 10;
+
+    fn setup(delay_ms: u64, merge_bytes: u64) -> (Arc<Fake>, Arc<RemoteBlob>) {
+        let fake = Arc::new(Fake {
+            data: (0..64 * CHUNK).map(|i| (i % 251) as u8).collect(),
+            reads: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+            delay: Duration::from_millis(delay_ms),
+        });
+        let extents = (0..64).map(|i| (i as u64 * CHUNK as u64, CHUNK)).collect();
+        let place = BlobPlace {
+            backend: fake.clone(),
+            blob_id: "b",
+            len: fake.data.len() as u64,
+            extents,
+        };
+        let options = RemoteOptions {
+            cache: None,
+            merge_bytes,
+        };
+        let blob = RemoteBlob::new(place, &options, None, Arc::default(), None);
+        (fake, Arc::new(blob))
+    }
+
+    fn settle(fake: &Fake, reads: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fake.reads.lock().unwrap().len() < reads && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_miss_fetches_what_follows_within_the_bound_as_head_and_tail() {
+        let (fake, blob) = setup(0, 256 << 10);
+        let c = CHUNK as usize;
+        assert_eq!(&blob.chunk(0).unwrap()[..], &fake.data[..c]);
+        settle(&fake, 2);
+        let reads = fake.reads.lock().unwrap().clone();
+        // The head (128 KiB) and the tail (the rest of the 256 KiB bound), in either order.
+        assert_eq!(reads.len(), 2, "{reads:?}");
+        assert!(reads.contains(&(0, 8 * c)), "{reads:?}");
+        assert!(reads.contains(&(8 * c as u64, 8 * c)), "{reads:?}");
+        for i in 1..16 {
+            assert_eq!(
+                &blob.chunk(i).unwrap()[..],
+                &fake.data[i as usize * c..][..c]
+            );
+        }
+        assert_eq!(
+            fake.reads.lock().unwrap().len(),
+            2,
+            "chunks in the range fetched again"
+        );
+        // Past the bound: a new request. Near the blob's end the forward plan is short,
+        // and the chunks before the miss fill the bound (a background request).
+        blob.chunk(60).unwrap();
+        settle(&fake, 4);
+        let reads = fake.reads.lock().unwrap().clone();
+        assert_eq!(reads.len(), 4, "{reads:?}");
+        assert!(reads.contains(&(60 * c as u64, 4 * c)), "{reads:?}");
+        assert!(reads.contains(&(48 * c as u64, 12 * c)), "{reads:?}");
+        let m = blob.shared.metrics.snapshot();
+        assert_eq!(m["requests"].as_u64().unwrap(), reads.len() as u64);
+    }
+
+    #[test]
+    fn readers_waiting_on_a_failed_fetch_fail_with_it() {
+        let (fake, blob) = setup(300, 16 << 10);
+        fake.fail.store(true, Ordering::SeqCst);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| blob.chunk(5).map(|_| ())))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+        let reads = fake.reads.lock().unwrap().clone();
+        let of_chunk = reads
+            .iter()
+            .filter(|r| r.0 <= 5 * CHUNK as u64 && 5 * (CHUNK as u64) < r.0 + r.1 as u64)
+            .count();
+        assert_eq!(of_chunk, 1, "chunk 5 fetched more than once: {reads:?}");
+        // Up again: the next read fetches.
+        fake.fail.store(false, Ordering::SeqCst);
+        assert!(blob.chunk(5).is_ok());
+    }
 }
