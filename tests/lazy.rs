@@ -780,3 +780,56 @@ fn prefetch_table_is_fetched_after_mount_and_reads_then_fetch_nothing() {
     assert_eq!(origin.gets(), gets, "a prefetched image fetched on read");
     mount.stop();
 }
+
+#[test]
+fn a_v5_image_prefetches_all_and_reads_through_the_cache() {
+    let _dog = watchdog("lazy: v5", 180);
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = sample_tree(root);
+    // Our v5 builder writes no prefetch table yet (upstream's does): --prefetch-all.
+    let (boot, blobs) = build_image(root, &src, &["--fs-version", "5"], "");
+    let origin = Origin::start(Some(&blobs), None);
+    let cfg = origin.config(root, 5, 0);
+    let cache = root.join("cache");
+    let metrics_file = root.join("metrics.json");
+    let flags = ["--cache-dir", s(&cache), "--metrics", s(&metrics_file)];
+    let mut mount = Mount::start(
+        root,
+        "mnt",
+        &boot,
+        &cfg,
+        &[&flags[..], &["--prefetch-all"]].concat(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&metrics_file).is_ok_and(|t| t.contains("\"done\"")) {
+        assert!(Instant::now() < deadline, "v5 prefetch not done");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = metrics(&metrics_file);
+    let p = &m["prefetch"];
+    assert!(
+        count(p, "chunks_total") > 0 && count(p, "chunks_done") == count(p, "chunks_total"),
+        "{m}"
+    );
+    let gets = origin.gets();
+    for f in 0..40 {
+        let name = format!("d1/f{f:02}");
+        assert_eq!(
+            fs::read(mount.mnt.join(&name)).unwrap(),
+            fs::read(src.join(&name)).unwrap()
+        );
+    }
+    assert_eq!(
+        origin.gets(),
+        gets,
+        "prefetched v5 files were fetched again"
+    );
+    assert_identical("v5 cold", &FsTree::new(&src), &FsTree::new(&mount.mnt));
+    mount.stop();
+    let gets = origin.gets();
+    let mut mount = Mount::start(root, "mnt", &boot, &cfg, &flags);
+    assert_identical("v5 warm", &FsTree::new(&src), &FsTree::new(&mount.mnt));
+    mount.stop();
+    assert_eq!(origin.gets(), gets, "a warm v5 mount fetched");
+}
