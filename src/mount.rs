@@ -64,6 +64,11 @@ impl ImageFs {
             .filter(|p| !p.contains(char::REPLACEMENT_CHARACTER))
     }
 
+    /// The image served.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
     /// The path of `nid` for a log message: found by walking the tree from the root, on
     /// failures only, so serving keeps no name table in memory.
     fn path_of(&self, nid: Nid) -> String {
@@ -420,4 +425,49 @@ pub fn is_mounted(mountpoint: &std::path::Path) -> bool {
     let want = canon.to_string_lossy().replace(' ', "\\040");
     info.lines()
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Starts the background work of serving remote blobs: prefetch (when asked), and the
+/// `--metrics` file rewritten every second (under a temporary name, renamed into place)
+/// until the process ends. Both threads only read the image.
+pub fn start_lazy_work(
+    fs: &std::sync::Arc<ImageFs>,
+    prefetch: Option<crate::reader::PrefetchOptions>,
+    metrics: Option<std::path::PathBuf>,
+) -> std::io::Result<()> {
+    if let Some(options) = prefetch {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || {
+                if let Err(e) = fs.image.prefetch(&options) {
+                    log::warn!("prefetch stopped: {}", Chain(&e));
+                }
+            })?;
+    }
+    if let Some(path) = metrics {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || loop {
+                if let Err(e) = write_metrics(&fs.image, &path) {
+                    log::warn!("{}: metrics stopped", Chain(&e));
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            })?;
+    }
+    Ok(())
+}
+
+/// Writes the image's fetch counters as JSON to `path` (see `storage::remote::Metrics`).
+pub fn write_metrics(
+    image: &Image,
+    path: &std::path::Path,
+) -> Result<(), crate::builder::BuildError> {
+    let text = serde_json::to_string_pretty(&image.fetch_metrics().snapshot())
+        .expect("a JSON value serialises")
+        + "\n";
+    crate::builder::output::PendingFile::write_whole(path, text.as_bytes(), "metrics")?;
+    Ok(())
 }

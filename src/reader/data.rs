@@ -116,15 +116,29 @@ impl Image {
                 format!("chunk {} is implausibly large", addr.chunk_index),
             ));
         }
-        let (window, at) = self
-            .stored_bytes(blob, file, info.compressed_offset, stored_len)
-            .map_err(|e| {
-                self.blob_error_from(
-                    blob,
-                    format!("cannot read chunk {}", addr.chunk_index),
-                    Some(Box::new(e)),
-                )
-            })?;
+        let remote = self.remote_blob(blob).filter(|_| !gzip_layer);
+        let (window, at) = match remote {
+            // Behind a backend: planned, cached, checked before caching (lazy.rs).
+            Some(remote) => {
+                let data = remote.chunk(addr.chunk_index).map_err(|e| {
+                    self.blob_error_from(
+                        blob,
+                        format!("cannot read chunk {}", addr.chunk_index),
+                        Some(Box::new(e)),
+                    )
+                })?;
+                (data, 0)
+            }
+            None => self
+                .stored_bytes(blob, file, info.compressed_offset, stored_len)
+                .map_err(|e| {
+                    self.blob_error_from(
+                        blob,
+                        format!("cannot read chunk {}", addr.chunk_index),
+                        Some(Box::new(e)),
+                    )
+                })?,
+        };
         let stored = &window[at..at + stored_len as usize];
         let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
         let data: Arc<Vec<u8>> = if !compressed && at == 0 && window.len() as u64 == stored_len {

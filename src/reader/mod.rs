@@ -18,8 +18,11 @@
 mod cache;
 mod data;
 mod inline;
+mod lazy;
 mod prefetch;
 mod v5;
+
+pub use lazy::PrefetchOptions;
 
 pub use crate::format::v6::Nid;
 pub use cache::ChunkCache;
@@ -247,6 +250,8 @@ pub struct Image {
     blob_paths: Vec<Option<PathBuf>>,
     cache: ChunkCache,
     windows: std::sync::Mutex<std::collections::VecDeque<BlobWindow>>,
+    /// How blobs behind a remote backend are fetched and cached.
+    remote: lazy::RemoteState,
     /// Where the bootstrap came from, when it was taken out of a blob.
     inline: Option<InlineSource>,
     /// Verify chunk digests on every read.
@@ -400,14 +405,17 @@ impl Image {
             None => Err(BlobOpenError::NotGiven),
         };
         let blob_files = match &blobs {
-            BlobSource::Backend(b) => ids
+            BlobSource::Backend(_) | BlobSource::CachedBackend(..) => ids
                 .iter()
                 .enumerate()
                 .map(|(i, id)| {
                     if is_own(i) {
                         open_file(&blob_paths[i])
                     } else {
-                        BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend)
+                        blobs
+                            .open_remote(id)
+                            .expect("a backend source")
+                            .map_err(BlobOpenError::Backend)
                     }
                 })
                 .collect::<Vec<_>>(),
@@ -428,6 +436,7 @@ impl Image {
             blob_paths,
             cache: ChunkCache::new(DEFAULT_CACHE_BYTES),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            remote: lazy::RemoteState::for_source(&blobs),
             inline: None,
             validate: false,
             v5: None,

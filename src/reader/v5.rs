@@ -191,9 +191,14 @@ type BlobFiles = Vec<Result<BlobFile, std::sync::Arc<BlobOpenError>>>;
 fn open_blob_files(ids: &[String], source: &BlobSource) -> (BlobFiles, Vec<Option<PathBuf>>) {
     let paths = source.resolve(ids);
     let files = match source {
-        BlobSource::Backend(b) => ids
+        BlobSource::Backend(_) | BlobSource::CachedBackend(..) => ids
             .iter()
-            .map(|id| BlobFile::remote(b.clone(), id).map_err(BlobOpenError::Backend))
+            .map(|id| {
+                source
+                    .open_remote(id)
+                    .expect("a backend source")
+                    .map_err(BlobOpenError::Backend)
+            })
             .collect::<Vec<_>>(),
         _ => paths
             .iter()
@@ -367,6 +372,7 @@ impl Image {
             blob_paths,
             cache: super::ChunkCache::new(super::DEFAULT_CACHE_BYTES),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            remote: super::lazy::RemoteState::for_source(&blobs),
             inline: None,
             validate: false,
             v5: Some(m),

@@ -40,6 +40,45 @@ pub enum BlobSource {
     Files(Vec<PathBuf>),
     /// A storage backend serving blobs by id.
     Backend(std::sync::Arc<dyn super::backend::Backend>),
+    /// A storage backend, with how its blobs are fetched and cached (`--cache-dir`).
+    CachedBackend(
+        std::sync::Arc<dyn super::backend::Backend>,
+        super::remote::RemoteOptions,
+    ),
+}
+
+impl BlobSource {
+    /// Opens blob `id` of the backend, if blobs come from one. With a cache directory
+    /// that holds the blob, its size comes from there: a restart over a warm cache sends
+    /// the backend nothing at all (blob ids are digests, so the size cannot change).
+    pub fn open_remote(&self, id: &str) -> Option<Result<BlobFile, BackendError>> {
+        match self {
+            BlobSource::Backend(b) => Some(BlobFile::remote(b.clone(), id)),
+            BlobSource::CachedBackend(b, options) => {
+                let known = options
+                    .cache
+                    .as_ref()
+                    .and_then(|c| super::cache::cached_blob_size(&c.dir, id));
+                Some(match known {
+                    Some(len) => Ok(BlobFile {
+                        path: PathBuf::from(format!("{}/{id}", b.describe())),
+                        source: Source::Backend(b.clone(), id.to_string()),
+                        len,
+                    }),
+                    None => BlobFile::remote(b.clone(), id),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The backend, if blobs come from one.
+    pub fn backend(&self) -> Option<&std::sync::Arc<dyn super::backend::Backend>> {
+        match self {
+            BlobSource::Backend(b) | BlobSource::CachedBackend(b, _) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 /// An open blob: a local file or a blob of a storage backend.
@@ -83,6 +122,14 @@ impl BlobFile {
         })
     }
 
+    /// The backend and blob id of a remote blob; `None` for a local file.
+    pub fn backend(&self) -> Option<(&std::sync::Arc<dyn super::backend::Backend>, &str)> {
+        match &self.source {
+            Source::Backend(b, id) => Some((b, id)),
+            Source::File(_) => None,
+        }
+    }
+
     /// Asks the kernel to start reading `[offset, offset + len)` of a local blob file in
     /// the background (a hint; remote blobs ignore it).
     pub fn will_need(&self, offset: u64, len: u64) {
@@ -113,7 +160,9 @@ impl BlobSource {
     /// Resolves a path for each blob id (in table order); `None` where no file is known.
     pub fn resolve(&self, ids: &[String]) -> Vec<Option<PathBuf>> {
         match self {
-            BlobSource::None | BlobSource::Backend(_) => vec![None; ids.len()],
+            BlobSource::None | BlobSource::Backend(_) | BlobSource::CachedBackend(..) => {
+                vec![None; ids.len()]
+            }
             BlobSource::Dir(dir) => ids.iter().map(|id| Some(dir.join(id))).collect(),
             BlobSource::Files(files) => {
                 let mut out: Vec<Option<PathBuf>> = vec![None; ids.len()];

@@ -2,4 +2,6 @@
 
 pub mod backend;
 pub mod blobs;
+pub mod cache;
 pub mod compress;
+pub mod remote;

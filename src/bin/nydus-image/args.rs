@@ -190,6 +190,88 @@ impl BlobArgs {
     }
 }
 
+/// How blobs of a remote backend are cached and fetched.
+#[derive(clap::Args, Clone)]
+pub struct CacheArgs {
+    /// Keep chunks fetched from a remote backend in this directory (created if
+    /// missing): a later run over the same directory reads them from there. Several
+    /// mounts may share it.
+    #[arg(long = "cache-dir")]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of --cache-dir's data, in bytes (suffixes K, M, G, T: powers of 1024).
+    /// Blobs no mount uses are evicted, least recently used first. Default: no bound.
+    #[arg(long = "cache-size", requires = "cache_dir")]
+    pub cache_size: Option<String>,
+    /// Bound of one request to a remote backend: a missing chunk is fetched with the
+    /// chunks after it in the blob, up to this many bytes (suffixes as --cache-size).
+    #[arg(long = "fetch-size", default_value = "1M")]
+    pub fetch_size: String,
+}
+
+impl CacheArgs {
+    /// `source` with these settings when it is a backend. A cache directory for local
+    /// blobs is pointless: said, and ignored.
+    pub fn apply(&self, source: BlobSource) -> Result<BlobSource> {
+        let merge_bytes = parse_size_suffix("--fetch-size", &self.fetch_size)?;
+        if merge_bytes == 0 {
+            bail!("--fetch-size must be more than 0");
+        }
+        let limit_bytes = self
+            .cache_size
+            .as_deref()
+            .map(|s| parse_size_suffix("--cache-size", s))
+            .transpose()?;
+        let Some(backend) = source.backend().cloned() else {
+            if self.cache_dir.is_some() {
+                log::warn!("--cache-dir applies to blobs of a remote backend only: ignored");
+            }
+            return Ok(source);
+        };
+        let cache = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| nydus_image::storage::cache::CacheOptions {
+                dir: dir.clone(),
+                limit_bytes,
+            });
+        Ok(BlobSource::CachedBackend(
+            backend,
+            nydus_image::storage::remote::RemoteOptions { cache, merge_bytes },
+        ))
+    }
+}
+
+/// A size in bytes: digits with an optional K, M, G or T suffix (powers of 1024, an
+/// optional trailing `B` or `iB`).
+pub fn parse_size_suffix(flag: &str, s: &str) -> Result<u64> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => bail!("invalid {flag} {s:?}: use a K, M, G or T suffix"),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("invalid {flag} {s:?}: give a number of bytes, e.g. 512M or 2G");
+    }
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("invalid {flag} {s:?}: too large"))?;
+    n.checked_mul(1u64 << shift)
+        .with_context(|| format!("invalid {flag} {s:?}: too large"))
+}
+
 /// A size given as decimal or as hex with a `0x` prefix (one prefix, no sign).
 pub fn parse_size(flag: &str, s: &str) -> Result<u64> {
     let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
@@ -263,6 +345,17 @@ mod tests {
         assert_eq!(parse_hex("--x", "0xff").unwrap(), 255);
         assert!(parse_hex("--x", "0x0xff").is_err());
         assert!(parse_chunk_size("0x100000000").is_err());
+        for (s, want) in [
+            ("512", 512),
+            ("4K", 4096),
+            ("2G", 2 << 30),
+            ("1MiB", 1 << 20),
+        ] {
+            assert_eq!(parse_size_suffix("--x", s).unwrap(), want, "{s}");
+        }
+        for s in ["", "G", "1X", "-1K", "1.5G", "99999999999999999999T"] {
+            assert!(parse_size_suffix("--x", s).is_err(), "{s} accepted");
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use nydus_image::mount::ImageFs;
 use nydus_image::reader::Image;
 use nydus_image::storage::blobs::BlobSource;
 
-use crate::args::{BlobArgs, LogLevel};
+use crate::args::{BlobArgs, CacheArgs, LogLevel};
 
 #[derive(clap::Args)]
 pub struct MountArgs {
@@ -23,6 +23,22 @@ pub struct MountArgs {
     bootstrap: PathBuf,
     #[command(flatten)]
     blobs: BlobArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// After mounting, fetch every chunk of every remote blob in the background (after
+    /// the prefetch table's files).
+    #[arg(long = "prefetch-all")]
+    prefetch_all: bool,
+    /// Do not fetch the files of the image's prefetch table in the background.
+    #[arg(long = "no-prefetch", conflicts_with = "prefetch_all")]
+    no_prefetch: bool,
+    /// Requests the background prefetch keeps in flight.
+    #[arg(long = "prefetch-workers", default_value_t = 4)]
+    prefetch_workers: usize,
+    /// Write remote-read counters (requests, bytes, cache hits, prefetch progress) as
+    /// JSON to this file, every second and at exit.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
     /// Return once the mount is ready; keep serving in the background. The daemon logs
     /// to --log-file, or else to a file in the temporary directory whose name is printed.
     #[arg(long)]
@@ -69,6 +85,8 @@ pub struct MountOptions {
     threads: Option<usize>,
     cache_bytes: usize,
     access_log: Option<PathBuf>,
+    prefetch: Option<nydus_image::reader::PrefetchOptions>,
+    metrics: Option<PathBuf>,
 }
 
 /// Set in the daemon's environment: it serves in the foreground.
@@ -97,8 +115,15 @@ impl MountArgs {
                 }
             }
         }
+        let prefetch = (!self.no_prefetch).then(|| nydus_image::reader::PrefetchOptions {
+            table: true,
+            all: self.prefetch_all,
+            workers: self.prefetch_workers.max(1),
+        });
         Ok(MountOptions {
-            blobs: self.blobs.source_for(&self.bootstrap)?,
+            blobs: self.cache.apply(self.blobs.source_for(&self.bootstrap)?)?,
+            prefetch,
+            metrics: self.metrics,
             mountpoint: self.mountpoint,
             bootstrap: self.bootstrap,
             daemon,
@@ -137,13 +162,14 @@ pub fn run(opts: MountOptions) -> Result<ExitCode> {
         fs = fs.with_access_log(log.clone());
     }
     let fs = std::sync::Arc::new(fs);
-    let mut mounted = nydus_fuse::mount(fs, &opts.mountpoint, &config).with_context(|| {
-        format!(
-            "cannot mount {} at {}",
-            opts.bootstrap.display(),
-            opts.mountpoint.display()
-        )
-    })?;
+    let mut mounted =
+        nydus_fuse::mount(fs.clone(), &opts.mountpoint, &config).with_context(|| {
+            format!(
+                "cannot mount {} at {}",
+                opts.bootstrap.display(),
+                opts.mountpoint.display()
+            )
+        })?;
     let unmounter = mounted.unmounter();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -186,10 +212,16 @@ pub fn run(opts: MountOptions) -> Result<ExitCode> {
         opts.bootstrap.display(),
         opts.mountpoint.display()
     );
-    mounted.run().context("FUSE session failed")?;
+    nydus_image::mount::start_lazy_work(&fs, opts.prefetch.clone(), opts.metrics.clone())
+        .context("cannot start the prefetch and metrics threads")?;
+    let served = mounted.run().context("FUSE session failed");
+    if let Some(path) = &opts.metrics {
+        nydus_image::mount::write_metrics(fs.image(), path)?;
+    }
     if let Some(log) = &access_log {
         log.flush()?;
     }
+    served?;
     log::info!("unmounted {}", opts.mountpoint.display());
     Ok(ExitCode::SUCCESS)
 }

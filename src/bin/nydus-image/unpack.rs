@@ -10,7 +10,7 @@ use nydus_image::reader::{is_inline_blob, Image};
 use nydus_image::storage::backend;
 use nydus_image::storage::blobs::BlobSource;
 
-use crate::args::{BackendArgs, LogLevel};
+use crate::args::{BackendArgs, CacheArgs, LogLevel};
 
 /// Flags as upstream 2.2.0's `unpack` takes them, plus our backend flags.
 #[derive(clap::Args)]
@@ -39,6 +39,8 @@ pub struct UnpackArgs {
     /// that type's name, its configuration.
     #[arg(long = "backend-config", conflicts_with_all = ["blob", "blob_dir", "backend_type"])]
     backend_config: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Where to write the tar: a file (written whole or not at all) or a FIFO.
     #[arg(long)]
     output: PathBuf,
@@ -90,8 +92,8 @@ impl UnpackArgs {
             );
         };
         Ok(UnpackOptions {
+            blobs: self.cache.apply(blobs)?,
             bootstrap,
-            blobs,
             output: self.output,
         })
     }

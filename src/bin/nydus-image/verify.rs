@@ -9,7 +9,7 @@ use clap::ValueEnum;
 use nydus_image::ops::verify::{Stack, Via};
 use nydus_image::storage::blobs::BlobSource;
 
-use crate::args::{self, BlobArgs, LogLevel, WhiteoutArg};
+use crate::args::{self, BlobArgs, CacheArgs, LogLevel, WhiteoutArg};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum ViaArg {
@@ -33,6 +33,8 @@ pub struct VerifyArgs {
     bootstrap: PathBuf,
     #[command(flatten)]
     blobs: BlobArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Read the image through a FUSE mount (default: what a user sees), the library, or
     /// the kernel's EROFS over loop devices (uncompressed v6 images built by this tool;
     /// a v5 image through a temporary block export of it, in TMPDIR).
@@ -69,7 +71,7 @@ impl VerifyArgs {
                 whiteouts: self.whiteout_spec.into(),
                 mtime_seconds: self.mtime_seconds,
             },
-            blobs: self.blobs.source_for(&self.bootstrap)?,
+            blobs: self.cache.apply(self.blobs.source_for(&self.bootstrap)?)?,
             bootstrap: self.bootstrap,
             via: match self.via {
                 ViaArg::Fuse => Via::Fuse,

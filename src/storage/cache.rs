@@ -1,0 +1,560 @@
+//! The persistent chunk cache of remote blobs (`mount --cache-dir DIR`): what a mount
+//! fetched stays on disk, so a later mount (or another one running at the same time)
+//! reads it from there instead of the network.
+//!
+//! Layout, per blob, in DIR:
+//! - `<blob_id>.data`: the blob's stored bytes at their blob offsets, a sparse file of
+//!   the blob's size (only fetched stretches take space);
+//! - `<blob_id>.map`: a 32-byte header (magic `NYDUSCM1`, version u32, chunk count u32,
+//!   blob size u64, a hash of the chunk layout u64), then one little-endian u32 per chunk
+//!   by chunk index: 0 = not in the cache, else the CRC32 of the chunk's stored bytes
+//!   (`max(crc, 1)`).
+//!
+//! Crash safety: a range is written to the data file and `fdatasync`ed before its map
+//! entries are written, so an entry never names bytes that are not durable. Every read
+//! from the cache checks the CRC: a torn or corrupted data file (flipped bytes, a
+//! truncated file) is detected, reported once per blob, its entry cleared and the chunk
+//! fetched again; it is never served.
+//!
+//! Sharing: map entries are aligned 4-byte `pwrite`s, so processes sharing a blob's
+//! cache never clobber each other's entries (at worst one is lost, costing a refetch).
+//! Each process holds `flock(LOCK_SH)` on the maps it uses; the header is created or
+//! reset only under `LOCK_EX`, and eviction only takes blobs whose map it can lock
+//! exclusively without waiting, that is blobs no process is using.
+//!
+//! Faults of the cache itself (a directory that cannot be created or written, a full
+//! disk, the size limit reached with nothing left to evict) never fail a read: the mount
+//! keeps reading from the network, and says so once.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Magic at the start of a map file.
+const MAGIC: &[u8; 8] = b"NYDUSCM1";
+/// Version of the map layout.
+const VERSION: u32 = 1;
+/// Bytes of the map header.
+const HEADER_BYTES: u64 = 32;
+
+/// Where the cache lives and how large it may grow.
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// The cache directory (created if missing).
+    pub dir: PathBuf,
+    /// Bytes the data files may take on disk together; `None`: no limit.
+    pub limit_bytes: Option<u64>,
+}
+
+/// A cache directory shared by the blobs of one or more images.
+#[derive(Debug)]
+pub struct CacheDir {
+    dir: PathBuf,
+    limit_bytes: Option<u64>,
+    /// Bytes the data files take on disk, as far as this process knows.
+    used_bytes: AtomicU64,
+    /// Set once writing is hopeless (unwritable directory, full disk).
+    disabled: AtomicBool,
+    /// Whether the one warning about the cache was given.
+    warned: AtomicBool,
+    /// Serialises eviction in this process.
+    evicting: Mutex<()>,
+}
+
+impl CacheDir {
+    /// Opens (creating) the directory. A directory that cannot be used gives a cache that
+    /// stores nothing, with one warning: reads go to the network.
+    pub fn open(options: &CacheOptions) -> Arc<Self> {
+        let cache = CacheDir {
+            dir: options.dir.clone(),
+            limit_bytes: options.limit_bytes,
+            used_bytes: AtomicU64::new(0),
+            disabled: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
+            evicting: Mutex::new(()),
+        };
+        if let Err(e) = std::fs::create_dir_all(&cache.dir) {
+            cache.give_up(format!("cannot create it: {e}"));
+        } else if let Some(n) = cache.data_bytes() {
+            cache.used_bytes.store(n, Ordering::Relaxed);
+        }
+        Arc::new(cache)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the cache stores nothing more (and why was said once).
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Stops storing, with the one warning.
+    fn give_up(&self, why: String) {
+        self.disabled.store(true, Ordering::Relaxed);
+        self.warn_once(format!("{why}; reading from the network without caching"));
+    }
+
+    fn warn_once(&self, what: String) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            log::warn!("cache directory {}: {what}", self.dir.display());
+        }
+    }
+
+    /// Bytes all data files in the directory take on disk.
+    fn data_bytes(&self) -> Option<u64> {
+        let entries = std::fs::read_dir(&self.dir).ok()?;
+        let mut total = 0u64;
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".data") {
+                if let Ok(m) = e.metadata() {
+                    total = total.saturating_add(m.blocks().saturating_mul(512));
+                }
+            }
+        }
+        Some(total)
+    }
+
+    /// The cache of one blob with chunks at `extents` (stored offset and size, by chunk
+    /// index), or `None` when the directory cannot hold it (said once).
+    pub fn blob(
+        self: &Arc<Self>,
+        blob_id: &str,
+        blob_size: u64,
+        extents: &[(u64, u32)],
+    ) -> Option<BlobCache> {
+        if self.is_disabled() {
+            return None;
+        }
+        match BlobCache::open(self.clone(), blob_id, blob_size, extents) {
+            Ok(c) => Some(c),
+            Err(e @ CacheError::Busy { .. }) => {
+                // Only this blob: others may still be cached.
+                log::warn!("{e}: blob {blob_id} is read from the network without caching");
+                None
+            }
+            Err(e) => {
+                self.give_up(format!("cannot use the cache of blob {blob_id}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Reserves `bytes` more under the size limit, evicting unused blobs (least recently
+    /// used first) when needed. False: no room (said once).
+    fn reserve(&self, bytes: u64) -> bool {
+        let Some(limit) = self.limit_bytes else {
+            self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+            return true;
+        };
+        if self.used_bytes.load(Ordering::Relaxed) + bytes > limit {
+            let _guard = self.evicting.lock().expect("eviction lock");
+            if self.used_bytes.load(Ordering::Relaxed) + bytes > limit {
+                self.evict(limit.saturating_sub(bytes));
+            }
+            if self.used_bytes.load(Ordering::Relaxed) + bytes > limit {
+                self.warn_once(format!(
+                    "full ({} of {limit} bytes, the rest in use): chunks that do not fit are read from the network",
+                    self.used_bytes.load(Ordering::Relaxed)
+                ));
+                return false;
+            }
+        }
+        self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Deletes unused blobs, least recently used first, until the data files take at
+    /// most `target` bytes (or nothing unused is left).
+    fn evict(&self, target: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut maps: Vec<(i64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".map"))
+            .filter_map(|e| Some((e.metadata().ok()?.mtime(), e.path())))
+            .collect();
+        maps.sort();
+        for (_, map_path) in maps {
+            if self.used_bytes.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let Ok(map) = File::open(&map_path) else {
+                continue;
+            };
+            // In use by a mount (this one included): not a candidate.
+            if !try_flock(&map, libc::LOCK_EX | libc::LOCK_NB) {
+                continue;
+            }
+            let data_path = map_path.with_extension("data");
+            let freed = std::fs::metadata(&data_path).map_or(0, |m| m.blocks() * 512);
+            // The map goes first: a data file without a map is just unused space.
+            if std::fs::remove_file(&map_path).is_ok() {
+                let _ = std::fs::remove_file(&data_path);
+                log::info!(
+                    "cache directory {}: evicted {} ({freed} bytes)",
+                    self.dir.display(),
+                    data_path.display()
+                );
+                let used = self.used_bytes.load(Ordering::Relaxed);
+                self.used_bytes
+                    .store(used.saturating_sub(freed), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn try_flock(file: &File, op: libc::c_int) -> bool {
+    // SAFETY: a valid descriptor; flock only changes the lock on its open file.
+    unsafe { libc::flock(file.as_raw_fd(), op) == 0 }
+}
+
+/// Why a blob's cache files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A file could not be opened, read or written.
+    #[error("{}: {what}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The map does not match the blob (damaged, or another chunk count) and other
+    /// processes use it, so it cannot be started afresh.
+    #[error("{}: does not match the blob, and is in use", path.display())]
+    Busy {
+        /// The map file.
+        path: PathBuf,
+    },
+}
+
+/// The cache files of one blob, open and locked shared.
+#[derive(Debug)]
+pub struct BlobCache {
+    dir: Arc<CacheDir>,
+    blob_id: String,
+    data: File,
+    data_path: PathBuf,
+    map: File,
+    /// Map entries as last read or written by this process.
+    entries: Vec<AtomicU32>,
+    /// Whether a bad entry was reported for this blob.
+    reported: AtomicBool,
+}
+
+/// A 64-bit FNV-1a hash of the blob's id and size: a map made for another blob is not
+/// trusted. The chunk layout is left out on purpose: a chunk's place in a blob is the
+/// blob's (images sharing the blob agree on it, though each may know only some chunks),
+/// and every cached chunk is checked against its CRC anyway.
+fn layout_hash(blob_id: &str, blob_size: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(blob_id.as_bytes());
+    eat(&blob_size.to_le_bytes());
+    h
+}
+
+/// The size of blob `blob_id` as its map in `dir` records it, if the map is there and
+/// its header is intact.
+pub fn cached_blob_size(dir: &Path, blob_id: &str) -> Option<u64> {
+    let map = File::open(dir.join(format!("{blob_id}.map"))).ok()?;
+    let mut header = [0u8; HEADER_BYTES as usize];
+    map.read_exact_at(&mut header, 0).ok()?;
+    let size = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    let hash = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    (&header[..8] == MAGIC && version == VERSION && hash == layout_hash(blob_id, size))
+        .then_some(size)
+}
+
+/// The CRC a map entry holds for `bytes` (never 0, which means "not cached").
+pub fn entry_crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes).max(1)
+}
+
+impl BlobCache {
+    fn open(
+        dir: Arc<CacheDir>,
+        blob_id: &str,
+        blob_size: u64,
+        extents: &[(u64, u32)],
+    ) -> Result<Self, CacheError> {
+        let map_path = dir.dir.join(format!("{blob_id}.map"));
+        let data_path = dir.dir.join(format!("{blob_id}.data"));
+        let io = |path: &Path, what: &'static str| {
+            let path = path.to_path_buf();
+            move |source| CacheError::Io { path, what, source }
+        };
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+        };
+        let map = open(&map_path).map_err(io(&map_path, "cannot open"))?;
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&(extents.len() as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&blob_size.to_le_bytes());
+        header[24..32].copy_from_slice(&layout_hash(blob_id, blob_size).to_le_bytes());
+        let map_len = HEADER_BYTES + 4 * extents.len() as u64;
+        let matches = |map: &File| {
+            let mut found = [0u8; HEADER_BYTES as usize];
+            map.read_exact_at(&mut found, 0).is_ok()
+                && found == header
+                && map.metadata().is_ok_and(|m| m.len() == map_len)
+        };
+        let exclusive = try_flock(&map, libc::LOCK_EX | libc::LOCK_NB);
+        if !exclusive {
+            // Others use it: wait for a shared lock (a creator holds its exclusive lock
+            // only while it writes the header).
+            try_flock(&map, libc::LOCK_SH);
+        }
+        if !matches(&map) {
+            if !exclusive {
+                return Err(CacheError::Busy { path: map_path });
+            }
+            let existed = map.metadata().is_ok_and(|m| m.len() > 0);
+            if existed {
+                log::warn!(
+                    "cache of blob {blob_id} in {}: its map does not match the image (damaged or made for other chunks): starting it afresh",
+                    dir.dir.display()
+                );
+            }
+            map.set_len(0).map_err(io(&map_path, "cannot reset"))?;
+            map.set_len(map_len).map_err(io(&map_path, "cannot size"))?;
+            // Old bytes must not be taken for new chunks: the data file starts empty.
+            let data = open(&data_path).map_err(io(&data_path, "cannot open"))?;
+            data.set_len(0).map_err(io(&data_path, "cannot reset"))?;
+            data.sync_all().map_err(io(&data_path, "cannot sync"))?;
+            map.write_all_at(&header, 0)
+                .map_err(io(&map_path, "cannot write the header"))?;
+            map.sync_all().map_err(io(&map_path, "cannot sync"))?;
+        }
+        if exclusive {
+            try_flock(&map, libc::LOCK_SH);
+        }
+        let data = open(&data_path).map_err(io(&data_path, "cannot open"))?;
+        if data
+            .metadata()
+            .map_err(io(&data_path, "cannot stat"))?
+            .len()
+            < blob_size
+        {
+            data.set_len(blob_size)
+                .map_err(io(&data_path, "cannot size"))?;
+        }
+        let mut raw = vec![0u8; 4 * extents.len()];
+        map.read_exact_at(&mut raw, HEADER_BYTES)
+            .map_err(io(&map_path, "cannot read"))?;
+        let entries = raw
+            .chunks_exact(4)
+            .map(|b| AtomicU32::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect();
+        // Recently used blobs are evicted last.
+        let _ = map.set_modified(std::time::SystemTime::now());
+        Ok(BlobCache {
+            dir,
+            blob_id: blob_id.to_string(),
+            data,
+            data_path,
+            map,
+            entries,
+            reported: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether chunk `index` is in the cache as far as this process last saw.
+    pub fn known_ready(&self, index: u32) -> bool {
+        self.entries
+            .get(index as usize)
+            .is_some_and(|e| e.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Whether chunk `index` is in the cache, asking the map again if this process has
+    /// not seen it set.
+    pub fn ready(&self, index: u32) -> bool {
+        self.entry(index) != 0
+    }
+
+    /// The entry of chunk `index`, read again from the map when this process has not
+    /// seen it set (another process may have fetched it since).
+    fn entry(&self, index: u32) -> u32 {
+        let Some(slot) = self.entries.get(index as usize) else {
+            return 0;
+        };
+        let seen = slot.load(Ordering::Relaxed);
+        if seen != 0 {
+            return seen;
+        }
+        let mut raw = [0u8; 4];
+        if self
+            .map
+            .read_exact_at(&mut raw, HEADER_BYTES + 4 * index as u64)
+            .is_err()
+        {
+            return 0;
+        }
+        let found = u32::from_le_bytes(raw);
+        slot.store(found, Ordering::Relaxed);
+        found
+    }
+
+    /// The stored bytes of chunk `index` at `offset`, `len` long, if cached and intact.
+    /// A chunk whose bytes do not match their CRC is reported (once per blob), dropped
+    /// from the map and not returned.
+    pub fn read(&self, index: u32, offset: u64, len: u32) -> Option<Vec<u8>> {
+        let want = self.entry(index);
+        if want == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; len as usize];
+        let found = match self.data.read_exact_at(&mut buf, offset) {
+            Ok(()) => entry_crc(&buf),
+            Err(_) => 0,
+        };
+        if found == want {
+            return Some(buf);
+        }
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cache of blob {} ({}): chunk {index} at 0x{offset:x}+0x{len:x} does not match its checksum (torn or damaged cache file): fetching it again",
+                self.blob_id,
+                self.data_path.display()
+            );
+        }
+        self.set_entry(index, 0);
+        None
+    }
+
+    fn set_entry(&self, index: u32, value: u32) {
+        if let Some(slot) = self.entries.get(index as usize) {
+            slot.store(value, Ordering::Relaxed);
+        }
+        // Best effort: a lost entry only costs a refetch.
+        let _ = self
+            .map
+            .write_all_at(&value.to_le_bytes(), HEADER_BYTES + 4 * index as u64);
+    }
+
+    /// Stores a fetched range: `bytes` as read from blob offset `start`, and marks the
+    /// chunks `(index, offset, len)` (all inside it) ready once the bytes are durable.
+    /// Failures stop the caching, said once; nothing is marked that was not written.
+    pub fn store(&self, start: u64, bytes: &[u8], chunks: &[(u32, u64, u32)]) {
+        if chunks.is_empty() || self.dir.is_disabled() || !self.dir.reserve(bytes.len() as u64) {
+            return;
+        }
+        let written = self
+            .data
+            .write_all_at(bytes, start)
+            .and_then(|()| self.data.sync_data());
+        if let Err(e) = written {
+            self.dir.give_up(format!(
+                "cannot write {} bytes at 0x{start:x} to {}: {e}",
+                bytes.len(),
+                self.data_path.display()
+            ));
+            return;
+        }
+        for &(index, offset, len) in chunks {
+            let at = (offset - start) as usize;
+            self.set_entry(index, entry_crc(&bytes[at..at + len as usize]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extents() -> Vec<(u64, u32)> {
+        vec![(0, 100), (100, 50), (150, 200)]
+    }
+
+    #[test]
+    fn stores_survive_reopen_and_damage_is_refetched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = CacheOptions {
+            dir: tmp.path().join("c"),
+            limit_bytes: None,
+        };
+        let blob: Vec<u8> = (0..350u32).map(|i| (i * 7) as u8).collect();
+        {
+            let dir = CacheDir::open(&opts);
+            let c = dir.blob("b1", 350, &extents()).unwrap();
+            assert!(c.read(0, 0, 100).is_none());
+            c.store(0, &blob[..150], &[(0, 0, 100), (1, 100, 50)]);
+            assert_eq!(c.read(1, 100, 50).unwrap(), &blob[100..150]);
+        }
+        let dir = CacheDir::open(&opts);
+        assert_eq!(cached_blob_size(&opts.dir, "b1"), Some(350));
+        assert_eq!(cached_blob_size(&opts.dir, "b2"), None);
+        let c = dir.blob("b1", 350, &extents()).unwrap();
+        assert_eq!(c.read(0, 0, 100).unwrap(), &blob[..100]);
+        assert!(c.read(2, 150, 200).is_none());
+        // Flip a byte of chunk 0 behind the cache's back: detected, dropped.
+        let data = tmp.path().join("c/b1.data");
+        let f = OpenOptions::new().write(true).open(&data).unwrap();
+        f.write_all_at(&[blob[5] ^ 0xff], 5).unwrap();
+        let c2 = CacheDir::open(&opts).blob("b1", 350, &extents());
+        drop(c);
+        let c2 = c2.unwrap();
+        assert!(c2.read(0, 0, 100).is_none(), "a damaged chunk was served");
+        assert!(c2.read(0, 0, 100).is_none());
+        assert_eq!(c2.read(1, 100, 50).unwrap(), &blob[100..150]);
+        // Another chunk count for the same blob id: starts afresh.
+        drop(c2);
+        let c3 = dir.blob("b1", 350, &[(0, 350)]).unwrap();
+        assert!(c3.read(0, 0, 350).is_none());
+        // ... unless in use: then that blob goes uncached, the directory stays usable.
+        assert!(dir.blob("b1", 350, &extents()).is_none());
+        assert!(!dir.is_disabled());
+    }
+
+    #[test]
+    fn limit_evicts_unused_blobs_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = CacheOptions {
+            dir: tmp.path().to_path_buf(),
+            limit_bytes: Some(3 * 4096),
+        };
+        let dir = CacheDir::open(&opts);
+        let page = vec![1u8; 4096];
+        let a = dir.blob("a", 8192, &[(0, 4096), (4096, 4096)]).unwrap();
+        a.store(0, &page, &[(0, 0, 4096)]);
+        a.store(4096, &page, &[(1, 4096, 4096)]);
+        drop(a);
+        let b = dir.blob("b", 8192, &[(0, 4096), (4096, 4096)]).unwrap();
+        b.store(0, &page, &[(0, 0, 4096)]);
+        b.store(4096, &page, &[(1, 4096, 4096)]);
+        assert!(
+            !tmp.path().join("a.map").exists(),
+            "unused blob a not evicted"
+        );
+        assert!(b.read(1, 4096, 4096).is_some());
+        // b is in use: a third blob finds no room beyond the limit.
+        let c = dir.blob("c", 8192, &[(0, 4096), (4096, 4096)]).unwrap();
+        c.store(0, &page, &[(0, 0, 4096)]);
+        c.store(4096, &page, &[(1, 4096, 4096)]);
+        assert!(b.read(0, 0, 4096).is_some());
+        assert!(c.read(1, 4096, 4096).is_none(), "stored past the limit");
+    }
+}
