@@ -371,6 +371,10 @@ fn config_entries_localfs_dir_and_threads() {
         (vec!["-C", s(&no_boot)], "missing.boot"),
         (vec!["-C", s(&v2), "-B", s(&boot)], "cannot be used with"),
         (vec!["-C", s(&v2), "-D", s(&blobs)], "cannot be used with"),
+        (
+            vec!["-C", s(&v2), "--backend-config-file", s(&v2)],
+            "cannot be used with",
+        ),
         (vec!["-C", s(&v2), "--threads", "0"], "0 is not in 1..=1024"),
         (vec!["-C", s(&v2), "--threads", "1025"], "not in 1..=1024"),
     ] {

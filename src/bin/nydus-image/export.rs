@@ -31,7 +31,15 @@ pub struct ExportArgs {
     #[arg(
         short = 'C',
         long,
-        conflicts_with_all = ["bootstrap", "blob_dir", "blobs", "backend_type", "localfs_dir"]
+        conflicts_with_all = [
+            "bootstrap",
+            "blob_dir",
+            "blobs",
+            "backend_type",
+            "backend_config_file",
+            "backend_config",
+            "localfs_dir"
+        ]
     )]
     config: Option<PathBuf>,
     #[command(flatten)]

@@ -391,7 +391,7 @@ pub fn export_block(
             if let Err(e) = done {
                 failed.store(true, Ordering::Relaxed);
                 let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                // Report the failure earliest in the image, whichever worker saw it.
+                // Of the failures seen, report the one earliest in the image.
                 if first.as_ref().is_none_or(|(j, _)| i < *j) {
                     *first = Some((i, e));
                 }
