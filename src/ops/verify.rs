@@ -176,11 +176,15 @@ pub fn verify(
                 // written beside the mount point and removed with it.
                 drop(image);
                 let block = dir.path().join("block.img");
-                crate::ops::export::export_block(bootstrap, blobs, &block).map_err(|source| {
-                    VerifyError::Export {
-                        path: bootstrap.to_path_buf(),
-                        source: Box::new(source),
-                    }
+                crate::ops::export::export_block(
+                    bootstrap,
+                    blobs,
+                    &block,
+                    &crate::ops::export::ExportOptions::default(),
+                )
+                .map_err(|source| VerifyError::Export {
+                    path: bootstrap.to_path_buf(),
+                    source: Box::new(source),
                 })?;
                 crate::kernel::ErofsMount::mount(&block, &[], &mnt).map_err(kernel)?
             } else {

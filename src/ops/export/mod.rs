@@ -9,15 +9,26 @@
 //! blobs and chunk infos, which is then exported as above. Only metadata is rewritten
 //! this way; file data is still read chunk by chunk from the v5 image's blobs.
 //!
-//! The image is streamed chunk by chunk (one chunk in memory at a time, besides the
-//! bootstrap and one block address per distinct chunk), into a temporary file renamed
-//! into place when complete. The bootstrap's RAFS parts (blob and chunk tables) stay in
+//! The image is streamed chunk by chunk (one chunk in memory per worker thread, besides
+//! the bootstrap and one block address per distinct chunk), into a temporary file
+//! renamed into place when complete. Workers take the chunks in block order from a
+//! shared counter and write each at its own offset, so the result does not depend on
+//! their number.
+//!
+//! With `verity`, a dm-verity hash tree over all the image's blocks follows them
+//! ([`verity`]): the workers hash each chunk's blocks as they write them (32 bytes kept
+//! per 4 KiB block), the metadata blocks are hashed once patched. The bootstrap's RAFS parts (blob and chunk tables) stay in
 //! the metadata area, unused by EROFS readers; nydusd and our reader do not read the
 //! result (its chunk indexes no longer name blobs).
+
+pub mod config;
+pub mod verity;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use thiserror::Error;
 use zerocopy::IntoBytes;
@@ -64,6 +75,23 @@ pub enum ExportError {
         #[source]
         source: Box<ReadError>,
     },
+    /// A chunk decompressed to another size than the file needs from it.
+    #[error(
+        "{}: chunk {chunk_index} of blob {blob_index} holds {found} bytes, expected {expected}",
+        path.display()
+    )]
+    ChunkLength {
+        /// The bootstrap.
+        path: PathBuf,
+        /// The blob's index in the blob table.
+        blob_index: u8,
+        /// The chunk's index in its blob.
+        chunk_index: u32,
+        /// The bytes the file needs.
+        expected: u64,
+        /// The bytes decompressed.
+        found: u64,
+    },
     /// The image would need block addresses past 32 bits (16 TiB).
     #[error("{}: the block image would exceed 2^32 blocks of 4 KiB", path.display())]
     TooLarge {
@@ -97,6 +125,54 @@ pub enum ExportError {
     Output(#[from] BuildError),
 }
 
+/// How to export.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// Worker threads reading and decompressing chunks (at least 1).
+    pub threads: usize,
+    /// Append a dm-verity hash tree after the image's blocks.
+    pub verity: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            threads: 1,
+            verity: false,
+        }
+    }
+}
+
+/// Where the dm-verity hash tree of an export is and what it certifies: the values
+/// `veritysetup verify DATA HASH ROOT` takes (the image itself as both devices).
+#[derive(Clone, Debug)]
+pub struct VeritySummary {
+    /// Data blocks of 4 KiB covered: the whole EROFS image.
+    pub data_blocks: u64,
+    /// Byte offset of the hash tree in the output (right after the data blocks).
+    pub hash_offset: u64,
+    /// Bytes of the hash tree.
+    pub hash_bytes: u64,
+    /// The root digest, lower-case hex.
+    pub root_hex: String,
+}
+
+impl VeritySummary {
+    /// The line upstream HEAD prints after `export --block --verity`: the `veritysetup`
+    /// options and the root digest.
+    pub fn upstream_line(&self) -> String {
+        format!(
+            "dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 \
+             --data-block-size={} --hash-block-size={} --data-blocks {} --hash-offset {} {}",
+            verity::BLOCK_BYTES,
+            verity::BLOCK_BYTES,
+            self.data_blocks,
+            self.hash_offset,
+            self.root_hex
+        )
+    }
+}
+
 /// What an export wrote.
 #[derive(Clone, Debug, Default)]
 pub struct ExportSummary {
@@ -108,6 +184,8 @@ pub struct ExportSummary {
     pub chunks: u64,
     /// Chunk indexes rewritten (one per file chunk).
     pub chunk_indexes: u64,
+    /// The hash tree, when asked for.
+    pub verity: Option<VeritySummary>,
 }
 
 /// A chunk to store: where it is read from and how long it is.
@@ -161,6 +239,7 @@ pub fn export_block(
     bootstrap: &Path,
     blobs: BlobSource,
     output: &Path,
+    opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
     let open_err = |source| ExportError::Open {
         path: bootstrap.to_path_buf(),
@@ -268,15 +347,67 @@ pub fn export_block(
             source,
         }
     };
-    // File data first, in block order, one chunk at a time.
-    for p in &order {
-        let data = image.load_chunk(p.addr, p.len).map_err(read_err(format!(
-            "chunk {} of blob {}",
-            p.addr.chunk_index, p.addr.blob_index
-        )))?;
-        let at = p.blkaddr as u64 * BLOCK_SIZE;
-        file.write_all_at(&data, at)
-            .map_err(write_err("chunk data", at))?;
+    // File data first, each chunk at its blocks; the digests of those blocks when a
+    // hash tree is wanted.
+    let leaves = opts
+        .verity
+        .then(|| Mutex::new(vec![[0u8; verity::DIGEST_BYTES]; next_block as usize]));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<(usize, ExportError)>> = Mutex::new(None);
+    let work = || {
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(p) = order.get(i) else { break };
+            let done = image
+                .load_chunk(p.addr, p.len)
+                .map_err(read_err(format!(
+                    "chunk {} of blob {}",
+                    p.addr.chunk_index, p.addr.blob_index
+                )))
+                .and_then(|data| {
+                    if data.len() as u64 != p.len {
+                        return Err(ExportError::ChunkLength {
+                            path: bootstrap.to_path_buf(),
+                            blob_index: p.addr.blob_index,
+                            chunk_index: p.addr.chunk_index,
+                            expected: p.len,
+                            found: data.len() as u64,
+                        });
+                    }
+                    let at = p.blkaddr as u64 * BLOCK_SIZE;
+                    file.write_all_at(&data, at)
+                        .map_err(write_err("chunk data", at))?;
+                    if let Some(leaves) = &leaves {
+                        let digests = verity::digests_of(&data);
+                        let first = p.blkaddr as usize;
+                        let mut l = leaves.lock().unwrap_or_else(|e| e.into_inner());
+                        // In range: the chunk's blocks were counted into `next_block`.
+                        if let Some(slots) = l.get_mut(first..first + digests.len()) {
+                            slots.copy_from_slice(&digests);
+                        }
+                    }
+                    Ok(())
+                });
+            if let Err(e) = done {
+                failed.store(true, Ordering::Relaxed);
+                let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
+                // Of the failures seen, report the one earliest in the image.
+                if first.as_ref().is_none_or(|(j, _)| i < *j) {
+                    *first = Some((i, e));
+                }
+            }
+        }
+    };
+    let threads = opts.threads.clamp(1, order.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
+    });
+    if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
     }
     let size = next_block * BLOCK_SIZE;
     file.set_len(size)
@@ -295,6 +426,23 @@ pub fn export_block(
     super_block::set_self_contained(&mut meta, next_block as u32);
     file.write_all_at(&meta, 0)
         .map_err(write_err("metadata", 0))?;
+    let verity = match leaves {
+        None => None,
+        Some(leaves) => {
+            let mut leaves = leaves.into_inner().unwrap_or_else(|e| e.into_inner());
+            let meta_digests = verity::digests_of(&meta);
+            leaves[..meta_digests.len()].copy_from_slice(&meta_digests);
+            let tree = verity::HashTree::from_leaves(leaves);
+            file.write_all_at(&tree.bytes, size)
+                .map_err(write_err("dm-verity hash tree", size))?;
+            Some(VeritySummary {
+                data_blocks: tree.data_blocks,
+                hash_offset: size,
+                hash_bytes: tree.bytes.len() as u64,
+                root_hex: tree.root_hex(),
+            })
+        }
+    };
     drop(file);
     let output = pending.commit()?;
     log::debug!(
@@ -309,5 +457,6 @@ pub fn export_block(
         size,
         chunks: order.len() as u64,
         chunk_indexes: patches.len() as u64,
+        verity,
     })
 }
