@@ -833,3 +833,46 @@ fn a_v5_image_prefetches_all_and_reads_through_the_cache() {
     mount.stop();
     assert_eq!(origin.gets(), gets, "a warm v5 mount fetched");
 }
+
+#[test]
+fn a_mount_takes_blob_sizes_from_the_image_and_checks_them_after_serving() {
+    let _dog = watchdog("lazy: blob sizes", 120);
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let src = sample_tree(root);
+    let (boot, blobs) = build_image(root, &src, &[], "");
+    // The backend serves each blob one byte short of what the blob table records.
+    let short = root.join("short");
+    fs::create_dir(&short).unwrap();
+    for (id, path) in blobs_of(&blobs) {
+        let data = fs::read(&path).unwrap();
+        fs::write(short.join(&id), &data[..data.len() - 1]).unwrap();
+    }
+    let wait_for = |mount: &Mount, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !mount.log().contains(what) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mount.log()
+    };
+    let origin = Origin::start(Some(&short), None);
+    let cfg = origin.config(root, 5, 0);
+    let mut mount = Mount::start(root, "mnt", &boot, &cfg, &[]);
+    // The mount serves (metadata needs no blob); the check runs beside it.
+    assert!(fs::read_dir(&mount.mnt).unwrap().count() > 0);
+    let log = wait_for(&mount, "blob table says");
+    mount.stop();
+    let (id, path) = blobs_of(&blobs).remove(0);
+    let len = fs::metadata(path).unwrap().len();
+    let expect = format!("{} bytes, but the image's blob table says {len}", len - 1);
+    assert!(log.contains(&id) && log.contains(&expect), "{log}");
+
+    // The right sizes: nothing said.
+    let origin = Origin::start(Some(&blobs), None);
+    let cfg = origin.config(root, 5, 0);
+    let mut mount = Mount::start(root, "mnt", &boot, &cfg, &[]);
+    assert_identical("good", &FsTree::new(&src), &FsTree::new(&mount.mnt));
+    std::thread::sleep(Duration::from_millis(300));
+    mount.stop();
+    assert!(!mount.log().contains("blob table says"), "{}", mount.log());
+}

@@ -413,7 +413,7 @@ impl Image {
                         open_file(&blob_paths[i])
                     } else {
                         blobs
-                            .open_remote(id)
+                            .open_remote(id, table_size(&table[i]))
                             .expect("a backend source")
                             .map_err(BlobOpenError::Backend)
                     }
@@ -505,6 +505,20 @@ impl Image {
             .filter_map(|(f, b)| {
                 let e: &BlobOpenError = f.as_ref().err()?;
                 Some((b.blob_id.clone(), crate::error::Chain(e).to_string()))
+            })
+            .collect()
+    }
+
+    /// Asks the backend for the size of each remote blob whose size was taken from the
+    /// blob table (`RemoteOptions::table_sizes`): the blobs it does not serve at that
+    /// size, with why (their reads fail).
+    pub fn confirm_blob_sizes(&self) -> Vec<(String, String)> {
+        self.blob_files
+            .iter()
+            .zip(&self.blobs)
+            .filter_map(|(f, b)| {
+                let e = f.as_ref().ok()?.confirm_len().err()?;
+                Some((b.blob_id.clone(), crate::error::Chain(&e).to_string()))
             })
             .collect()
     }
@@ -872,6 +886,13 @@ impl Image {
         }
         Ok(())
     }
+}
+
+/// The size the blob table records for a remote blob, when it can stand for the blob's
+/// (an eStargz layer's table size is the TOC's idea of it: the backend is asked).
+fn table_size(entry: &BlobEntry) -> Option<u64> {
+    let trusted = entry.compressor != crate::format::Compressor::Gzip && entry.compressed_size > 0;
+    trusted.then_some(entry.compressed_size)
 }
 
 /// `bytes[offset..offset + len]`, or a truncation error naming the offset.

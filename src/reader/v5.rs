@@ -188,14 +188,19 @@ type BlobFiles = Vec<Result<BlobFile, std::sync::Arc<BlobOpenError>>>;
 
 /// Opens the blobs named by `ids` from `source` (the caller then points a blob carrying
 /// the bootstrap at its own file).
-fn open_blob_files(ids: &[String], source: &BlobSource) -> (BlobFiles, Vec<Option<PathBuf>>) {
+fn open_blob_files(
+    table: &[BlobEntry],
+    ids: &[String],
+    source: &BlobSource,
+) -> (BlobFiles, Vec<Option<PathBuf>>) {
     let paths = source.resolve(ids);
     let files = match source {
         BlobSource::Backend(_) | BlobSource::CachedBackend(..) => ids
             .iter()
-            .map(|id| {
+            .zip(table)
+            .map(|(id, entry)| {
                 source
-                    .open_remote(id)
+                    .open_remote(id, super::table_size(entry))
                     .expect("a backend source")
                     .map_err(BlobOpenError::Backend)
             })
@@ -328,7 +333,7 @@ impl Image {
             })
             .collect();
         let ids: Vec<String> = table.iter().map(|b| b.blob_id.clone()).collect();
-        let (mut blob_files, mut blob_paths) = open_blob_files(&ids, &blobs);
+        let (mut blob_files, mut blob_paths) = open_blob_files(&table, &ids, &blobs);
         if let Some(o) = &own {
             for (i, b) in v5_blobs.iter().enumerate() {
                 if is_own(b) {

@@ -48,24 +48,28 @@ pub enum BlobSource {
 }
 
 impl BlobSource {
-    /// Opens blob `id` of the backend, if blobs come from one. With a cache directory
-    /// that holds the blob, its size comes from there: a restart over a warm cache sends
-    /// the backend nothing at all (blob ids are digests, so the size cannot change).
-    pub fn open_remote(&self, id: &str) -> Option<Result<BlobFile, BackendError>> {
+    /// Opens blob `id` of the backend, if blobs come from one. Its size is asked of the
+    /// backend only when nothing else knows it: a cache directory that holds the blob
+    /// (blob ids are digests, so the size cannot change), then, with
+    /// [`RemoteOptions::table_sizes`](super::remote::RemoteOptions::table_sizes),
+    /// `table_size`, what the image's blob table records.
+    pub fn open_remote(
+        &self,
+        id: &str,
+        table_size: Option<u64>,
+    ) -> Option<Result<BlobFile, BackendError>> {
         match self {
             BlobSource::Backend(b) => Some(BlobFile::remote(b.clone(), id)),
             BlobSource::CachedBackend(b, options) => {
-                let known = options
+                let cached = options
                     .cache
                     .as_ref()
                     .and_then(|c| super::cache::cached_blob_size(&c.dir, id));
-                Some(match known {
-                    Some(len) => Ok(BlobFile {
-                        path: PathBuf::from(format!("{}/{id}", b.describe())),
-                        source: Source::Backend(b.clone(), id.to_string()),
-                        len,
-                    }),
-                    None => BlobFile::remote(b.clone(), id),
+                let from_table = table_size.filter(|_| options.table_sizes);
+                Some(match (cached, from_table) {
+                    (Some(len), _) => Ok(BlobFile::remote_known(b.clone(), id, len, false)),
+                    (None, Some(len)) => Ok(BlobFile::remote_known(b.clone(), id, len, true)),
+                    (None, None) => BlobFile::remote(b.clone(), id),
                 })
             }
             _ => None,
@@ -89,6 +93,8 @@ pub struct BlobFile {
     source: Source,
     /// Its length when opened.
     pub len: u64,
+    /// Whether `len` is what the blob table said, not asked of the backend yet.
+    unconfirmed: bool,
 }
 
 #[derive(Debug)]
@@ -106,6 +112,7 @@ impl BlobFile {
             path: path.to_path_buf(),
             source: Source::File(file),
             len,
+            unconfirmed: false,
         })
     }
 
@@ -115,11 +122,42 @@ impl BlobFile {
         id: &str,
     ) -> Result<Self, BackendError> {
         let len = backend.size(id)?;
-        Ok(BlobFile {
+        Ok(BlobFile::remote_known(backend, id, len, false))
+    }
+
+    /// Blob `id` of a backend, `len` bytes long (`unconfirmed`: as the blob table says).
+    fn remote_known(
+        backend: std::sync::Arc<dyn super::backend::Backend>,
+        id: &str,
+        len: u64,
+        unconfirmed: bool,
+    ) -> Self {
+        BlobFile {
             path: PathBuf::from(format!("{}/{id}", backend.describe())),
             source: Source::Backend(backend, id.to_string()),
             len,
-        })
+            unconfirmed,
+        }
+    }
+
+    /// For a remote blob whose length came from the blob table: asks the backend now, and
+    /// says what is wrong, if anything (a cache directory's word is not checked: it
+    /// recorded what the backend said, and the blob id is the digest of its bytes).
+    pub fn confirm_len(&self) -> Result<(), BackendError> {
+        let Source::Backend(backend, id) = &self.source else {
+            return Ok(());
+        };
+        if !self.unconfirmed {
+            return Ok(());
+        }
+        let len = backend.size(id)?;
+        if len != self.len {
+            return Err(backend.error(
+                id,
+                format!("{len} bytes, but the image's blob table says {}", self.len),
+            ));
+        }
+        Ok(())
     }
 
     /// The backend and blob id of a remote blob; `None` for a local file.

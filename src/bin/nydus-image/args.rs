@@ -236,7 +236,11 @@ impl CacheArgs {
             });
         Ok(BlobSource::CachedBackend(
             backend,
-            nydus_image::storage::remote::RemoteOptions { cache, merge_bytes },
+            nydus_image::storage::remote::RemoteOptions {
+                cache,
+                merge_bytes,
+                table_sizes: false,
+            },
         ))
     }
 }
