@@ -540,6 +540,7 @@ fn compaction_errors_keep_the_backends_words() {
     let err = compact(
         &boot,
         &LocalFs::dir(&empty),
+        None,
         &blobs,
         &out,
         &CompactConfig::default(),
@@ -636,8 +637,16 @@ fn bad_chunk_records_are_refused_before_reading() {
         let bad_boot = root.join(format!("bad-{field}.boot"));
         fs::write(&bad_boot, &bad).unwrap();
         let out = root.join(format!("out-{field}.boot"));
-        let err =
-            compact(&bad_boot, &LocalFs::dir(&blobs), &blobs, &out, &cfg, None).expect_err(name);
+        let err = compact(
+            &bad_boot,
+            &LocalFs::dir(&blobs),
+            None,
+            &blobs,
+            &out,
+            &cfg,
+            None,
+        )
+        .expect_err(name);
         let text = chain(&err);
         assert!(
             text.contains(&format!("blob {blob_id}: chunk {chunk} ")),
@@ -700,4 +709,112 @@ fn a_v5_image_compacts_to_v5() {
         &ImageTree(&original),
         &FsTree::new(&daemon.mnt),
     );
+}
+
+#[test]
+fn compaction_reads_through_the_mounts_chunk_cache() {
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let blobs = root.join("blobs");
+    let (layers, boot) = layered_image(root, &blobs, &[]);
+    let backend = root.join("backend.json");
+    fs::write(&backend, serde_json::json!({ "dir": blobs }).to_string()).unwrap();
+    let cache = root.join("cache");
+    let compact_into = |name: &str| -> (PathBuf, PathBuf, serde_json::Value) {
+        let (out_dir, out, json) = (
+            root.join(name),
+            root.join(format!("{name}.boot")),
+            root.join(format!("{name}.json")),
+        );
+        fs::create_dir(&out_dir).unwrap();
+        let o = run(&[
+            "compact",
+            "-B",
+            s(&boot),
+            "--backend-type",
+            "localfs",
+            "--backend-config-file",
+            s(&backend),
+            "--cache-dir",
+            s(&cache),
+            "-D",
+            s(&out_dir),
+            "--min-used-ratio",
+            "50",
+            "--compact-blob-size",
+            "10485760",
+            "-O",
+            s(&out),
+            "-J",
+            s(&json),
+        ]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let report = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+        (out_dir, out, report)
+    };
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
+
+    // verify reads every file through the cache, as a mount does, and fills it.
+    let mut args = vec![
+        "verify",
+        "--via",
+        "library",
+        "-B",
+        s(&boot),
+        "--backend-type",
+        "localfs",
+        "--backend-config-file",
+        s(&backend),
+        "--cache-dir",
+        s(&cache),
+    ];
+    args.extend(layers.iter().map(|l| s(l)));
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // The backend gone: the cache alone serves compaction.
+    let away = root.join("away");
+    fs::rename(&blobs, &away).unwrap();
+    let (dir1, out1, r1) = compact_into("first");
+    assert_eq!(n(&r1, "bytes_read"), 0, "{r1}");
+    assert!(n(&r1, "bytes_from_cache") > 0, "{r1}");
+    let o = verify_stack(&out1, &dir1, &layers, "fuse");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // A fresh cache: everything from the backend, the same result, and kept.
+    fs::rename(&away, &blobs).unwrap();
+    fs::remove_dir_all(&cache).unwrap();
+    let (dir2, out2, r2) = compact_into("second");
+    assert_eq!(n(&r2, "bytes_read"), n(&r1, "bytes_from_cache"), "{r2}");
+    assert_eq!(n(&r2, "bytes_from_cache"), 0, "{r2}");
+    assert_eq!(fs::read(&out2).unwrap(), fs::read(&out1).unwrap());
+    let names = |d: &Path| snapshot(d).into_values().collect::<Vec<_>>();
+    assert_eq!(names(&dir2), names(&dir1));
+
+    // A torn cache file is not served: its chunks come from the backend again.
+    let data = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a cache data file");
+    let len = fs::metadata(&data).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let (dir3, out3, r3) = compact_into("third");
+    assert!(
+        n(&r3, "bytes_read") > 0 && n(&r3, "bytes_from_cache") > 0,
+        "{r3}"
+    );
+    assert_eq!(
+        n(&r3, "bytes_read") + n(&r3, "bytes_from_cache"),
+        n(&r2, "bytes_read"),
+        "{r3}"
+    );
+    assert_eq!(fs::read(&out3).unwrap(), fs::read(&out1).unwrap());
+    assert_eq!(names(&dir3), names(&dir1));
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use nydus_image::ops::compact::{self, BlobPlaces, CompactConfig};
 use nydus_image::storage::backend::Backend;
+use nydus_image::storage::cache::CacheOptions;
 
 use crate::args::{self, BackendArgs, LogLevel};
 
@@ -26,6 +27,13 @@ pub struct CompactArgs {
     /// written (without blobs_dir in the config).
     #[arg(short = 'D', long = "blob-dir")]
     blob_dir: Option<PathBuf>,
+    /// Chunk cache for blobs read from the backend, the one `mount --cache-dir` keeps:
+    /// chunks a mount fetched are not fetched again, and chunks read are kept.
+    #[arg(long = "cache-dir", requires = "backend_type")]
+    cache_dir: Option<PathBuf>,
+    /// Bound of --cache-dir's data (suffixes K, M, G, T), as for `mount`.
+    #[arg(long = "cache-size", requires = "cache_dir")]
+    cache_size: Option<String>,
     /// Rebuild blobs whose used ratio is below this percentage (0-99; 0 disables).
     #[arg(long = "min-used-ratio")]
     min_used_ratio: Option<u64>,
@@ -60,6 +68,7 @@ pub struct CompactOptions {
     output: PathBuf,
     config: CompactConfig,
     backend: Option<Box<dyn Backend>>,
+    cache: Option<CacheOptions>,
     blob_dir: Option<PathBuf>,
     chunk_dict: Option<PathBuf>,
     output_json: Option<PathBuf>,
@@ -94,8 +103,15 @@ impl CompactArgs {
             .output_bootstrap
             .clone()
             .unwrap_or_else(|| compact::default_output(&self.bootstrap));
+        let limit_bytes = self
+            .cache_size
+            .as_deref()
+            .map(|s| args::parse_size_suffix("--cache-size", s))
+            .transpose()?;
+        let cache = self.cache_dir.map(|dir| CacheOptions { dir, limit_bytes });
         Ok(CompactOptions {
             backend: self.backend.backend()?,
+            cache,
             bootstrap: self.bootstrap,
             output,
             config: cfg,
@@ -111,6 +127,7 @@ pub fn run(opts: CompactOptions) -> Result<ExitCode> {
     compact_and_report(
         &opts.bootstrap,
         opts.backend,
+        opts.cache.as_ref(),
         opts.blob_dir.as_deref(),
         &opts.output,
         &opts.config,
@@ -122,9 +139,11 @@ pub fn run(opts: CompactOptions) -> Result<ExitCode> {
 
 /// Compacts `bootstrap` into `output`; prints and optionally writes the summary. Also
 /// `create --config compact.json`'s second step.
+#[allow(clippy::too_many_arguments)]
 pub fn compact_and_report(
     bootstrap: &Path,
     backend: Option<Box<dyn Backend>>,
+    cache: Option<&CacheOptions>,
     blob_dir: Option<&Path>,
     output: &Path,
     cfg: &CompactConfig,
@@ -136,6 +155,7 @@ pub fn compact_and_report(
     let summary = compact::compact(
         bootstrap,
         places.backend.as_ref(),
+        cache,
         &places.out_dir,
         output,
         cfg,
@@ -161,6 +181,9 @@ pub fn compact_and_report(
                 "bytes read {}, written {}, reclaimed {}",
                 summary.bytes_read, summary.bytes_written, summary.bytes_reclaimed
             );
+            if cache.is_some() {
+                println!("bytes found in the cache: {}", summary.bytes_from_cache);
+            }
         }
     }
     if let Some(path) = json {
@@ -173,6 +196,7 @@ pub fn compact_and_report(
             "rewritten_blobs": summary.rewritten_blobs,
             "new_blobs": summary.new_blobs,
             "bytes_read": summary.bytes_read,
+            "bytes_from_cache": summary.bytes_from_cache,
             "bytes_written": summary.bytes_written,
             "bytes_reclaimed": summary.bytes_reclaimed,
             "unchanged_because": summary.unchanged_because,

@@ -429,6 +429,7 @@ pub fn run(opts: CreateOptions) -> Result<ExitCode> {
         crate::compact::compact_and_report(
             &summary.bootstrap,
             opts.backend.backend()?,
+            None,
             blob_dir,
             &summary.bootstrap,
             cfg,

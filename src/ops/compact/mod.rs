@@ -325,6 +325,8 @@ pub struct CompactSummary {
     pub new_blobs: Vec<String>,
     /// Bytes read from the backend.
     pub bytes_read: u64,
+    /// Bytes found in the chunk cache instead (`cache`): not read from the backend.
+    pub bytes_from_cache: u64,
     /// Bytes of new blobs written.
     pub bytes_written: u64,
     /// Compressed bytes of the blobs no longer referenced, minus the new blobs' bytes.
@@ -383,13 +385,15 @@ impl BlobPlaces {
     }
 }
 
-/// Compacts the image at `bootstrap`, reading blobs from `backend`, writing new blobs to
+/// Compacts the image at `bootstrap`, reading blobs from `backend` (through the chunk
+/// cache `cache`, the one `mount --cache-dir` keeps, if given), writing new blobs to
 /// `blobs_dir` and the new bootstrap to `output`. With a chunk dictionary, chunks the
 /// dictionary holds are referenced from its blobs first (those blobs are shared with
 /// other images: they are kept as they are, never rewritten).
 pub fn compact(
     bootstrap: &Path,
     backend: &dyn Backend,
+    cache: Option<&crate::storage::cache::CacheOptions>,
     blobs_dir: &Path,
     output: &Path,
     cfg: &CompactConfig,
@@ -508,6 +512,7 @@ pub fn compact(
         } else {
             crate::builder::blob::Layout::Blocks
         },
+        cache: cache.map(crate::storage::cache::CacheDir::open),
     };
     for group in &groups {
         let first = &blobs[group[0]];

@@ -12,6 +12,7 @@ use crate::builder::output::PendingFile;
 use crate::builder::tree::{FileData, Tree};
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::storage::backend::Backend;
+use crate::storage::cache::{BlobCache, CacheDir};
 use crate::storage::compress;
 
 /// What new blobs are made from.
@@ -27,6 +28,28 @@ pub(super) struct Source<'a> {
     /// Where new blobs place uncompressed offsets: by the image's version (a v5 image
     /// gets upstream 2.2.0's dense v5 offsets, v6 its 4 KiB blocks).
     pub(super) layout: crate::builder::blob::Layout,
+    /// The chunk cache shared with mounts (`--cache-dir`): chunks found there are not
+    /// read from the backend, and chunks read are put there.
+    pub(super) cache: Option<std::sync::Arc<CacheDir>>,
+}
+
+/// The cache of blob `b` of `source`, if it has a cache directory that can hold it. The
+/// map is sized as a mount sizes it (the blob table's chunk count, or the highest chunk
+/// index known), so that compaction and mounts share it instead of resetting it.
+fn blob_cache(source: &Source, b: usize, blob_size: u64) -> Option<BlobCache> {
+    let cache = source.cache.as_ref()?;
+    let entry = &source.blobs[b];
+    let chunks = &source.usage[b].chunks;
+    let known = chunks.keys().next_back().map_or(0, |&i| i as usize + 1);
+    let count = match entry.chunk_count as usize {
+        n if n >= known && n <= 1 << 24 => n,
+        _ => known,
+    };
+    let mut extents = vec![(0u64, 0u32); count];
+    for (&i, info) in chunks {
+        extents[i as usize] = (info.compressed_offset, info.compressed_size);
+    }
+    cache.blob(&entry.blob_id, blob_size, &extents)
 }
 
 /// The most bytes a chunk of `chunk_size` bytes may be stored in: compressed data is kept
@@ -100,6 +123,7 @@ pub(super) fn write_group(
         backend,
         chunk_size,
         layout,
+        cache: _,
     } = *source;
     let write_err = |what: &'static str| {
         move |source| CompactError::Write {
@@ -122,25 +146,40 @@ pub(super) fn write_group(
     let mut stored = Vec::new();
     for &i in group {
         let b = &blobs[i];
-        let size = backend
-            .size(&b.blob_id)
-            .map_err(|source| CompactError::BlobSize {
-                blob_id: b.blob_id.clone(),
-                source,
-            })?;
+        // A blob the cache holds has its size recorded there (its id is its digest).
+        let cached_size = source
+            .cache
+            .as_ref()
+            .and_then(|c| crate::storage::cache::cached_blob_size(c.path(), &b.blob_id));
+        let size = match cached_size {
+            Some(n) => n,
+            None => backend
+                .size(&b.blob_id)
+                .map_err(|source| CompactError::BlobSize {
+                    blob_id: b.blob_id.clone(),
+                    source,
+                })?,
+        };
+        let cache = blob_cache(source, i, size);
         for info in usage[i].chunks.values() {
             check_chunk(&b.blob_id, info, chunk_size, size, backend)?;
-            stored.resize(info.compressed_size as usize, 0);
-            backend
-                .read_at(&b.blob_id, info.compressed_offset, &mut stored)
-                .map_err(|source| CompactError::ReadChunk {
-                    blob_id: b.blob_id.clone(),
-                    chunk: info.index,
-                    offset: info.compressed_offset,
-                    size: info.compressed_size,
-                    source,
-                })?;
-            summary.bytes_read += stored.len() as u64;
+            let (offset, len) = (info.compressed_offset, info.compressed_size);
+            if let Some(bytes) = cache.as_ref().and_then(|c| c.read(info.index, offset, len)) {
+                summary.bytes_from_cache += bytes.len() as u64;
+                stored = bytes;
+            } else {
+                stored.resize(len as usize, 0);
+                backend
+                    .read_at(&b.blob_id, offset, &mut stored)
+                    .map_err(|source| CompactError::ReadChunk {
+                        blob_id: b.blob_id.clone(),
+                        chunk: info.index,
+                        offset,
+                        size: len,
+                        source,
+                    })?;
+                summary.bytes_read += stored.len() as u64;
+            }
             let mut raw = vec![0u8; info.uncompressed_size as usize];
             let compressed = info.compressed || info.compressed_size != info.uncompressed_size;
             if compressed {
@@ -161,6 +200,12 @@ pub(super) fn write_group(
                     chunk: info.index,
                     offset: info.compressed_offset,
                 });
+            }
+            // Checked: worth keeping for the next mount or compaction.
+            if let Some(c) = &cache {
+                if !c.known_ready(info.index) {
+                    c.store(offset, &stored, &[(info.index, offset, len)]);
+                }
             }
             // Chunks with the same content in several merged blobs are stored once.
             let index = match seen.get(&info.digest) {
