@@ -7,6 +7,7 @@
 //! be empty without asking the server, so they never reach the log.
 
 mod common {
+    pub mod commands;
     pub mod files;
     pub mod ours;
     pub mod output;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::commands::build;
 use common::files::{data, write_file};
 use common::ours::our_bin;
 use common::output::text;
@@ -115,14 +117,7 @@ fn reads_are_logged_in_order_and_become_the_prefetch_table() {
     let out = scratch.path().join("out");
     make_tree(&src);
     fs::create_dir_all(out.join("blobs")).unwrap();
-    let o = Command::new(our_bin())
-        .args(["create", "--log-level", "warn", "--bootstrap"])
-        .arg(out.join("boot"))
-        .arg("--blob-dir")
-        .arg(out.join("blobs"))
-        .arg(&src)
-        .output()
-        .unwrap();
+    let o = build(&src, &out.join("boot"), &out.join("blobs"), &[]);
     assert!(o.status.success(), "create: {}", text(&o));
 
     let log = out.join("access.log");
@@ -199,14 +194,7 @@ fn an_unwritable_access_log_fails_the_mount() {
     fs::create_dir_all(&src).unwrap();
     write_file(&src.join("f"), b"x");
     fs::create_dir_all(out.join("blobs")).unwrap();
-    let o = Command::new(our_bin())
-        .args(["create", "--log-level", "warn", "--bootstrap"])
-        .arg(out.join("boot"))
-        .arg("--blob-dir")
-        .arg(out.join("blobs"))
-        .arg(&src)
-        .output()
-        .unwrap();
+    let o = build(&src, &out.join("boot"), &out.join("blobs"), &[]);
     assert!(o.status.success(), "create: {}", text(&o));
     fs::create_dir_all(out.join("mnt")).unwrap();
     let o = Command::new(our_bin())

@@ -33,6 +33,7 @@
 
 mod common {
     pub mod attrs;
+    pub mod commands;
     pub mod files;
     pub mod ours;
     pub mod output;
@@ -44,10 +45,10 @@ mod common {
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use common::commands::run_with_stdin;
 use common::files::{data, write_file};
 use common::ours::our_bin;
 use common::output::text;
@@ -70,20 +71,7 @@ fn s(p: &Path) -> &str {
 
 /// Runs `bin` with `args`, `input` on standard input; asserts success.
 fn run(bin: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(bin, args, input.as_bytes());
     assert!(
         out.status.success(),
         "{} {args:?}: {}",

@@ -17,9 +17,8 @@ mod common {
 }
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -199,22 +198,10 @@ fn sample_tree(root: &Path) -> PathBuf {
 fn build_image(root: &Path, src: &Path, extra: &[&str], patterns: &str) -> (PathBuf, PathBuf) {
     let (boot, blobs) = (root.join("boot"), root.join("blobs"));
     fs::create_dir_all(&blobs).unwrap();
-    let mut child = Command::new(our_bin())
-        .args(["create", "-l", "warn", "-B", s(&boot), "-D", s(&blobs)])
-        .args(extra)
-        .arg(src)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(patterns.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let mut args = vec!["create", "-l", "warn", "-B", s(&boot), "-D", s(&blobs)];
+    args.extend_from_slice(extra);
+    args.push(s(src));
+    let o = run_with_stdin(&our_bin(), args, patterns.as_bytes());
     assert!(o.status.success(), "create: {}", text(&o));
     (boot, blobs)
 }

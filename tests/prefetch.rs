@@ -11,6 +11,7 @@
 //! ours, for reads), upstream's in its inode order.
 
 mod common {
+    pub mod commands;
     pub mod compare;
     pub mod files;
     pub mod ours;
@@ -26,6 +27,7 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::commands::run_with_stdin;
 use common::compare::assert_identical;
 use common::files::{data, write_file};
 use common::ours::our_bin;
@@ -74,22 +76,8 @@ fn make_tree(root: &Path) {
 
 /// A builder (ours or upstream's) run with `patterns` on standard input.
 fn create(bin: &Path, patterns: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(bin)
-        .arg("create")
-        .args(["--log-level", "warn"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(patterns.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let all = ["create", "--log-level", "warn"].iter().chain(args);
+    let out = run_with_stdin(bin, all, patterns.as_bytes());
     assert!(
         out.status.success(),
         "{} {args:?}: {}",

@@ -12,6 +12,7 @@
 
 mod common {
     pub mod attrs;
+    pub mod commands;
     pub mod compare;
     pub mod files;
     pub mod nydusd_quirks;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::commands::run_with_stdin;
 use common::compare::{assert_identical, assert_identical_except, Except};
 use common::nydusd_quirks::nydusd_mount_time;
 use common::upstream::{upstream_bin, Nydusd};
@@ -609,28 +611,20 @@ fn a_v5_image_serves_as_chunk_dictionary() {
 
 /// `create` with `--prefetch-policy fs` and `extra`, the patterns on standard input.
 fn build_with_patterns(bin: &Path, src: &Path, out: &Path, patterns: &str, extra: &[&str]) {
-    use std::io::Write;
     fs::create_dir_all(out.join("blobs")).unwrap();
-    let mut child = Command::new(bin)
-        .args(["create", "--log-level", "warn", "--fs-version", "5"])
-        .args(extra)
-        .arg("--bootstrap")
-        .arg(out.join("boot"))
-        .arg("--blob-dir")
-        .arg(out.join("blobs"))
-        .arg(src)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(patterns.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let mut args: Vec<std::ffi::OsString> = ["create", "--log-level", "warn", "--fs-version", "5"]
+        .iter()
+        .chain(extra)
+        .map(Into::into)
+        .collect();
+    args.extend([
+        "--bootstrap".into(),
+        out.join("boot").into(),
+        "--blob-dir".into(),
+        out.join("blobs").into(),
+        src.into(),
+    ]);
+    let o = run_with_stdin(bin, args, patterns.as_bytes());
     assert!(
         o.status.success(),
         "{} create: {}",

@@ -1,7 +1,11 @@
-//! Running our binary with UTF-8 arguments.
+//! Running our binary with UTF-8 arguments, and any binary with input on stdin.
+// Each test binary uses what it needs of this module.
+#![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use super::ours::our_bin;
 
@@ -11,6 +15,25 @@ pub fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run nydus-image")
+}
+
+/// Runs `bin` (ours or upstream's) with `args` and `input` on its standard input; the
+/// caller judges the result.
+pub fn run_with_stdin<I, S>(bin: &Path, args: I, input: &[u8]) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    // A program that exits without reading its input closes the pipe: not our error.
+    let _ = child.stdin.take().expect("piped").write_all(input);
+    child.wait_with_output().expect("wait for the program")
 }
 
 /// `nydus-image create` of `src` into `boot` and the blob directory `blobs`, with
