@@ -125,6 +125,33 @@ fn odd_sizes_tree(src: &Path) {
     f.set_len(40 * 1024 * 1024 + 1).unwrap();
 }
 
+/// A lower layer (`odd_sizes_tree`, without its 65 MiB file unless `with_big`) and an
+/// upper one adding `d/new` and deleting `d/f100` with an OCI whiteout, under `root`.
+fn two_layers(root: &Path, with_big: bool) -> (PathBuf, PathBuf) {
+    let (lower, upper) = (root.join("lower"), root.join("upper"));
+    odd_sizes_tree(&lower);
+    if !with_big {
+        fs::remove_file(lower.join("big")).unwrap();
+    }
+    fs::create_dir_all(upper.join("d")).unwrap();
+    write_file(&upper.join("d/new"), &data(70_000, 42));
+    write_file(&upper.join("d/.wh.f100"), b"");
+    (lower, upper)
+}
+
+/// `verify --via kernel -B boot -D blobs SOURCE...` finds no difference.
+fn assert_kernel_verify_clean(what: &str, boot: &Path, blobs: &Path, sources: &[&Path]) {
+    let mut args = vec!["verify", "--via", "kernel", "-B", s(boot), "-D", s(blobs)];
+    args.extend(sources.iter().map(|p| s(p)));
+    let r = run(&args);
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success() && text.contains(" 0 difference(s)"),
+        "{what}: {text}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
 #[test]
 fn the_kernel_reads_every_entry_kind_at_every_chunk_size() {
     let _l = lock();
@@ -220,15 +247,9 @@ fn odd_sizes_sparse_and_large_files_read_the_same_by_kernel_fuse_and_nydusd() {
 fn layered_and_dictionary_images_mount_with_one_device_per_blob() {
     let _l = lock();
     let scratch = Scratch::new();
-    let lower = scratch.path().join("lower");
-    let upper = scratch.path().join("upper");
-    odd_sizes_tree(&lower);
-    fs::remove_file(lower.join("big")).unwrap();
-    fs::create_dir_all(upper.join("d")).unwrap();
-    write_file(&upper.join("d/new"), &data(70_000, 42));
+    let (lower, upper) = two_layers(scratch.path(), false);
     // The same bytes twice in the layer: stored once.
     write_file(&upper.join("d/copy"), &data(70_000, 42));
-    write_file(&upper.join("d/.wh.f100"), b"");
     let out = scratch.path().join("out");
     let lower_boot = build_none(&lower, &out.join("l"), 0x1000, None, None);
     fs::create_dir_all(out.join("u")).unwrap();
@@ -593,12 +614,7 @@ fn export_block_images_mount_alone_and_pass_fsck() {
 fn export_block_of_a_layered_image_and_its_failures() {
     let _l = lock();
     let scratch = Scratch::new();
-    let lower = scratch.path().join("lower");
-    let upper = scratch.path().join("upper");
-    odd_sizes_tree(&lower);
-    fs::create_dir_all(upper.join("d")).unwrap();
-    write_file(&upper.join("d/new"), &data(70_000, 42));
-    write_file(&upper.join("d/.wh.f100"), b"");
+    let (lower, upper) = two_layers(scratch.path(), true);
     let out = scratch.path().join("out");
     let lower_out = out.join("lower");
     export_of(&lower, &lower_out, &[], None);
@@ -855,22 +871,7 @@ fn export_block_of_v5_images_from_both_builders() {
                 report.differences
             );
         } else {
-            let r = run(&[
-                "verify",
-                "--via",
-                "kernel",
-                "-B",
-                s(&out.join("boot")),
-                "-D",
-                s(&out),
-                s(&src),
-            ]);
-            let text = String::from_utf8_lossy(&r.stdout);
-            assert!(
-                r.status.success() && text.contains(" 0 difference(s)"),
-                "{name}: {text}{}",
-                String::from_utf8_lossy(&r.stderr)
-            );
+            assert_kernel_verify_clean(name, &out.join("boot"), &out, &[&src]);
         }
         fs::remove_dir_all(&out).unwrap();
         assert_eq!(leftovers(scratch.path()), Vec::<String>::new());
@@ -884,14 +885,8 @@ fn export_block_of_v5_images_from_both_builders() {
 fn export_block_of_layered_v5_images() {
     let _l = lock();
     let scratch = Scratch::new();
-    let lower = scratch.path().join("lower");
-    let upper = scratch.path().join("upper");
-    odd_sizes_tree(&lower);
-    fs::remove_file(lower.join("big")).unwrap();
-    fs::create_dir_all(upper.join("d")).unwrap();
-    write_file(&upper.join("d/new"), &data(70_000, 42));
+    let (lower, upper) = two_layers(scratch.path(), false);
     write_file(&upper.join("d/again"), &data(5000, 43));
-    write_file(&upper.join("d/.wh.f100"), b"");
     let layers = [FsTree::new(&lower), FsTree::new(&upper)];
     let stack = OverlayTree::new(
         layers.iter().map(|t| t as &dyn Tree).collect(),
@@ -931,23 +926,7 @@ fn export_block_of_layered_v5_images() {
         );
         mount.unmount().unwrap();
         if !upstream {
-            let r = run(&[
-                "verify",
-                "--via",
-                "kernel",
-                "-B",
-                s(&top),
-                "-D",
-                s(&blobs),
-                s(&lower),
-                s(&upper),
-            ]);
-            let text = String::from_utf8_lossy(&r.stdout);
-            assert!(
-                r.status.success() && text.contains(" 0 difference(s)"),
-                "{text}{}",
-                String::from_utf8_lossy(&r.stderr)
-            );
+            assert_kernel_verify_clean("layered v5", &top, &blobs, &[&lower, &upper]);
         }
     }
     assert_eq!(leftovers(scratch.path()), Vec::<String>::new());

@@ -134,14 +134,11 @@ impl Image {
             }
             list[i] = (info.compressed_offset, info.compressed_size);
         }
-        // Maps are sized by the blob's own chunk count (the blob table's, where it is
-        // plausible: chunk indexes have 24 bits), so images that share a blob but know
-        // different chunks of it share one map.
         for (list, entry) in extents.iter_mut().zip(&self.blobs) {
-            let count = entry.chunk_count as usize;
-            if !list.is_empty() && count > list.len() && count <= 1 << 24 {
-                list.resize(count, (0, 0));
-            }
+            list.resize(
+                crate::storage::cache::map_len(entry.chunk_count, list.len()),
+                (0, 0),
+            );
         }
         let cache = self
             .remote

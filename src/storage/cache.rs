@@ -269,6 +269,19 @@ fn layout_hash(blob_id: &str, blob_size: u64) -> u64 {
     h
 }
 
+/// How many chunks a blob's map has room for, given the chunk count its blob table entry
+/// states and `known`, one past the highest chunk index an image uses of it: the table's
+/// count where it is plausible (chunk indexes have 24 bits), so that every image sharing
+/// the blob, knowing all or only some of its chunks, sizes the map alike and shares it.
+pub fn map_len(table_count: u32, known: usize) -> usize {
+    let stated = table_count as usize;
+    if known > 0 && stated > known && stated <= 1 << 24 {
+        stated
+    } else {
+        known
+    }
+}
+
 /// The size of blob `blob_id` as its map in `dir` records it, if the map is there and
 /// its header is intact.
 pub fn cached_blob_size(dir: &Path, blob_id: &str) -> Option<u64> {

@@ -12,7 +12,7 @@ use crate::builder::output::PendingFile;
 use crate::builder::tree::{FileData, Tree};
 use crate::format::v6::tables::{BlobEntry, ChunkInfo};
 use crate::storage::backend::Backend;
-use crate::storage::cache::{BlobCache, CacheDir};
+use crate::storage::cache::{map_len, BlobCache, CacheDir};
 use crate::storage::compress;
 
 /// What new blobs are made from.
@@ -34,18 +34,14 @@ pub(super) struct Source<'a> {
 }
 
 /// The cache of blob `b` of `source`, if it has a cache directory that can hold it. The
-/// map is sized as a mount sizes it (the blob table's chunk count, or the highest chunk
-/// index known), so that compaction and mounts share it instead of resetting it.
+/// map is sized as a mount sizes it ([`map_len`]), so that compaction and mounts share it
+/// instead of resetting it.
 fn blob_cache(source: &Source, b: usize, blob_size: u64) -> Option<BlobCache> {
     let cache = source.cache.as_ref()?;
     let entry = &source.blobs[b];
     let chunks = &source.usage[b].chunks;
     let known = chunks.keys().next_back().map_or(0, |&i| i as usize + 1);
-    let count = match entry.chunk_count as usize {
-        n if n >= known && n <= 1 << 24 => n,
-        _ => known,
-    };
-    let mut extents = vec![(0u64, 0u32); count];
+    let mut extents = vec![(0u64, 0u32); map_len(entry.chunk_count, known)];
     for (&i, info) in chunks {
         extents[i as usize] = (info.compressed_offset, info.compressed_size);
     }
