@@ -476,6 +476,53 @@ fn daemon_survives_corrupt_and_missing_blobs() {
     assert_eq!(fs::metadata(mount2.mnt.join("b")).unwrap().len(), 300_000);
 }
 
+/// A daemon that fails before it mounts: `mount --daemon` exits non-zero at once (the
+/// daemon's pipe closes unwritten), with the daemon's error and its log's path, and
+/// nothing is mounted.
+#[test]
+fn a_daemon_that_cannot_mount_says_why() {
+    let _watchdog = watchdog("a_daemon_that_cannot_mount_says_why", 120);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = files_image(tmp.path(), &[("a", data(1000, 4))], &[]);
+    let boot = out.join("boot");
+    let mut bytes = fs::read(&boot).unwrap();
+    bytes.truncate(1000); // shorter than a superblock block
+    fs::write(&boot, &bytes).unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("mount.log");
+    let started = Instant::now();
+    let out = ours(&[
+        os("mount"),
+        os("--daemon"),
+        os("--log-file"),
+        log.as_os_str(),
+        os("--bootstrap"),
+        boot.as_os_str(),
+        os("--blob-dir"),
+        out.join("blobs").as_os_str(),
+        mnt.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the mount daemon exited with exit status: 1")
+            && err.contains(&*log.to_string_lossy())
+            && err.contains("superblock"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it waited for a timeout"
+    );
+    assert!(!nydus_image::mount::is_mounted(&mnt));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("error: ") && text.contains("superblock"),
+        "{text}"
+    );
+}
+
 #[test]
 fn sigterm_ends_a_busy_mount() {
     let _watchdog = watchdog("sigterm_ends_a_busy_mount", 300);
