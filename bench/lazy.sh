@@ -8,7 +8,10 @@
 # timed from starting the mount to the end of the workload:
 #   ours-cold / nydusd-cold        a Debian bookworm rootfs with python3, a fresh cache
 #                                  dir: chroot MNT python3 -c 'import ...'
-#   ours-restart / nydusd-restart  the same again, mounted over the cache dir just filled
+#   ours-restart / nydusd-restart  the same again, mounted over the cache dir just filled;
+#                                  RESTARTS times per round, alternating (restarts are
+#                                  short, and their run-to-run spread is as large as the
+#                                  gap between the two daemons: more samples per median)
 #   ours-pre / nydusd-pre          an image whose prefetch table (create --prefetch-policy
 #                                  fs) is our mount's --access-log of the workload, fresh
 #                                  cache dirs; nydusd with fs_prefetch enabled (upstream's
@@ -19,12 +22,13 @@
 # Our mount gets --cache-dir only when `mount --help` lists it, and OURS_FLAGS if set
 # (OURS_PRE_FLAGS too in ours-pre).
 # Needs root, docker-registry, curl, debootstrap (installed if missing).
-#   RUNS=3 LATENCY_MS=20 RATE_MBPS=40 bench/lazy.sh
+#   RUNS=3 RESTARTS=5 LATENCY_MS=20 RATE_MBPS=40 bench/lazy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
 work=${BENCH_DIR:-/var/tmp/nydus-bench}
 runs=${RUNS:-3}
+restarts=${RESTARTS:-5}
 latency_ms=${LATENCY_MS:-20}
 rate_mbps=${RATE_MBPS:-40}
 imports='import json, email.parser, http.client, urllib.request, decimal'
@@ -232,9 +236,11 @@ cases=(ours-cold ours-restart nydusd-cold nydusd-restart ours-pre nydusd-pre nyd
 for round in $(seq "$runs"); do
   echo "round $round of $runs"
   run ours-cold ours py "$co" 1 python
-  run ours-restart ours py "$co" 0 python
   run nydusd-cold nydusd py "$cn" 1 python false false
-  run nydusd-restart nydusd py "$cn" 0 python false false
+  for _ in $(seq "$restarts"); do
+    run ours-restart ours py "$co" 0 python
+    run nydusd-restart nydusd py "$cn" 0 python false false
+  done
   run ours-pre ours pre "$co" 1 python "${ours_pre_flags[@]}"
   run nydusd-pre nydusd pre "$cn" 1 python true true
   run nydusd-pre-table nydusd pre "$cn" 1 python true false
@@ -262,7 +268,8 @@ done
 echo
 echo "python3 workload: chroot MNT python3 -c '$imports'; Linux 6.1: tar of the whole tree" \
   "(${t[0]} bytes through each)"
-echo "link: +${latency_ms} ms per request, ${rate_mbps} MB/s shared; medians of $runs runs;" \
+echo "link: +${latency_ms} ms per request, ${rate_mbps} MB/s shared; medians of $runs runs" \
+  "($((runs * restarts)) for restarts);" \
   "our mount flags: ${ours_flags[*]:-none}$([ "$cache_flag" = 1 ] && echo ' --cache-dir' ||
     echo ' (no --cache-dir: our restart is another cold start)'); $(nproc) cores"
 printf "%-18s %9s %12s %9s\n" case wall-s bytes requests
