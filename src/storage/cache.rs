@@ -56,6 +56,10 @@ pub struct CacheDir {
     limit_bytes: Option<u64>,
     /// Bytes the data files take on disk, as far as this process knows.
     used_bytes: AtomicU64,
+    /// Bytes reserved since `used_bytes` was last read from the directory: other mounts
+    /// sharing it store too, and a count of one's own stores alone would let each of
+    /// them fill it to the limit.
+    unsynced: AtomicU64,
     /// Set once writing is hopeless (unwritable directory, full disk).
     disabled: AtomicBool,
     /// Whether the one warning about the cache was given.
@@ -72,6 +76,7 @@ impl CacheDir {
             dir: options.dir.clone(),
             limit_bytes: options.limit_bytes,
             used_bytes: AtomicU64::new(0),
+            unsynced: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             evicting: Mutex::new(()),
@@ -152,6 +157,16 @@ impl CacheDir {
             self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
             return true;
         };
+        // Every sixteenth of the limit (at most 16 MiB) stored, the directory is measured
+        // again: what mounts sharing it stored counts too, and each overshoots the limit
+        // by at most that much.
+        let step = (limit / 16).min(16 << 20);
+        if self.unsynced.fetch_add(bytes, Ordering::Relaxed) + bytes > step {
+            self.unsynced.store(0, Ordering::Relaxed);
+            if let Some(n) = self.data_bytes() {
+                self.used_bytes.store(n, Ordering::Relaxed);
+            }
+        }
         if self.used_bytes.load(Ordering::Relaxed) + bytes > limit {
             let _guard = self.evicting.lock().expect("eviction lock");
             if self.used_bytes.load(Ordering::Relaxed) + bytes > limit {
@@ -569,5 +584,41 @@ mod tests {
         c.store(4096, &page, &[(1, 4096, 4096)]);
         assert!(b.read(0, 0, 4096).is_some());
         assert!(c.read(1, 4096, 4096).is_none(), "stored past the limit");
+    }
+
+    /// Two `CacheDir`s over one directory stand for two mounts sharing it: each learns
+    /// from the directory what the other stored, and together they stay within the limit
+    /// (give or take a sixteenth of it each). Both blobs are in use, so nothing can be
+    /// evicted: stores beyond the limit are refused.
+    #[test]
+    fn the_limit_holds_for_mounts_sharing_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limit = 32 * 4096u64;
+        let opts = CacheOptions {
+            dir: tmp.path().to_path_buf(),
+            limit_bytes: Some(limit),
+        };
+        let page = vec![3u8; 4096];
+        let extents: Vec<(u64, u32)> = (0..32).map(|i| (i * 4096, 4096)).collect();
+        let (one, two) = (CacheDir::open(&opts), CacheDir::open(&opts));
+        let a = one.blob("a", 32 * 4096, &extents).unwrap();
+        let b = two.blob("b", 32 * 4096, &extents).unwrap();
+        for i in 0..32u32 {
+            let at = i as u64 * 4096;
+            a.store(at, &page, &[(i, at, 4096)]);
+            b.store(at, &page, &[(i, at, 4096)]);
+        }
+        let on_disk = one.data_bytes().unwrap();
+        let slack = 2 * (limit / 16 + 4096);
+        assert!(
+            on_disk <= limit + slack,
+            "{on_disk} bytes on disk, limit {limit}"
+        );
+        let cached = |c: &BlobCache| {
+            (0..32u32)
+                .filter(|&i| c.read(i, i as u64 * 4096, 4096).is_some())
+                .count()
+        };
+        assert!(cached(&a) >= 8 && cached(&b) >= 8, "both mounts cache some");
     }
 }
