@@ -476,6 +476,26 @@ fn daemon_survives_corrupt_and_missing_blobs() {
     assert_eq!(fs::metadata(mount2.mnt.join("b")).unwrap().len(), 300_000);
 }
 
+/// `mount --daemon --log-file LOG --bootstrap BOOT --blob-dir BLOBS MNT`, less the program.
+fn daemon_args<'a>(
+    log: &'a Path,
+    boot: &'a Path,
+    blobs: &'a Path,
+    mnt: &'a Path,
+) -> Vec<&'a std::ffi::OsStr> {
+    vec![
+        os("mount"),
+        os("--daemon"),
+        os("--log-file"),
+        log.as_os_str(),
+        os("--bootstrap"),
+        boot.as_os_str(),
+        os("--blob-dir"),
+        blobs.as_os_str(),
+        mnt.as_os_str(),
+    ]
+}
+
 /// A daemon that fails before it mounts: `mount --daemon` exits non-zero at once (the
 /// daemon's pipe closes unwritten), with the daemon's error and its log's path, and
 /// nothing is mounted.
@@ -492,17 +512,7 @@ fn a_daemon_that_cannot_mount_says_why() {
     fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("mount.log");
     let started = Instant::now();
-    let out = ours(&[
-        os("mount"),
-        os("--daemon"),
-        os("--log-file"),
-        log.as_os_str(),
-        os("--bootstrap"),
-        boot.as_os_str(),
-        os("--blob-dir"),
-        out.join("blobs").as_os_str(),
-        mnt.as_os_str(),
-    ]);
+    let out = ours(&daemon_args(&log, &boot, &out.join("blobs"), &mnt));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -584,22 +594,13 @@ fn an_unprivileged_user_mounts_through_fusermount3() {
     };
     let bin = our_bin();
     let (boot, blobs, log) = (out.join("boot"), out.join("blobs"), home.join("mount.log"));
-    let status = as_nobody(&[
-        bin.as_os_str(),
-        os("mount"),
-        os("--daemon"),
-        os("--log-file"),
-        log.as_os_str(),
-        os("--bootstrap"),
-        boot.as_os_str(),
-        os("--blob-dir"),
-        blobs.as_os_str(),
-        mnt.as_os_str(),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .status()
-    .unwrap();
+    let mut args = vec![bin.as_os_str()];
+    args.extend(daemon_args(&log, &boot, &blobs, &mnt));
+    let status = as_nobody(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
     let log_text = || fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.success(),
