@@ -171,11 +171,6 @@ pub fn run(mut opts: MountOptions) -> Result<ExitCode> {
                 opts.mountpoint.display()
             )
         })?;
-    if let Some(mut ready) = opts.ready.take() {
-        use std::io::Write;
-        // The starting process returns when this arrives (or it sees EOF if we fail).
-        let _ = ready.write_all(b"m");
-    }
     let unmounter = mounted.unmounter();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -213,6 +208,12 @@ pub fn run(mut opts: MountOptions) -> Result<ExitCode> {
             }
         }
     });
+    if let Some(mut ready) = opts.ready.take() {
+        use std::io::Write;
+        // Mounted, and SIGTERM unmounts: the starting process returns when this arrives
+        // (it sees EOF instead if we fail first).
+        let _ = ready.write_all(b"m");
+    }
     log::info!(
         "serving {} at {}",
         opts.bootstrap.display(),
