@@ -720,6 +720,17 @@ fn compaction_reads_through_the_mounts_chunk_cache() {
     let backend = root.join("backend.json");
     fs::write(&backend, serde_json::json!({ "dir": blobs }).to_string()).unwrap();
     let cache = root.join("cache");
+    // The image and where its chunks come from, for both compact and verify.
+    let source = [
+        "-B",
+        s(&boot),
+        "--backend-type",
+        "localfs",
+        "--backend-config-file",
+        s(&backend),
+        "--cache-dir",
+        s(&cache),
+    ];
     let compact_into = |name: &str| -> (PathBuf, PathBuf, serde_json::Value) {
         let (out_dir, out, json) = (
             root.join(name),
@@ -727,16 +738,9 @@ fn compaction_reads_through_the_mounts_chunk_cache() {
             root.join(format!("{name}.json")),
         );
         fs::create_dir(&out_dir).unwrap();
-        let o = run(&[
-            "compact",
-            "-B",
-            s(&boot),
-            "--backend-type",
-            "localfs",
-            "--backend-config-file",
-            s(&backend),
-            "--cache-dir",
-            s(&cache),
+        let mut args = vec!["compact"];
+        args.extend(source);
+        args.extend([
             "-D",
             s(&out_dir),
             "--min-used-ratio",
@@ -748,6 +752,7 @@ fn compaction_reads_through_the_mounts_chunk_cache() {
             "-J",
             s(&json),
         ]);
+        let o = run(&args);
         assert!(o.status.success(), "{name}: {}", text(&o));
         let report = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
         (out_dir, out, report)
@@ -755,19 +760,8 @@ fn compaction_reads_through_the_mounts_chunk_cache() {
     let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
 
     // verify reads every file through the cache, as a mount does, and fills it.
-    let mut args = vec![
-        "verify",
-        "--via",
-        "library",
-        "-B",
-        s(&boot),
-        "--backend-type",
-        "localfs",
-        "--backend-config-file",
-        s(&backend),
-        "--cache-dir",
-        s(&cache),
-    ];
+    let mut args = vec!["verify", "--via", "library"];
+    args.extend(source);
     args.extend(layers.iter().map(|l| s(l)));
     let o = run(&args);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
