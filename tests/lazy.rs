@@ -391,6 +391,9 @@ fn real_registry_cold_read_is_planned_and_restart_fetches_nothing() {
     let m = metrics(&m2);
     assert_eq!(count(&m, "requests"), 0, "metrics: {m}");
     assert!(count(&m, "cache_hits") > 0, "metrics: {m}");
+    // Reads of parts of chunks came from the decompressed copies the cold mount kept.
+    assert!(count(&m, "raw_hits") > 0, "metrics: {m}");
+    assert!(count(&metrics(&m1), "raw_stored") > 0, "metrics: {m}");
 
     // Two mounts at once sharing a fresh cache directory: both right.
     let shared = root.join("shared");
@@ -594,11 +597,35 @@ fn a_damaged_or_torn_cache_is_detected_and_refetched() {
     assert_identical("fill", &FsTree::new(&f.src), &FsTree::new(&mount.mnt));
     mount.stop();
     let data_file = cache.join(format!("{}.data", blobs_id(&f)));
+    let raw_file = cache.join(format!("{}.raw", blobs_id(&f)));
+    let flip = |path: &Path, at: u64| {
+        let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"XXXX", at).unwrap();
+    };
 
-    // Flipped bytes in a cached chunk.
-    let file = fs::OpenOptions::new().write(true).open(&data_file).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&file, b"XXXX", f.c_at + 10).unwrap();
-    drop(file);
+    // Flipped bytes in a decompressed chunk of the raw file: detected, and the chunk is
+    // taken from its stored bytes again, not from the network.
+    let c_raw = find(&fs::read(&raw_file).unwrap(), &data(50_000, 13)[..4096]);
+    flip(&raw_file, c_raw + 10);
+    let gets = f.origin.gets();
+    let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
+    assert_identical(
+        "raw flipped",
+        &FsTree::new(&f.src),
+        &FsTree::new(&mount.mnt),
+    );
+    mount.stop();
+    assert_eq!(f.origin.gets(), gets, "a stored chunk was fetched again");
+    assert_eq!(
+        mount.log().matches("does not match its checksums").count(),
+        1,
+        "{}",
+        mount.log()
+    );
+
+    // Flipped bytes in a cached stored chunk, with the raw file gone: detected, fetched.
+    flip(&data_file, f.c_at + 10);
+    fs::remove_file(&raw_file).unwrap();
     let gets = f.origin.gets();
     let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
     assert_identical("flipped", &FsTree::new(&f.src), &FsTree::new(&mount.mnt));
@@ -607,21 +634,22 @@ fn a_damaged_or_torn_cache_is_detected_and_refetched() {
         f.origin.gets() > gets,
         "the damaged chunk was not refetched"
     );
-    assert_eq!(
-        mount.log().matches("does not match its checksum").count(),
-        1,
+    assert!(
+        mount.log().contains("does not match its checksum"),
         "{}",
         mount.log()
     );
 
-    // A truncated data file.
-    let len = fs::metadata(&data_file).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&data_file)
-        .unwrap()
-        .set_len(len / 3)
-        .unwrap();
+    // Truncated data and raw files.
+    for file in [&data_file, &raw_file] {
+        let len = fs::metadata(file).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+    }
     let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
     assert_identical("truncated", &FsTree::new(&f.src), &FsTree::new(&mount.mnt));
     mount.stop();

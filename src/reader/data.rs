@@ -192,8 +192,37 @@ impl Image {
                 ));
             }
         }
+        if let Some(remote) = remote {
+            remote.keep_decompressed(addr.chunk_index, data.clone());
+        }
         self.cache.insert(key, data.clone());
         Ok(data)
+    }
+
+    /// Bytes `range` of a chunk of `chunk_len` bytes: a buffer holding them and where
+    /// they start in it. From the decompressed chunk in memory; else, for a remote blob,
+    /// the range alone from the cache's raw file (a page fault in a mapped program needs
+    /// 4 KiB to 128 KiB of a chunk, not all of it decompressed); else the whole chunk,
+    /// loaded. With `validate`, always the whole chunk: its digest is checked.
+    fn chunk_part(
+        &self,
+        addr: ChunkAddr,
+        chunk_len: u64,
+        range: std::ops::Range<usize>,
+    ) -> Result<(Arc<Vec<u8>>, usize), ReadError> {
+        let key = (addr.blob_index as u32, addr.chunk_index);
+        if let Some(data) = self.cache.get(key) {
+            return Ok((data, range.start));
+        }
+        if !self.validate {
+            let part = self
+                .remote_blob(addr.blob_index as usize)
+                .and_then(|r| r.cached_part(addr.chunk_index, chunk_len as u32, range.clone()));
+            if let Some((buf, at)) = part {
+                return Ok((Arc::new(buf), at));
+            }
+        }
+        Ok((self.load_chunk(addr, chunk_len)?, range.start))
     }
 
     /// The stored bytes `[offset, offset + len)` of a blob: a buffer holding them and where
@@ -257,8 +286,8 @@ impl Image {
             match table.get(self, index)? {
                 None => buf[done..done + n].fill(0),
                 Some(addr) => {
-                    let data = self.load_chunk(addr, chunk_len)?;
-                    buf[done..done + n].copy_from_slice(&data[within..within + n]);
+                    let (data, at) = self.chunk_part(addr, chunk_len, within..within + n)?;
+                    buf[done..done + n].copy_from_slice(&data[at..at + n]);
                 }
             }
             done += n;
@@ -282,9 +311,9 @@ impl Image {
         let Some(addr) = table.get(self, index)? else {
             return Ok(SharedRead::Copy);
         };
-        let data = self.load_chunk(addr, chunk_len)?;
         let range = (offset - chunk_start) as usize..(end - chunk_start) as usize;
-        Ok(SharedRead::Shared(data, range))
+        let (data, at) = self.chunk_part(addr, chunk_len, range.clone())?;
+        Ok(SharedRead::Shared(data, at..at + range.len()))
     }
 
     /// Reads all of regular file `nid`.

@@ -28,6 +28,9 @@ struct ChunkFacts {
     compressed: bool,
 }
 
+/// Size of a blob's uncompressed address space the cache's raw file covers, at most.
+const MAX_RAW_FILE: u64 = 1 << 40;
+
 /// Directory depth the prefetch walk goes to, at most.
 const MAX_DEPTH: usize = 256;
 
@@ -40,15 +43,31 @@ pub(crate) struct RemoteState {
 }
 
 impl RemoteState {
+    fn with(options: RemoteOptions) -> Self {
+        RemoteState {
+            options,
+            shared: Arc::default(),
+            blobs: OnceLock::new(),
+        }
+    }
+
     /// The state for blobs from `source`: its remote options, or the defaults.
     pub(crate) fn for_source(source: &crate::storage::blobs::BlobSource) -> Self {
         match source {
-            crate::storage::blobs::BlobSource::CachedBackend(_, options) => RemoteState {
-                options: options.clone(),
-                ..RemoteState::default()
-            },
+            crate::storage::blobs::BlobSource::CachedBackend(_, options) => {
+                RemoteState::with(options.clone())
+            }
             _ => RemoteState::default(),
         }
+    }
+}
+
+impl Drop for RemoteState {
+    fn drop(&mut self) {
+        // Decompressed chunks still on their way to the cache are worth the wait: the
+        // next mount reads them.
+        self.shared
+            .finish_raw_writes(std::time::Duration::from_secs(5));
     }
 }
 
@@ -77,15 +96,18 @@ impl Image {
     /// Sets how remote blobs are fetched and cached; takes effect for blobs not read yet
     /// (call it before serving).
     pub fn set_remote_options(&mut self, options: RemoteOptions) {
-        self.remote = RemoteState {
-            options,
-            ..RemoteState::default()
-        };
+        self.remote = RemoteState::with(options);
     }
 
     /// The counters of remote reads (all zero when every blob is local).
     pub fn fetch_metrics(&self) -> &Metrics {
         &self.remote.shared.metrics
+    }
+
+    /// Waits until the decompressed chunks handed to the cache's raw files so far are
+    /// written, at most `timeout` (call it before exiting: a later mount reads them).
+    pub fn finish_cache_writes(&self, timeout: std::time::Duration) {
+        self.remote.shared.finish_raw_writes(timeout);
     }
 
     /// The remote reader of blob `blob`, if it lives behind a backend and its chunks can
@@ -100,6 +122,7 @@ impl Image {
 
     fn build_remote_blobs(&self) -> Vec<Option<Arc<RemoteBlob>>> {
         let mut extents: Vec<Vec<(u64, u32)>> = vec![Vec::new(); self.blobs.len()];
+        let mut raw_extents: Vec<Vec<(u64, u32)>> = vec![Vec::new(); self.blobs.len()];
         let remote: Vec<bool> = self
             .blob_files
             .iter()
@@ -133,6 +156,20 @@ impl Image {
                 list.resize(i + 1, (0, 0));
             }
             list[i] = (info.compressed_offset, info.compressed_size);
+            // The raw file is sparse, but not boundless: a chunk placed absurdly far is
+            // not cached decompressed (its stored bytes still are).
+            let raw_fits = info
+                .uncompressed_offset
+                .checked_add(info.uncompressed_size as u64)
+                .is_some_and(|end| end <= MAX_RAW_FILE)
+                && info.uncompressed_size as u64 <= MAX_CHUNK_SIZE;
+            if raw_fits {
+                let raw = &mut raw_extents[b];
+                if raw.len() <= i {
+                    raw.resize(i + 1, (0, 0));
+                }
+                raw[i] = (info.uncompressed_offset, info.uncompressed_size);
+            }
         }
         for (list, entry) in extents.iter_mut().zip(&self.blobs) {
             list.resize(
@@ -149,9 +186,10 @@ impl Image {
         self.blob_files
             .iter()
             .zip(extents)
+            .zip(raw_extents)
             .zip(remote)
             .enumerate()
-            .map(|(b, ((file, extents), remote))| {
+            .map(|(b, (((file, extents), raw_extents), remote))| {
                 let file = file.as_ref().ok().filter(|_| remote)?;
                 let (backend, id) = file.backend()?;
                 Some(Arc::new(RemoteBlob::new(
@@ -160,6 +198,8 @@ impl Image {
                         blob_id: id,
                         len: file.len,
                         extents,
+                        raw_extents,
+                        chunk_size: self.blobs[b].chunk_size,
                     },
                     &self.remote.options,
                     cache.as_ref(),

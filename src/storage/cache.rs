@@ -5,16 +5,22 @@
 //! Layout, per blob, in DIR:
 //! - `<blob_id>.data`: the blob's stored bytes at their blob offsets, a sparse file of
 //!   the blob's size (only fetched stretches take space);
-//! - `<blob_id>.map`: a 32-byte header (magic `NYDUSCM1`, version u32, chunk count u32,
-//!   blob size u64, a hash of the chunk layout u64), then one little-endian u32 per chunk
-//!   by chunk index: 0 = not in the cache, else the CRC32 of the chunk's stored bytes
-//!   (`max(crc, 1)`).
+//! - `<blob_id>.raw`: chunks a reader needed, decompressed, at their offsets in the
+//!   blob's uncompressed address space (sparse too), so that a later mount serves a read
+//!   of part of a chunk by reading that part alone: no whole chunk read, checked and
+//!   decompressed for a 4 KiB page fault;
+//! - `<blob_id>.map`: a 40-byte header (magic `NYDUSCM1`, version u32, chunk count u32,
+//!   blob size u64, a hash of the blob's id and size u64, blocks per chunk u32, zero
+//!   u32), then one little-endian u32 per chunk by chunk index: 0 = not in the cache, else
+//!   the CRC32 of the chunk's stored bytes (`max(crc, 1)`); then, per chunk by index,
+//!   "blocks per chunk" u32s: the same for each 16 KiB block of the decompressed chunk
+//!   in the raw file (the blocks a chunk does not have stay 0).
 //!
-//! Crash safety: a range is written to the data file and `fdatasync`ed before its map
-//! entries are written, so an entry never names bytes that are not durable. Every read
-//! from the cache checks the CRC: a torn or corrupted data file (flipped bytes, a
-//! truncated file) is detected, reported once per blob, its entry cleared and the chunk
-//! fetched again; it is never served.
+//! Crash safety: bytes are written to the data or raw file and `fdatasync`ed before
+//! their map entries are written, so an entry never names bytes that are not durable.
+//! Every read from the cache checks the CRCs of what it reads: a torn or corrupted file
+//! (flipped bytes, a truncated file) is detected, reported once per blob, its entries
+//! cleared and the chunk fetched (or decompressed) again; it is never served.
 //!
 //! Sharing: map entries are aligned 4-byte `pwrite`s, so processes sharing a blob's
 //! cache never clobber each other's entries (at worst one is lost, costing a refetch).
@@ -36,9 +42,22 @@ use std::sync::{Arc, Mutex};
 /// Magic at the start of a map file.
 const MAGIC: &[u8; 8] = b"NYDUSCM1";
 /// Version of the map layout.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Bytes of the map header.
-const HEADER_BYTES: u64 = 32;
+const HEADER_BYTES: u64 = 40;
+/// Bytes of a block of the raw file that one CRC covers: a read of part of a chunk
+/// reads and checks the blocks it touches.
+pub const RAW_BLOCK: u64 = 16 << 10;
+/// Raw blocks per chunk, at most (16 MiB chunks).
+const MAX_BLOCKS_PER_CHUNK: u32 = 1024;
+
+/// Raw blocks a chunk of the blob may have, by the blob's chunk size: every image sharing
+/// the blob states the same chunk size, so sizes the map alike.
+pub fn blocks_per_chunk(chunk_size: u32) -> u32 {
+    (chunk_size as u64)
+        .div_ceil(RAW_BLOCK)
+        .clamp(1, MAX_BLOCKS_PER_CHUNK as u64) as u32
+}
 
 /// Where the cache lives and how large it may grow.
 #[derive(Clone, Debug)]
@@ -111,12 +130,14 @@ impl CacheDir {
         }
     }
 
-    /// Bytes all data files in the directory take on disk.
+    /// Bytes all data and raw files in the directory take on disk.
     fn data_bytes(&self) -> Option<u64> {
         let entries = std::fs::read_dir(&self.dir).ok()?;
         let mut total = 0u64;
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".data") {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".data") || name.ends_with(".raw") {
                 if let Ok(m) = e.metadata() {
                     total = total.saturating_add(m.blocks().saturating_mul(512));
                 }
@@ -126,17 +147,19 @@ impl CacheDir {
     }
 
     /// The cache of one blob with chunks at `extents` (stored offset and size, by chunk
-    /// index), or `None` when the directory cannot hold it (said once).
+    /// index) and chunks of at most `chunk_size` bytes (the blob's, as its blob table
+    /// entry states it), or `None` when the directory cannot hold it (said once).
     pub fn blob(
         self: &Arc<Self>,
         blob_id: &str,
         blob_size: u64,
         extents: &[(u64, u32)],
+        chunk_size: u32,
     ) -> Option<BlobCache> {
         if self.is_disabled() {
             return None;
         }
-        match BlobCache::open(self.clone(), blob_id, blob_size, extents) {
+        match BlobCache::open(self.clone(), blob_id, blob_size, extents, chunk_size) {
             Ok(c) => Some(c),
             Err(e @ CacheError::Busy { .. }) => {
                 // Only this blob: others may still be cached.
@@ -208,12 +231,17 @@ impl CacheDir {
                 continue;
             }
             let data_path = map_path.with_extension("data");
-            let freed = std::fs::metadata(&data_path).map_or(0, |m| m.blocks() * 512);
-            // The map goes first: a data file without a map is just unused space.
+            let raw_path = map_path.with_extension("raw");
+            let freed = [&data_path, &raw_path]
+                .iter()
+                .map(|p| std::fs::metadata(p).map_or(0, |m| m.blocks() * 512))
+                .sum::<u64>();
+            // The map goes first: data without a map is just unused space.
             if std::fs::remove_file(&map_path).is_ok() {
                 let _ = std::fs::remove_file(&data_path);
+                let _ = std::fs::remove_file(&raw_path);
                 log::info!(
-                    "cache directory {}: evicted {} ({freed} bytes)",
+                    "cache directory {}: evicted {} and its raw file ({freed} bytes)",
                     self.dir.display(),
                     data_path.display()
                 );
@@ -260,9 +288,13 @@ pub struct BlobCache {
     blob_id: String,
     data: File,
     data_path: PathBuf,
+    raw: File,
+    raw_path: PathBuf,
     map: File,
     /// Map entries as last read or written by this process.
     entries: Vec<AtomicU32>,
+    /// Raw block entries per chunk in the map.
+    blocks_per_chunk: u32,
     /// Whether a bad entry was reported for this blob.
     reported: AtomicBool,
 }
@@ -306,6 +338,7 @@ pub fn cached_blob_size(dir: &Path, blob_id: &str) -> Option<u64> {
     let size = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
     let hash = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    // (The blocks per chunk are the blob's, not checked here: the map is not read.)
     (&header[..8] == MAGIC && version == VERSION && hash == layout_hash(blob_id, size))
         .then_some(size)
 }
@@ -321,9 +354,12 @@ impl BlobCache {
         blob_id: &str,
         blob_size: u64,
         extents: &[(u64, u32)],
+        chunk_size: u32,
     ) -> Result<Self, CacheError> {
         let map_path = dir.dir.join(format!("{blob_id}.map"));
         let data_path = dir.dir.join(format!("{blob_id}.data"));
+        let raw_path = dir.dir.join(format!("{blob_id}.raw"));
+        let blocks_per_chunk = blocks_per_chunk(chunk_size);
         let io = |path: &Path, what: &'static str| {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, what, source }
@@ -343,7 +379,8 @@ impl BlobCache {
         header[12..16].copy_from_slice(&(extents.len() as u32).to_le_bytes());
         header[16..24].copy_from_slice(&blob_size.to_le_bytes());
         header[24..32].copy_from_slice(&layout_hash(blob_id, blob_size).to_le_bytes());
-        let map_len = HEADER_BYTES + 4 * extents.len() as u64;
+        header[32..36].copy_from_slice(&blocks_per_chunk.to_le_bytes());
+        let map_len = HEADER_BYTES + 4 * extents.len() as u64 * (1 + blocks_per_chunk as u64);
         let matches = |map: &File| {
             let mut found = [0u8; HEADER_BYTES as usize];
             map.read_exact_at(&mut found, 0).is_ok()
@@ -369,10 +406,12 @@ impl BlobCache {
             }
             map.set_len(0).map_err(io(&map_path, "cannot reset"))?;
             map.set_len(map_len).map_err(io(&map_path, "cannot size"))?;
-            // Old bytes must not be taken for new chunks: the data file starts empty.
-            let data = open(&data_path).map_err(io(&data_path, "cannot open"))?;
-            data.set_len(0).map_err(io(&data_path, "cannot reset"))?;
-            data.sync_all().map_err(io(&data_path, "cannot sync"))?;
+            // Old bytes must not be taken for new chunks: the files start empty.
+            for path in [&data_path, &raw_path] {
+                let file = open(path).map_err(io(path, "cannot open"))?;
+                file.set_len(0).map_err(io(path, "cannot reset"))?;
+                file.sync_all().map_err(io(path, "cannot sync"))?;
+            }
             map.write_all_at(&header, 0)
                 .map_err(io(&map_path, "cannot write the header"))?;
             map.sync_all().map_err(io(&map_path, "cannot sync"))?;
@@ -390,22 +429,32 @@ impl BlobCache {
             data.set_len(blob_size)
                 .map_err(io(&data_path, "cannot size"))?;
         }
-        let mut raw = vec![0u8; 4 * extents.len()];
-        map.read_exact_at(&mut raw, HEADER_BYTES)
+        let raw = open(&raw_path).map_err(io(&raw_path, "cannot open"))?;
+        let mut stored = vec![0u8; 4 * extents.len()];
+        map.read_exact_at(&mut stored, HEADER_BYTES)
             .map_err(io(&map_path, "cannot read"))?;
-        let entries = raw
+        let entries = stored
             .chunks_exact(4)
             .map(|b| AtomicU32::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
             .collect();
         // Recently used blobs are evicted last.
         let _ = map.set_modified(std::time::SystemTime::now());
+        // The raw entries are read a few at a time, as reads come: have the kernel read
+        // the map in now, while the mount starts, not one page per first read.
+        // SAFETY: a valid descriptor; the call only schedules readahead.
+        unsafe {
+            libc::posix_fadvise(map.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+        }
         Ok(BlobCache {
             dir,
             blob_id: blob_id.to_string(),
             data,
             data_path,
+            raw,
+            raw_path,
             map,
             entries,
+            blocks_per_chunk,
             reported: AtomicBool::new(false),
         })
     }
@@ -509,6 +558,126 @@ impl BlobCache {
     }
 }
 
+impl BlobCache {
+    /// Where chunk `index`'s raw block entries start in the map.
+    fn raw_entries_at(&self, index: u32) -> u64 {
+        HEADER_BYTES
+            + 4 * self.entries.len() as u64
+            + 4 * self.blocks_per_chunk as u64 * index as u64
+    }
+
+    /// Whether a chunk of `len` decompressed bytes at index `index` has a place in the
+    /// raw file's map.
+    fn raw_fits(&self, index: u32, len: u32) -> bool {
+        (index as usize) < self.entries.len()
+            && len > 0
+            && len as u64 <= self.blocks_per_chunk as u64 * RAW_BLOCK
+    }
+
+    /// Bytes `range` of chunk `index` decompressed (`len` bytes, at `offset` in the raw
+    /// file), if its raw blocks covering the range are cached and intact: a buffer of
+    /// those blocks and where the range starts in it. Blocks that do not match their CRC
+    /// are reported (once per blob), the chunk's raw entries cleared, nothing returned.
+    pub fn read_raw(
+        &self,
+        index: u32,
+        offset: u64,
+        len: u32,
+        range: std::ops::Range<usize>,
+    ) -> Option<(Vec<u8>, usize)> {
+        if !self.raw_fits(index, len) || range.start >= range.end || range.end > len as usize {
+            return None;
+        }
+        let first = range.start / RAW_BLOCK as usize;
+        let last = (range.end - 1) / RAW_BLOCK as usize;
+        let mut raw = vec![0u8; 4 * (last - first + 1)];
+        self.map
+            .read_exact_at(&mut raw, self.raw_entries_at(index) + 4 * first as u64)
+            .ok()?;
+        let want: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if want.contains(&0) {
+            return None;
+        }
+        let start = first * RAW_BLOCK as usize;
+        let end = ((last + 1) * RAW_BLOCK as usize).min(len as usize);
+        let mut buf = vec![0u8; end - start];
+        let intact = self
+            .raw
+            .read_exact_at(&mut buf, offset + start as u64)
+            .is_ok()
+            && buf
+                .chunks(RAW_BLOCK as usize)
+                .zip(&want)
+                .all(|(block, &crc)| entry_crc(block) == crc);
+        if intact {
+            return Some((buf, range.start - start));
+        }
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cache of blob {} ({}): chunk {index} at 0x{offset:x}+0x{len:x} does not match its checksums (torn or damaged cache file): decompressing it again",
+                self.blob_id,
+                self.raw_path.display()
+            );
+        }
+        let zeros = vec![0u8; 4 * self.blocks_per_chunk as usize];
+        let _ = self.map.write_all_at(&zeros, self.raw_entries_at(index));
+        None
+    }
+
+    /// Whether chunk `index`'s first raw block is cached, as the map says now.
+    pub fn raw_ready(&self, index: u32) -> bool {
+        let mut raw = [0u8; 4];
+        (index as usize) < self.entries.len()
+            && self
+                .map
+                .read_exact_at(&mut raw, self.raw_entries_at(index))
+                .is_ok()
+            && raw != [0; 4]
+    }
+
+    /// Stores decompressed chunks `(index, offset in the raw file, bytes)` and marks
+    /// their blocks ready once the bytes are durable (one `fdatasync` for them all).
+    /// Chunks without a place in the map are skipped; failures stop the caching, said
+    /// once; nothing is marked that was not written.
+    pub fn store_raw(&self, chunks: &[(u32, u64, &[u8])]) {
+        let chunks: Vec<_> = chunks
+            .iter()
+            .filter(|(index, _, bytes)| {
+                u32::try_from(bytes.len()).is_ok_and(|len| self.raw_fits(*index, len))
+            })
+            .collect();
+        let total: u64 = chunks.iter().map(|c| c.2.len() as u64).sum();
+        if chunks.is_empty() || self.dir.is_disabled() || !self.dir.reserve(total) {
+            return;
+        }
+        let written = chunks
+            .iter()
+            .try_for_each(|(_, offset, bytes)| self.raw.write_all_at(bytes, *offset))
+            .and_then(|()| self.raw.sync_data());
+        if let Err(e) = written {
+            self.dir.give_up(format!(
+                "cannot write {total} bytes of decompressed chunks to {}: {e}",
+                self.raw_path.display()
+            ));
+            return;
+        }
+        for (index, _, bytes) in chunks {
+            let mut entries = vec![0u8; 4 * self.blocks_per_chunk as usize];
+            for (slot, block) in entries
+                .chunks_exact_mut(4)
+                .zip(bytes.chunks(RAW_BLOCK as usize))
+            {
+                slot.copy_from_slice(&entry_crc(block).to_le_bytes());
+            }
+            // Best effort: a lost entry only costs a decompression.
+            let _ = self.map.write_all_at(&entries, self.raw_entries_at(*index));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,7 +696,7 @@ mod tests {
         let blob: Vec<u8> = (0..350u32).map(|i| (i * 7) as u8).collect();
         {
             let dir = CacheDir::open(&opts);
-            let c = dir.blob("b1", 350, &extents()).unwrap();
+            let c = dir.blob("b1", 350, &extents(), 1 << 20).unwrap();
             assert!(c.read(0, 0, 100).is_none());
             c.store(0, &blob[..150], &[(0, 0, 100), (1, 100, 50)]);
             assert_eq!(c.read(1, 100, 50).unwrap(), &blob[100..150]);
@@ -535,14 +704,14 @@ mod tests {
         let dir = CacheDir::open(&opts);
         assert_eq!(cached_blob_size(&opts.dir, "b1"), Some(350));
         assert_eq!(cached_blob_size(&opts.dir, "b2"), None);
-        let c = dir.blob("b1", 350, &extents()).unwrap();
+        let c = dir.blob("b1", 350, &extents(), 1 << 20).unwrap();
         assert_eq!(c.read(0, 0, 100).unwrap(), &blob[..100]);
         assert!(c.read(2, 150, 200).is_none());
         // Flip a byte of chunk 0 behind the cache's back: detected, dropped.
         let data = tmp.path().join("c/b1.data");
         let f = OpenOptions::new().write(true).open(&data).unwrap();
         f.write_all_at(&[blob[5] ^ 0xff], 5).unwrap();
-        let c2 = CacheDir::open(&opts).blob("b1", 350, &extents());
+        let c2 = CacheDir::open(&opts).blob("b1", 350, &extents(), 1 << 20);
         drop(c);
         let c2 = c2.unwrap();
         assert!(c2.read(0, 0, 100).is_none(), "a damaged chunk was served");
@@ -550,11 +719,71 @@ mod tests {
         assert_eq!(c2.read(1, 100, 50).unwrap(), &blob[100..150]);
         // Another chunk count for the same blob id: starts afresh.
         drop(c2);
-        let c3 = dir.blob("b1", 350, &[(0, 350)]).unwrap();
+        let c3 = dir.blob("b1", 350, &[(0, 350)], 1 << 20).unwrap();
         assert!(c3.read(0, 0, 350).is_none());
         // ... unless in use: then that blob goes uncached, the directory stays usable.
-        assert!(dir.blob("b1", 350, &extents()).is_none());
+        assert!(dir.blob("b1", 350, &extents(), 1 << 20).is_none());
         assert!(!dir.is_disabled());
+    }
+
+    /// Decompressed chunks: a part is read alone, survives a reopen, and a damaged
+    /// block is detected, cleared, never served; a chunk too large for the map's blocks
+    /// is not stored.
+    #[test]
+    fn raw_parts_are_read_alone_and_damage_is_detected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = CacheOptions {
+            dir: tmp.path().to_path_buf(),
+            limit_bytes: None,
+        };
+        let block = RAW_BLOCK as usize;
+        let chunk: Vec<u8> = (0..3 * block + 100).map(|i| (i % 253) as u8).collect();
+        let len = chunk.len() as u32;
+        let extents = [(0u64, 10u32), (10, 10)];
+        {
+            let dir = CacheDir::open(&opts);
+            let c = dir.blob("r", 20, &extents, 4 * RAW_BLOCK as u32).unwrap();
+            assert!(!c.raw_ready(1));
+            assert!(c.read_raw(1, 4096, len, 0..10).is_none());
+            c.store_raw(&[(1, 4096, &chunk), (0, 0, &vec![1u8; 5 * block])]);
+            assert!(
+                c.raw_ready(1) && !c.raw_ready(0),
+                "too large a chunk stored"
+            );
+        }
+        let dir = CacheDir::open(&opts);
+        let c = dir.blob("r", 20, &extents, 4 * RAW_BLOCK as u32).unwrap();
+        // A range across blocks 1 and 2: those two blocks are read, nothing else.
+        let range = block + 5..2 * block + 7;
+        let (buf, at) = c.read_raw(1, 4096, len, range.clone()).unwrap();
+        assert_eq!(buf.len(), 2 * block);
+        assert_eq!(&buf[at..at + range.len()], &chunk[range]);
+        // The short last block.
+        let (buf, at) = c
+            .read_raw(1, 4096, len, 3 * block..3 * block + 100)
+            .unwrap();
+        assert_eq!(&buf[at..], &chunk[3 * block..]);
+        // A flipped byte in block 2: block 0 still reads until the damage is seen, then
+        // the whole chunk is dropped.
+        let raw = OpenOptions::new()
+            .write(true)
+            .open(tmp.path().join("r.raw"))
+            .unwrap();
+        raw.write_all_at(&[chunk[2 * block] ^ 1], 4096 + 2 * block as u64)
+            .unwrap();
+        assert!(c.read_raw(1, 4096, len, 0..10).is_some());
+        assert!(c.read_raw(1, 4096, len, 2 * block..2 * block + 1).is_none());
+        assert!(!c.raw_ready(1));
+        assert!(c.read_raw(1, 4096, len, 0..10).is_none());
+        // Stored again: served again.
+        c.store_raw(&[(1, 4096, &chunk)]);
+        let (buf, at) = c.read_raw(1, 4096, len, 2 * block..2 * block + 1).unwrap();
+        assert_eq!(buf[at], chunk[2 * block]);
+        // Eviction accounts for the raw file and removes it.
+        drop(c);
+        assert!(dir.data_bytes().unwrap() >= chunk.len() as u64);
+        dir.evict(0);
+        assert!(!tmp.path().join("r.raw").exists());
     }
 
     #[test]
@@ -566,11 +795,15 @@ mod tests {
         };
         let dir = CacheDir::open(&opts);
         let page = vec![1u8; 4096];
-        let a = dir.blob("a", 8192, &[(0, 4096), (4096, 4096)]).unwrap();
+        let a = dir
+            .blob("a", 8192, &[(0, 4096), (4096, 4096)], 1 << 20)
+            .unwrap();
         a.store(0, &page, &[(0, 0, 4096)]);
         a.store(4096, &page, &[(1, 4096, 4096)]);
         drop(a);
-        let b = dir.blob("b", 8192, &[(0, 4096), (4096, 4096)]).unwrap();
+        let b = dir
+            .blob("b", 8192, &[(0, 4096), (4096, 4096)], 1 << 20)
+            .unwrap();
         b.store(0, &page, &[(0, 0, 4096)]);
         b.store(4096, &page, &[(1, 4096, 4096)]);
         assert!(
@@ -579,7 +812,9 @@ mod tests {
         );
         assert!(b.read(1, 4096, 4096).is_some());
         // b is in use: a third blob finds no room beyond the limit.
-        let c = dir.blob("c", 8192, &[(0, 4096), (4096, 4096)]).unwrap();
+        let c = dir
+            .blob("c", 8192, &[(0, 4096), (4096, 4096)], 1 << 20)
+            .unwrap();
         c.store(0, &page, &[(0, 0, 4096)]);
         c.store(4096, &page, &[(1, 4096, 4096)]);
         assert!(b.read(0, 0, 4096).is_some());
@@ -601,8 +836,8 @@ mod tests {
         let page = vec![3u8; 4096];
         let extents: Vec<(u64, u32)> = (0..32).map(|i| (i * 4096, 4096)).collect();
         let (one, two) = (CacheDir::open(&opts), CacheDir::open(&opts));
-        let a = one.blob("a", 32 * 4096, &extents).unwrap();
-        let b = two.blob("b", 32 * 4096, &extents).unwrap();
+        let a = one.blob("a", 32 * 4096, &extents, 1 << 20).unwrap();
+        let b = two.blob("b", 32 * 4096, &extents, 1 << 20).unwrap();
         for i in 0..32u32 {
             let at = i as u64 * 4096;
             a.store(at, &page, &[(i, at, 4096)]);

@@ -28,11 +28,17 @@
 //!
 //! Chunks are checked by the blob's [`Checker`] (the digest, with `--validate`) before
 //! they are cached: a chunk that fails it is not kept, and a read of it fails.
+//!
+//! Chunks a reader decompressed go to the cache's raw file too ([`RemoteBlob::keep_decompressed`]),
+//! written by one background thread per image, so that a later mount reads parts of them
+//! without decompressing ([`RemoteBlob::cached_part`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use super::backend::{Backend, BackendError};
 use super::cache::{BlobCache, CacheDir};
@@ -49,6 +55,10 @@ pub const HEAD_BYTES: u64 = 128 << 10;
 pub const MAX_TAILS: usize = 4;
 /// Stored bytes of fetched-but-unread chunks kept in memory per blob without a cache dir.
 const MEMORY_STORE_BYTES: usize = 32 << 20;
+/// Decompressed chunks queued for the raw file, at most; more are not cached raw.
+const RAW_QUEUE: usize = 64;
+/// Decompressed bytes the raw writer stores per `fdatasync`, at most.
+const RAW_BATCH_BYTES: usize = 16 << 20;
 
 /// How remote blobs are read.
 #[derive(Clone, Debug)]
@@ -87,6 +97,12 @@ pub struct Metrics {
     pub cache_hit_bytes: AtomicU64,
     /// Chunks a reader needed that had to be fetched (or waited for).
     pub cache_misses: AtomicU64,
+    /// Reads served from decompressed chunks in the cache's raw files, and their bytes.
+    pub raw_hits: AtomicU64,
+    /// See `raw_hits`.
+    pub raw_hit_bytes: AtomicU64,
+    /// Decompressed chunks written to the raw files.
+    pub raw_stored: AtomicU64,
     /// Failed requests and chunks that failed their check.
     pub errors: AtomicU64,
     /// Requests the prefetcher sent, and their bytes (included in the totals above).
@@ -115,6 +131,9 @@ impl Metrics {
             "cache_hits": get(&self.cache_hits),
             "cache_hit_bytes": get(&self.cache_hit_bytes),
             "cache_misses": get(&self.cache_misses),
+            "raw_hits": get(&self.raw_hits),
+            "raw_hit_bytes": get(&self.raw_hit_bytes),
+            "raw_stored": get(&self.raw_stored),
             "errors": get(&self.errors),
             "prefetch": {
                 "state": match get(&self.prefetch_state) {
@@ -141,6 +160,97 @@ pub struct Shared {
     pub metrics: Metrics,
     foreground: AtomicUsize,
     tails: AtomicUsize,
+    raw_writer: RawWriter,
+}
+
+/// A decompressed chunk on its way to its blob's raw file.
+type RawJob = (Arc<RemoteBlob>, u32, Arc<Vec<u8>>);
+
+/// The thread writing decompressed chunks to the raw files, started on first use.
+#[derive(Debug, Default)]
+struct RawWriter {
+    queue: std::sync::OnceLock<Option<Sender<RawJob>>>,
+    /// Jobs queued or being written.
+    pending: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Shared {
+    /// Queues chunk `index` of `blob`, decompressed, for its raw file.
+    fn queue_raw(self: &Arc<Self>, job: RawJob) -> bool {
+        let writer = &self.raw_writer;
+        let queue = writer.queue.get_or_init(|| {
+            let (tx, rx) = crossbeam_channel::bounded(RAW_QUEUE);
+            let shared = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("raw-cache".into())
+                .spawn(move || write_raw(&rx, &shared))
+                .map_err(|e| log::warn!("cannot start the raw cache writer: {e}"))
+                .ok()
+                .map(|_| tx)
+        });
+        let Some(tx) = queue else {
+            return false;
+        };
+        *writer.pending.lock().expect("pending lock") += 1;
+        if tx.try_send(job).is_ok() {
+            return true;
+        }
+        writer.done(1);
+        false
+    }
+
+    /// Waits until the decompressed chunks queued so far are written, at most `timeout`.
+    pub fn finish_raw_writes(&self, timeout: Duration) {
+        let writer = &self.raw_writer;
+        let pending = writer.pending.lock().expect("pending lock");
+        let _ = writer
+            .idle
+            .wait_timeout_while(pending, timeout, |n| *n > 0)
+            .expect("pending lock");
+    }
+}
+
+impl RawWriter {
+    fn done(&self, jobs: usize) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        *pending -= jobs;
+        if *pending == 0 {
+            self.idle.notify_all();
+        }
+    }
+}
+
+/// The raw writer's loop: takes what is queued (up to [`RAW_BATCH_BYTES`]), stores it
+/// blob by blob, one `fdatasync` per blob and batch; ends with the image.
+fn write_raw(rx: &Receiver<RawJob>, shared: &std::sync::Weak<Shared>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].2.len();
+        while bytes < RAW_BATCH_BYTES {
+            let Ok(job) = rx.try_recv() else {
+                break;
+            };
+            bytes += job.2.len();
+            batch.push(job);
+        }
+        let jobs = batch.len();
+        while !batch.is_empty() {
+            let blob = batch[0].0.clone();
+            let (mine, rest): (Vec<RawJob>, Vec<RawJob>) =
+                batch.into_iter().partition(|j| Arc::ptr_eq(&j.0, &blob));
+            batch = rest;
+            blob.store_decompressed(&mine);
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared
+            .metrics
+            .raw_stored
+            .fetch_add(jobs as u64, Ordering::Relaxed);
+        shared.raw_writer.done(jobs);
+    }
 }
 
 /// Why a chunk could not be read from a remote blob.
@@ -221,6 +331,10 @@ pub struct RemoteBlob {
     order: Vec<u32>,
     /// Position of each chunk in `order`.
     position: Vec<u32>,
+    /// (offset in the raw file, decompressed size) by chunk index; size 0: unknown.
+    raw_extents: Vec<(u64, u32)>,
+    /// Chunks queued for the raw file by this process (each is, once).
+    raw_sent: Vec<std::sync::atomic::AtomicBool>,
     disk: Option<BlobCache>,
     memory: Mutex<MemoryStore>,
     flights: Mutex<HashSet<u32>>,
@@ -253,6 +367,11 @@ pub struct BlobPlace<'a> {
     pub len: u64,
     /// (stored offset, stored size) of each chunk by chunk index; size 0: unknown.
     pub extents: Vec<(u64, u32)>,
+    /// (uncompressed offset, uncompressed size) of each chunk by chunk index, where the
+    /// cache's raw file keeps it; size 0: unknown.
+    pub raw_extents: Vec<(u64, u32)>,
+    /// The blob's chunk size, as its blob table entry states it.
+    pub chunk_size: u32,
 }
 
 impl RemoteBlob {
@@ -269,7 +388,10 @@ impl RemoteBlob {
             blob_id,
             len,
             extents,
+            mut raw_extents,
+            chunk_size,
         } = place;
+        raw_extents.resize(extents.len(), (0, 0));
         let mut order: Vec<u32> = (0..extents.len() as u32)
             .filter(|&i| extents[i as usize].1 > 0)
             .collect();
@@ -278,13 +400,16 @@ impl RemoteBlob {
         for (p, &i) in order.iter().enumerate() {
             position[i as usize] = p as u32;
         }
-        let disk = cache.and_then(|c| c.blob(blob_id, len, &extents));
+        let disk = cache.and_then(|c| c.blob(blob_id, len, &extents, chunk_size));
+        let raw_sent = (0..extents.len()).map(|_| Default::default()).collect();
         RemoteBlob {
             backend,
             blob_id: blob_id.to_string(),
             extents,
             order,
             position,
+            raw_extents,
+            raw_sent,
             disk,
             memory: Mutex::new(MemoryStore::default()),
             flights: Mutex::new(HashSet::new()),
@@ -318,6 +443,62 @@ impl RemoteBlob {
         }
         let (offset, len) = *self.extents.get(index as usize)?;
         self.disk.as_ref()?.read(index, offset, len).map(Arc::new)
+    }
+
+    /// Bytes `range` of chunk `index` decompressed (`len` bytes), read alone from the
+    /// cache's raw file if it holds them: a buffer and where the range starts in it.
+    pub fn cached_part(
+        &self,
+        index: u32,
+        len: u32,
+        range: std::ops::Range<usize>,
+    ) -> Option<(Vec<u8>, usize)> {
+        let &(offset, size) = self.raw_extents.get(index as usize)?;
+        if size != len {
+            return None;
+        }
+        let wanted = range.len() as u64;
+        let found = self.disk.as_ref()?.read_raw(index, offset, len, range)?;
+        let metrics = &self.shared.metrics;
+        metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+        metrics.raw_hits.fetch_add(1, Ordering::Relaxed);
+        metrics.raw_hit_bytes.fetch_add(wanted, Ordering::Relaxed);
+        Some(found)
+    }
+
+    /// Hands chunk `index`, as a reader decompressed (and, with `--validate`, checked)
+    /// it, to the background writer of the cache's raw file; once per chunk and process,
+    /// and only when the raw file does not hold it yet. Dropped when the writer is behind.
+    pub fn keep_decompressed(self: &Arc<Self>, index: u32, data: Arc<Vec<u8>>) {
+        let (Some(disk), Some(&(_, size)), Some(sent)) = (
+            self.disk.as_ref(),
+            self.raw_extents.get(index as usize),
+            self.raw_sent.get(index as usize),
+        ) else {
+            return;
+        };
+        if size as usize != data.len() || sent.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if !disk.raw_ready(index) && !self.shared.queue_raw((self.clone(), index, data)) {
+            // The writer is behind: a later read of the chunk may try again.
+            sent.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores the writer's jobs for this blob in the raw file.
+    fn store_decompressed(&self, jobs: &[RawJob]) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        let chunks: Vec<(u32, u64, &[u8])> = jobs
+            .iter()
+            .filter_map(|(_, index, data)| {
+                let &(offset, _) = self.raw_extents.get(*index as usize)?;
+                Some((*index, offset, data.as_slice()))
+            })
+            .collect();
+        disk.store_raw(&chunks);
     }
 
     /// Whether chunk `index` is cached or on its way, as far as is known without I/O.
@@ -721,6 +902,8 @@ mod tests {
             blob_id: "b",
             len: fake.data.len() as u64,
             extents,
+            raw_extents: Vec::new(),
+            chunk_size: CHUNK,
         };
         let options = RemoteOptions {
             cache: None,

@@ -233,6 +233,8 @@ pub fn run(mut opts: MountOptions) -> Result<ExitCode> {
         })
         .context("cannot start the blob size check")?;
     let served = mounted.run().context("FUSE session failed");
+    // Decompressed chunks on their way to the cache: the next mount reads them.
+    fs.image().finish_cache_writes(Duration::from_secs(5));
     if let Some(path) = &opts.metrics {
         nydus_image::mount::write_metrics(fs.image(), path)?;
     }

@@ -45,7 +45,7 @@ fn blob_cache(source: &Source, b: usize, blob_size: u64) -> Option<BlobCache> {
     for (&i, info) in chunks {
         extents[i as usize] = (info.compressed_offset, info.compressed_size);
     }
-    cache.blob(&entry.blob_id, blob_size, &extents)
+    cache.blob(&entry.blob_id, blob_size, &extents, entry.chunk_size)
 }
 
 /// The most bytes a chunk of `chunk_size` bytes may be stored in: compressed data is kept
