@@ -71,6 +71,10 @@ pub struct RemoteOptions {
     /// the blob is opened (as nydusd does): a mount then serves without a round trip
     /// first, and whoever sets this checks the sizes later, off the critical path.
     pub table_sizes: bool,
+    /// Keep chunks a reader decompressed in the cache's raw files too (a mount sets it:
+    /// the next mount serves page faults from them). One-shot readers (`verify`,
+    /// `unpack`, `check`) leave it off: a whole image read once would double the cache.
+    pub keep_decompressed: bool,
 }
 
 impl Default for RemoteOptions {
@@ -79,6 +83,7 @@ impl Default for RemoteOptions {
             cache: None,
             merge_bytes: DEFAULT_MERGE_BYTES,
             table_sizes: false,
+            keep_decompressed: false,
         }
     }
 }
@@ -333,7 +338,8 @@ pub struct RemoteBlob {
     position: Vec<u32>,
     /// (offset in the raw file, decompressed size) by chunk index; size 0: unknown.
     raw_extents: Vec<(u64, u32)>,
-    /// Chunks queued for the raw file by this process (each is, once).
+    /// Chunks queued for the raw file by this process (each is, once); empty when
+    /// decompressed chunks are not kept.
     raw_sent: Vec<std::sync::atomic::AtomicBool>,
     disk: Option<BlobCache>,
     memory: Mutex<MemoryStore>,
@@ -401,7 +407,12 @@ impl RemoteBlob {
             position[i as usize] = p as u32;
         }
         let disk = cache.and_then(|c| c.blob(blob_id, len, &extents, chunk_size));
-        let raw_sent = (0..extents.len()).map(|_| Default::default()).collect();
+        let keep = if options.keep_decompressed && disk.is_some() {
+            extents.len()
+        } else {
+            0
+        };
+        let raw_sent = (0..keep).map(|_| Default::default()).collect();
         RemoteBlob {
             backend,
             blob_id: blob_id.to_string(),
@@ -909,6 +920,7 @@ mod tests {
             cache: None,
             merge_bytes,
             table_sizes: false,
+            keep_decompressed: false,
         };
         let blob = RemoteBlob::new(place, &options, None, Arc::default(), None);
         (fake, Arc::new(blob))

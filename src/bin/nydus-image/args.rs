@@ -240,6 +240,7 @@ impl CacheArgs {
                 cache,
                 merge_bytes,
                 table_sizes: false,
+                keep_decompressed: false,
             },
         ))
     }

@@ -120,6 +120,7 @@ impl MountArgs {
         let mut blobs = self.cache.apply(self.blobs.source_for(&self.bootstrap)?)?;
         if let BlobSource::CachedBackend(_, remote) = &mut blobs {
             remote.table_sizes = true;
+            remote.keep_decompressed = true;
         }
         Ok(MountOptions {
             blobs,
