@@ -537,6 +537,17 @@ fn blobs_id(f: &Faulty) -> String {
     blobs_of(&f.scratch.path().join("blobs"))[0].0.clone()
 }
 
+impl Faulty {
+    /// Mounts the image with `flags`, checks that it reads as its source (`what` names
+    /// the step), unmounts; returns the stopped mount, for its log.
+    fn mount_and_compare(&self, cfg: &Path, flags: &[&str], what: &str) -> Mount {
+        let mut mount = Mount::start(self.scratch.path(), "mnt", &self.boot, cfg, flags);
+        assert_identical(what, &FsTree::new(&self.src), &FsTree::new(&mount.mnt));
+        mount.stop();
+        mount
+    }
+}
+
 #[test]
 fn a_stalled_server_times_out_with_eio_not_a_hang() {
     let _dog = watchdog("lazy: stall", 120);
@@ -575,13 +586,7 @@ fn wrong_bytes_fail_validation_and_never_enter_the_cache() {
     // A good server, the same cache: a is read right, so its bad bytes were not kept.
     f.origin.set(Mode::Good);
     let gets = f.origin.gets();
-    let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
-    assert_identical(
-        "after bad bytes",
-        &FsTree::new(&f.src),
-        &FsTree::new(&mount.mnt),
-    );
-    mount.stop();
+    f.mount_and_compare(&cfg, &flags, "after bad bytes");
     assert!(f.origin.gets() > gets, "a was not fetched again");
 }
 
@@ -593,9 +598,7 @@ fn a_damaged_or_torn_cache_is_detected_and_refetched() {
     let cfg = f.origin.config(root, 5, 0);
     let cache = root.join("cache");
     let flags = ["--cache-dir", s(&cache)];
-    let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
-    assert_identical("fill", &FsTree::new(&f.src), &FsTree::new(&mount.mnt));
-    mount.stop();
+    f.mount_and_compare(&cfg, &flags, "fill");
     let data_file = cache.join(format!("{}.data", blobs_id(&f)));
     let raw_file = cache.join(format!("{}.raw", blobs_id(&f)));
     let flip = |path: &Path, at: u64| {
@@ -608,13 +611,7 @@ fn a_damaged_or_torn_cache_is_detected_and_refetched() {
     let c_raw = find(&fs::read(&raw_file).unwrap(), &data(50_000, 13)[..4096]);
     flip(&raw_file, c_raw + 10);
     let gets = f.origin.gets();
-    let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
-    assert_identical(
-        "raw flipped",
-        &FsTree::new(&f.src),
-        &FsTree::new(&mount.mnt),
-    );
-    mount.stop();
+    let mount = f.mount_and_compare(&cfg, &flags, "raw flipped");
     assert_eq!(f.origin.gets(), gets, "a stored chunk was fetched again");
     assert_eq!(
         mount.log().matches("does not match its checksums").count(),
@@ -627,9 +624,7 @@ fn a_damaged_or_torn_cache_is_detected_and_refetched() {
     flip(&data_file, f.c_at + 10);
     fs::remove_file(&raw_file).unwrap();
     let gets = f.origin.gets();
-    let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
-    assert_identical("flipped", &FsTree::new(&f.src), &FsTree::new(&mount.mnt));
-    mount.stop();
+    let mount = f.mount_and_compare(&cfg, &flags, "flipped");
     assert!(
         f.origin.gets() > gets,
         "the damaged chunk was not refetched"
@@ -650,9 +645,7 @@ fn a_damaged_or_torn_cache_is_detected_and_refetched() {
             .set_len(len / 3)
             .unwrap();
     }
-    let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags);
-    assert_identical("truncated", &FsTree::new(&f.src), &FsTree::new(&mount.mnt));
-    mount.stop();
+    let mount = f.mount_and_compare(&cfg, &flags, "truncated");
     assert!(
         mount.log().contains("does not match its checksum"),
         "{}",
@@ -679,13 +672,7 @@ fn a_damaged_or_torn_cache_is_detected_and_refetched() {
     reader.join().unwrap();
     mount.pid = 0;
     f.origin.set(Mode::Good);
-    let mut mount = Mount::start(root, "mnt", &f.boot, &cfg, &flags2);
-    assert_identical(
-        "after SIGKILL",
-        &FsTree::new(&f.src),
-        &FsTree::new(&mount.mnt),
-    );
-    mount.stop();
+    f.mount_and_compare(&cfg, &flags2, "after SIGKILL");
 }
 
 #[test]
