@@ -61,10 +61,16 @@ impl Image {
         addr: ChunkAddr,
         expect_len: u64,
     ) -> Result<Arc<Vec<u8>>, ReadError> {
-        let key = (addr.blob_index as u32, addr.chunk_index);
-        if let Some(data) = self.cache.get(key) {
-            return Ok(data);
+        match self.cache.get((addr.blob_index as u32, addr.chunk_index)) {
+            Some(data) => Ok(data),
+            None => self.load_uncached(addr, expect_len),
         }
+    }
+
+    /// [`Image::load_chunk`] for a chunk not in the memory cache: reads, decompresses,
+    /// checks and caches it.
+    fn load_uncached(&self, addr: ChunkAddr, expect_len: u64) -> Result<Arc<Vec<u8>>, ReadError> {
+        let key = (addr.blob_index as u32, addr.chunk_index);
         let blob = addr.blob_index as usize;
         if blob >= self.blobs.len() {
             return Err(self.fmt_err(crate::format::FormatError::Invalid {
@@ -222,7 +228,7 @@ impl Image {
                 return Ok((Arc::new(buf), at));
             }
         }
-        Ok((self.load_chunk(addr, chunk_len)?, range.start))
+        Ok((self.load_uncached(addr, chunk_len)?, range.start))
     }
 
     /// The stored bytes `[offset, offset + len)` of a blob: a buffer holding them and where

@@ -343,6 +343,12 @@ pub fn cached_blob_size(dir: &Path, blob_id: &str) -> Option<u64> {
         .then_some(size)
 }
 
+/// Map entries as read: little-endian u32s.
+fn le_u32s(raw: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    raw.chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// The CRC a map entry holds for `bytes` (never 0, which means "not cached").
 pub fn entry_crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes).max(1)
@@ -433,10 +439,7 @@ impl BlobCache {
         let mut stored = vec![0u8; 4 * extents.len()];
         map.read_exact_at(&mut stored, HEADER_BYTES)
             .map_err(io(&map_path, "cannot read"))?;
-        let entries = stored
-            .chunks_exact(4)
-            .map(|b| AtomicU32::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            .collect();
+        let entries = le_u32s(&stored).map(AtomicU32::new).collect();
         // Recently used blobs are evicted last.
         let _ = map.set_modified(std::time::SystemTime::now());
         // The raw entries are read a few at a time, as reads come: have the kernel read
@@ -594,10 +597,7 @@ impl BlobCache {
         self.map
             .read_exact_at(&mut raw, self.raw_entries_at(index) + 4 * first as u64)
             .ok()?;
-        let want: Vec<u32> = raw
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let want: Vec<u32> = le_u32s(&raw).collect();
         if want.contains(&0) {
             return None;
         }
