@@ -427,14 +427,27 @@ pub fn is_mounted(mountpoint: &std::path::Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
-/// Starts the background work of serving remote blobs: prefetch (when asked), and the
+/// Starts the background work of serving remote blobs: the cache's warm-up (up to
+/// `warm_up` bytes, see [`Image::warm_cache`]), prefetch (when asked), and the
 /// `--metrics` file rewritten every second (under a temporary name, renamed into place)
-/// until the process ends. Both threads only read the image.
+/// until the process ends. These threads only read the image.
 pub fn start_lazy_work(
     fs: &std::sync::Arc<ImageFs>,
+    warm_up: u64,
     prefetch: Option<crate::reader::PrefetchOptions>,
     metrics: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
+    if warm_up > 0 {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("cache-warm-up".into())
+            .spawn(move || {
+                let bytes = fs.image.warm_cache(warm_up);
+                if bytes > 0 {
+                    log::info!("cache warm-up: reading {bytes} bytes of decompressed chunks ahead");
+                }
+            })?;
+    }
     if let Some(options) = prefetch {
         let fs = fs.clone();
         std::thread::Builder::new()

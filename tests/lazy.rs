@@ -394,6 +394,34 @@ fn real_registry_cold_read_is_planned_and_restart_fetches_nothing() {
     // Reads of parts of chunks came from the decompressed copies the cold mount kept.
     assert!(count(&m, "raw_hits") > 0, "metrics: {m}");
     assert!(count(&metrics(&m1), "raw_stored") > 0, "metrics: {m}");
+    // The restart read the kept chunks ahead; the cold mount had none to read.
+    assert!(count(&m, "warm_up_bytes") > 0, "metrics: {m}");
+    assert_eq!(count(&metrics(&m1), "warm_up_bytes"), 0);
+    // Unless told not to.
+    let m3 = root.join("m3.json");
+    let mut mount = Mount::start(
+        root,
+        "mnt",
+        &boot,
+        &cfg,
+        &[
+            "--cache-dir",
+            s(&cache),
+            "--cache-warm-up",
+            "0",
+            "--metrics",
+            s(&m3),
+        ],
+    );
+    assert_identical(
+        "warm, no warm-up",
+        &FsTree::new(&src),
+        &FsTree::new(&mount.mnt),
+    );
+    mount.stop();
+    let m = metrics(&m3);
+    assert_eq!(count(&m, "warm_up_bytes"), 0, "metrics: {m}");
+    assert!(count(&m, "raw_hits") > 0, "metrics: {m}");
 
     // Two mounts at once sharing a fresh cache directory: both right.
     let shared = root.join("shared");

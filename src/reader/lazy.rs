@@ -110,6 +110,25 @@ impl Image {
         self.remote.shared.finish_raw_writes(timeout);
     }
 
+    /// Has the kernel read the cache's decompressed chunks into memory in the
+    /// background, blob by blob, at most `budget` bytes in all; returns the bytes asked
+    /// for. A mount calls it as it starts: a restart's reads are mostly of chunks that
+    /// earlier mounts read, and are then served from memory instead of waiting on the
+    /// disk one block at a time. Stored (compressed) chunks are not read ahead: those a
+    /// mount read are in the raw files too.
+    pub fn warm_cache(&self, budget: u64) -> u64 {
+        let mut asked = 0;
+        for b in 0..self.blobs.len() {
+            if asked >= budget {
+                break;
+            }
+            if let Some(remote) = self.remote_blob(b) {
+                asked += remote.read_ahead_cached(budget - asked);
+            }
+        }
+        asked
+    }
+
     /// The remote reader of blob `blob`, if it lives behind a backend and its chunks can
     /// be planned (not eStargz layers, whose stored sizes are only bounds).
     pub(crate) fn remote_blob(&self, blob: usize) -> Option<&Arc<RemoteBlob>> {

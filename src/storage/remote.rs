@@ -108,6 +108,9 @@ pub struct Metrics {
     pub raw_hit_bytes: AtomicU64,
     /// Decompressed chunks written to the raw files.
     pub raw_stored: AtomicU64,
+    /// Bytes of the raw files the mount had the kernel read ahead when it started (see
+    /// [`RemoteBlob::read_ahead_cached`]).
+    pub warm_up_bytes: AtomicU64,
     /// Failed requests and chunks that failed their check.
     pub errors: AtomicU64,
     /// Requests the prefetcher sent, and their bytes (included in the totals above).
@@ -139,6 +142,7 @@ impl Metrics {
             "raw_hits": get(&self.raw_hits),
             "raw_hit_bytes": get(&self.raw_hit_bytes),
             "raw_stored": get(&self.raw_stored),
+            "warm_up_bytes": get(&self.warm_up_bytes),
             "errors": get(&self.errors),
             "prefetch": {
                 "state": match get(&self.prefetch_state) {
@@ -440,6 +444,19 @@ impl RemoteBlob {
     /// Chunk indexes in stored order (for prefetching whole blobs).
     pub fn chunks_in_order(&self) -> &[u32] {
         &self.order
+    }
+
+    /// Has the kernel read the decompressed chunks of this blob's cache into memory in
+    /// the background, at most `budget` bytes of them: a restart's reads, mostly of what
+    /// earlier mounts read, then come from memory, not one disk read each. Returns the
+    /// bytes asked for (0 without a cache).
+    pub fn read_ahead_cached(&self, budget: u64) -> u64 {
+        let asked = self.disk.as_ref().map_or(0, |d| d.read_ahead_raw(budget));
+        self.shared
+            .metrics
+            .warm_up_bytes
+            .fetch_add(asked, Ordering::Relaxed);
+        asked
     }
 
     /// Stored size of chunk `index` (0 if unknown).

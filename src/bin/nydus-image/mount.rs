@@ -35,6 +35,12 @@ pub struct MountArgs {
     /// Requests the background prefetch keeps in flight.
     #[arg(long = "prefetch-workers", default_value_t = 4)]
     prefetch_workers: usize,
+    /// When the mount starts, have the kernel read up to this many bytes of --cache-dir's
+    /// decompressed chunks (those earlier mounts read) into memory in the background, so
+    /// that a restart's reads do not wait on the disk one by one (suffixes as
+    /// --cache-size; 0: off).
+    #[arg(long = "cache-warm-up", value_name = "SIZE", default_value = "128M")]
+    cache_warm_up: String,
     /// Write remote-read counters (requests, bytes, cache hits, prefetch progress) as
     /// JSON to this file, every second and at exit.
     #[arg(long)]
@@ -88,6 +94,7 @@ pub struct MountOptions {
     cache_bytes: usize,
     access_log: Option<PathBuf>,
     prefetch: Option<nydus_image::reader::PrefetchOptions>,
+    warm_up_bytes: u64,
     metrics: Option<PathBuf>,
     /// In a daemon: written to (one byte) once the file system is mounted.
     ready: Option<std::fs::File>,
@@ -117,6 +124,7 @@ impl MountArgs {
             all: self.prefetch_all,
             workers: self.prefetch_workers.max(1),
         });
+        let warm_up_bytes = crate::args::parse_size_suffix("--cache-warm-up", &self.cache_warm_up)?;
         let mut blobs = self.cache.apply(self.blobs.source_for(&self.bootstrap)?)?;
         if let BlobSource::CachedBackend(_, remote) = &mut blobs {
             remote.table_sizes = true;
@@ -125,6 +133,7 @@ impl MountArgs {
         Ok(MountOptions {
             blobs,
             prefetch,
+            warm_up_bytes,
             metrics: self.metrics,
             mountpoint: self.mountpoint,
             bootstrap: self.bootstrap,
@@ -209,6 +218,15 @@ pub fn run(mut opts: MountOptions) -> Result<ExitCode> {
             }
         }
     });
+    // Before the starting process returns: the warm-up is best under way by the time
+    // the first reads come.
+    nydus_image::mount::start_lazy_work(
+        &fs,
+        opts.warm_up_bytes,
+        opts.prefetch.clone(),
+        opts.metrics.clone(),
+    )
+    .context("cannot start the warm-up, prefetch and metrics threads")?;
     if let Some(mut ready) = opts.ready.take() {
         use std::io::Write;
         // Mounted, and SIGTERM unmounts: the starting process returns when this arrives
@@ -220,8 +238,6 @@ pub fn run(mut opts: MountOptions) -> Result<ExitCode> {
         opts.bootstrap.display(),
         opts.mountpoint.display()
     );
-    nydus_image::mount::start_lazy_work(&fs, opts.prefetch.clone(), opts.metrics.clone())
-        .context("cannot start the prefetch and metrics threads")?;
     // Blob sizes came from the blob table, unasked (a round trip less before serving):
     // check them now, beside the first reads.
     let check = fs.clone();
