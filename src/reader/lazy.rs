@@ -118,6 +118,9 @@ impl Image {
     /// mount read are in the raw files too.
     pub fn warm_cache(&self, budget: u64) -> u64 {
         let mut asked = 0;
+        if self.remote.options.cache.is_none() {
+            return asked;
+        }
         for b in 0..self.blobs.len() {
             if asked >= budget {
                 break;
