@@ -7,7 +7,9 @@
 //! (the builder lays chunks out in the order a tree is walked, so the rest of a file and
 //! the files next to it come next) in one ranged request, while they are neither cached
 //! nor being fetched, lie back to back (gaps of at most [`MAX_GAP`]) and the range stays
-//! within the merge bound (1 MiB by default, as nydusd's `amplify_io`). Reads of
+//! within the merge bound (1 MiB by default, as nydusd's `amplify_io`); a reader that
+//! jumps around the blob (not at the end of the last request) also stops at large files
+//! (see [`RemoteBlob::plan`]). Reads of
 //! different chunks run in parallel (each FUSE thread and prefetch worker sends its own
 //! request over the backend's pooled connections); a chunk some thread is fetching is
 //! waited for, never fetched twice.
@@ -342,6 +344,13 @@ pub struct RemoteBlob {
     position: Vec<u32>,
     /// (offset in the raw file, decompressed size) by chunk index; size 0: unknown.
     raw_extents: Vec<(u64, u32)>,
+    /// Whether each chunk (by index) is a whole chunk, `chunk_size` bytes decompressed.
+    /// Chunks never span files and only a file's last chunk is shorter, so a short chunk
+    /// ends its file, and a whole one starts or continues a file of a chunk or more.
+    whole: Vec<bool>,
+    /// Position in `order` right after the last chunk a reader's request planned: a miss
+    /// there is a reader going through the blob in order (see [`RemoteBlob::plan`]).
+    stream_at: std::sync::atomic::AtomicUsize,
     /// Chunks queued for the raw file by this process (each is, once); empty when
     /// decompressed chunks are not kept.
     raw_sent: Vec<std::sync::atomic::AtomicBool>,
@@ -416,6 +425,7 @@ impl RemoteBlob {
         } else {
             0
         };
+        let whole = raw_extents.iter().map(|e| e.1 == chunk_size).collect();
         let raw_sent = (0..keep).map(|_| Default::default()).collect();
         RemoteBlob {
             backend,
@@ -424,6 +434,8 @@ impl RemoteBlob {
             order,
             position,
             raw_extents,
+            whole,
+            stream_at: Default::default(),
             raw_sent,
             disk,
             memory: Mutex::new(MemoryStore::default()),
@@ -543,11 +555,24 @@ impl RemoteBlob {
 
     /// The chunks one request for `index` fetches: it, then its successors in the blob
     /// while they are unsettled, back to back and within the merge bound.
-    fn plan(&self, index: u32, flights: &HashSet<u32>) -> Vec<u32> {
+    ///
+    /// With `sparse` (a reader's miss away from where the last one's request ended: it
+    /// jumps around, as a program's page faults and imports do), the request also stops
+    /// where a file of a chunk or more starts or, when `index` is in such a file, where
+    /// that file ends: a fault in a large library says little about the files after it,
+    /// and a small file read says little about a large file after it; the small files
+    /// around a small one (its directory) are still taken. Measured on the bench's
+    /// Python import: 17% fewer bytes and 4% less time than without. A reader going
+    /// through the blob in order (a copy of the tree) and the prefetcher take everything
+    /// in reach: there, stopping at files costs a round trip each (tar of Linux 6.1:
+    /// 26% more requests, 24% more time).
+    fn plan(&self, index: u32, flights: &HashSet<u32>, sparse: bool) -> Vec<u32> {
         let mut plan = vec![index];
         let (start, len) = self.extents[index as usize];
         let mut end = start + len as u64;
         let from = self.position[index as usize] as usize;
+        let whole = |c: u32| self.whole[c as usize];
+        let mut prev = index;
         for &next in self.order.iter().skip(from + 1) {
             let (offset, len) = self.extents[next as usize];
             let next_end = offset + len as u64;
@@ -555,10 +580,12 @@ impl RemoteBlob {
                 || offset - end > MAX_GAP
                 || next_end - start > self.merge_bytes
                 || self.settled(next, flights)
+                || (sparse && !whole(prev) && (whole(index) || whole(next)))
             {
                 break;
             }
             plan.push(next);
+            prev = next;
             end = next_end;
         }
         plan
@@ -639,7 +666,11 @@ impl RemoteBlob {
                     }
                     continue;
                 }
-                let plan = self.plan(index, &flights);
+                let at = self.position[index as usize] as usize;
+                let sparse = at != self.stream_at.load(Ordering::Relaxed);
+                let plan = self.plan(index, &flights, sparse);
+                let last = self.position[*plan.last().expect("a plan is never empty") as usize];
+                self.stream_at.store(last as usize + 1, Ordering::Relaxed);
                 let back = self.plan_back(&plan, &flights);
                 flights.extend(plan.iter().copied());
                 flights.extend(back.iter().copied());
@@ -685,7 +716,7 @@ impl RemoteBlob {
             if self.settled(index, &flights) {
                 return Ok(0);
             }
-            let plan = self.plan(index, &flights);
+            let plan = self.plan(index, &flights, false);
             flights.extend(plan.iter().copied());
             plan
         };
@@ -985,6 +1016,69 @@ mod tests {
         assert!(reads.contains(&(56 * c as u64, 4 * c)), "{reads:?}");
         let m = blob.shared.metrics.snapshot();
         assert_eq!(m["requests"].as_u64().unwrap(), reads.len() as u64);
+    }
+
+    #[test]
+    fn a_jumping_reader_stops_at_large_files_one_in_order_does_not() {
+        let c = CHUNK as usize;
+        let fake = Arc::new(Fake {
+            data: (0..12 * c).map(|i| (i % 251) as u8).collect(),
+            reads: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+            delay: Duration::ZERO,
+        });
+        // Files by chunk: a 0, b 1, L 2-4, c 5, d 6, M 7-8, e 9, f 10, g 11. Only a
+        // file's last chunk is short.
+        let whole = [2, 3, 7];
+        let raw_extents = (0..12u32)
+            .map(|i| {
+                let size = if whole.contains(&i) { CHUNK } else { CHUNK / 2 };
+                (i as u64 * CHUNK as u64, size)
+            })
+            .collect();
+        let place = BlobPlace {
+            backend: fake.clone(),
+            blob_id: "b",
+            len: fake.data.len() as u64,
+            extents: (0..12).map(|i| (i as u64 * CHUNK as u64, CHUNK)).collect(),
+            raw_extents,
+            chunk_size: CHUNK,
+        };
+        let options = RemoteOptions {
+            merge_bytes: 1 << 20,
+            ..RemoteOptions::default()
+        };
+        let blob = Arc::new(RemoteBlob::new(place, &options, None, Arc::default(), None));
+        let none = HashSet::new();
+        // Small files take their small neighbours, up to the next large file.
+        assert_eq!(blob.plan(0, &none, true), [0, 1]);
+        assert_eq!(blob.plan(5, &none, true), [5, 6]);
+        assert_eq!(blob.plan(8, &none, true), [8, 9, 10, 11]);
+        // A large file: to its end.
+        assert_eq!(blob.plan(2, &none, true), [2, 3, 4]);
+        assert_eq!(blob.plan(3, &none, true), [3, 4]);
+        assert_eq!(blob.plan(7, &none, true), [7, 8]);
+        // In order (and for the prefetcher): everything in reach.
+        assert_eq!(blob.plan(0, &none, false), (0..12).collect::<Vec<_>>());
+        // A reader's miss at 5 jumps (the last request ended at 0): sparse. The next
+        // miss, at 7, is where that request ended: in order.
+        // (The first also fills the bound with the chunks before it, up to MAX_BACK, in
+        // the background.)
+        blob.chunk(5).unwrap();
+        settle(&fake, 2);
+        blob.chunk(7).unwrap();
+        let mut reads = fake.reads.lock().unwrap().clone();
+        reads.sort();
+        let back = 5 * c as u64 - MAX_BACK;
+        assert_eq!(
+            reads,
+            [
+                (back, MAX_BACK as usize),
+                (5 * c as u64, 2 * c),
+                (7 * c as u64, 5 * c)
+            ],
+            "{reads:?}"
+        );
     }
 
     #[test]
