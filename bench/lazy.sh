@@ -18,7 +18,8 @@
 #                                  default prefetch_all: true), nydusd-pre-table also
 #                                  with prefetch_all: false (the table only)
 #   ours-linux / nydusd-linux      the Linux 6.1 tree read whole: tar -cf - -C MNT . | wc -c
-# Then, once: an image built by upstream's nydus-image from the same rootfs, cold, both.
+#   up-ours-cold / up-nydusd-cold  an image built by upstream's nydus-image from the same
+#                                  rootfs, cold, both
 # Our mount gets --cache-dir only when `mount --help` lists it, and OURS_FLAGS if set
 # (OURS_PRE_FLAGS too in ours-pre).
 # Needs root, docker-registry, curl, debootstrap (installed if missing).
@@ -232,7 +233,7 @@ build up-py "$upstream_image" "$rootfs"
 co="$b/cache-ours"
 cn="$b/cache-nydusd"
 cases=(ours-cold ours-restart nydusd-cold nydusd-restart ours-pre nydusd-pre nydusd-pre-table
-  ours-linux nydusd-linux)
+  ours-linux nydusd-linux up-ours-cold up-nydusd-cold)
 for round in $(seq "$runs"); do
   echo "round $round of $runs"
   run ours-cold ours py "$co" 1 python
@@ -246,9 +247,9 @@ for round in $(seq "$runs"); do
   run nydusd-pre-table nydusd pre "$cn" 1 python true false
   run ours-linux ours linux "$co" 1 tar
   run nydusd-linux nydusd linux "$cn" 1 tar false false
+  run up-ours-cold ours up-py "$co" 1 python
+  run up-nydusd-cold nydusd up-py "$cn" 1 python false false
 done
-run up-ours-cold ours up-py "$co" 1 python
-run up-nydusd-cold nydusd up-py "$cn" 1 python false false
 
 # The Linux tree must read back the same through both.
 read -r -a t <<<"${tarbytes[ours-linux]} ${tarbytes[nydusd-linux]}"
@@ -260,7 +261,7 @@ median() { printf "%s\n" "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
 declare -A mw mb mr
 echo
 echo "raw: case: wall (s); bytes; requests"
-for c in "${cases[@]}" up-ours-cold up-nydusd-cold; do
+for c in "${cases[@]}"; do
   echo "$c:${wall[$c]};${bytes[$c]};${reqs[$c]}"
   # shellcheck disable=SC2086
   mw[$c]=$(median ${wall[$c]}); mb[$c]=$(median ${bytes[$c]}); mr[$c]=$(median ${reqs[$c]})
@@ -273,7 +274,7 @@ echo "link: +${latency_ms} ms per request, ${rate_mbps} MB/s shared; medians of 
   "our mount flags: ${ours_flags[*]:-none}$([ "$cache_flag" = 1 ] && echo ' --cache-dir' ||
     echo ' (no --cache-dir: our restart is another cold start)'); $(nproc) cores"
 printf "%-18s %9s %12s %9s\n" case wall-s bytes requests
-for c in "${cases[@]}" up-ours-cold up-nydusd-cold; do
+for c in "${cases[@]}"; do
   printf "%-18s %9.3f %12d %9d\n" "$c" "${mw[$c]}" "${mb[$c]}" "${mr[$c]}"
 done
 echo
