@@ -89,14 +89,18 @@ fn killed_builds_leave_nothing_partial() {
     for i in 0..rounds {
         let out = tmp.path().join(format!("kill{i}"));
         let mut child = build(&out);
-        // Moments spread over the build; the last rounds wait long enough (three whole
-        // builds) to land after it even on a loaded machine.
-        let fraction = if i + 2 >= rounds {
-            3.0
+        if i + 2 >= rounds {
+            // The last rounds let the build finish (up to a minute) before the kill: a
+            // fixed wait, even three whole builds long, sometimes fell short on a loaded
+            // machine.
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         } else {
-            i as f64 / (rounds - 2) as f64
-        };
-        std::thread::sleep(full.mul_f64(fraction));
+            // Moments spread over the build.
+            std::thread::sleep(full.mul_f64(i as f64 / (rounds - 2) as f64));
+        }
         let _ = child.kill();
         let _ = child.wait();
         if assert_final_paths_whole(&out) {
