@@ -172,16 +172,7 @@ impl BlobFile {
     /// the background (a hint; remote blobs ignore it).
     pub fn will_need(&self, offset: u64, len: u64) {
         if let Source::File(f) = &self.source {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid descriptor; the call only schedules readahead.
-            unsafe {
-                libc::posix_fadvise(
-                    f.as_raw_fd(),
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                );
-            }
+            super::will_need(f, offset, len);
         }
     }
 

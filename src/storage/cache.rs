@@ -444,10 +444,7 @@ impl BlobCache {
         let _ = map.set_modified(std::time::SystemTime::now());
         // The raw entries are read a few at a time, as reads come: have the kernel read
         // the map in now, while the mount starts, not one page per first read.
-        // SAFETY: a valid descriptor; the call only schedules readahead.
-        unsafe {
-            libc::posix_fadvise(map.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
-        }
+        super::will_need(&map, 0, 0);
         Ok(BlobCache {
             dir,
             blob_id: blob_id.to_string(),
@@ -484,10 +481,7 @@ impl BlobCache {
                 break;
             }
             let len = ((end - start) as u64).min(budget - asked);
-            // SAFETY: a valid descriptor; the call only schedules readahead.
-            unsafe {
-                libc::posix_fadvise(fd, start, len as libc::off_t, libc::POSIX_FADV_WILLNEED);
-            }
+            super::will_need(&self.raw, start as u64, len);
             asked += len;
             at = end;
         }

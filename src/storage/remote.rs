@@ -344,10 +344,9 @@ pub struct RemoteBlob {
     position: Vec<u32>,
     /// (offset in the raw file, decompressed size) by chunk index; size 0: unknown.
     raw_extents: Vec<(u64, u32)>,
-    /// Whether each chunk (by index) is a whole chunk, `chunk_size` bytes decompressed.
-    /// Chunks never span files and only a file's last chunk is shorter, so a short chunk
-    /// ends its file, and a whole one starts or continues a file of a chunk or more.
-    whole: Vec<bool>,
+    /// The blob's chunk size: a chunk of that many bytes decompressed is whole (see
+    /// [`RemoteBlob::is_whole`]).
+    chunk_size: u32,
     /// Position in `order` right after the last chunk a reader's request planned: a miss
     /// there is a reader going through the blob in order (see [`RemoteBlob::plan`]).
     stream_at: std::sync::atomic::AtomicUsize,
@@ -425,7 +424,6 @@ impl RemoteBlob {
         } else {
             0
         };
-        let whole = raw_extents.iter().map(|e| e.1 == chunk_size).collect();
         let raw_sent = (0..keep).map(|_| Default::default()).collect();
         RemoteBlob {
             backend,
@@ -434,7 +432,7 @@ impl RemoteBlob {
             order,
             position,
             raw_extents,
-            whole,
+            chunk_size,
             stream_at: Default::default(),
             raw_sent,
             disk,
@@ -553,6 +551,13 @@ impl RemoteBlob {
                 .contains_key(&index)
     }
 
+    /// Whether chunk `index` is whole, `chunk_size` bytes decompressed. Chunks never span
+    /// files and only a file's last chunk is shorter, so a short chunk ends its file, and
+    /// a whole one starts or continues a file of a chunk or more.
+    fn is_whole(&self, index: u32) -> bool {
+        self.raw_extents[index as usize].1 == self.chunk_size
+    }
+
     /// The chunks one request for `index` fetches: it, then its successors in the blob
     /// while they are unsettled, back to back and within the merge bound.
     ///
@@ -571,7 +576,6 @@ impl RemoteBlob {
         let (start, len) = self.extents[index as usize];
         let mut end = start + len as u64;
         let from = self.position[index as usize] as usize;
-        let whole = |c: u32| self.whole[c as usize];
         let mut prev = index;
         for &next in self.order.iter().skip(from + 1) {
             let (offset, len) = self.extents[next as usize];
@@ -580,7 +584,7 @@ impl RemoteBlob {
                 || offset - end > MAX_GAP
                 || next_end - start > self.merge_bytes
                 || self.settled(next, flights)
-                || (sparse && !whole(prev) && (whole(index) || whole(next)))
+                || (sparse && !self.is_whole(prev) && (self.is_whole(index) || self.is_whole(next)))
             {
                 break;
             }
